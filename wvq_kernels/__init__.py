@@ -1,0 +1,32 @@
+"""Fused kernels for large-codebook vector quantization behind a thin PyTorch API.
+
+Importing works without the compiled extension: the pure-PyTorch reference backend is always
+there, and ``available_backends()`` says why the others are missing.
+"""
+
+from wvq_kernels.ops import (
+    Assignment,
+    BackendStatus,
+    Moments,
+    assign,
+    available_backends,
+    code_histogram,
+    code_sums,
+    moments,
+    usage,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Assignment",
+    "BackendStatus",
+    "Moments",
+    "assign",
+    "available_backends",
+    "code_histogram",
+    "code_sums",
+    "moments",
+    "usage",
+    "__version__",
+]

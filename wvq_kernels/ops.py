@@ -1,0 +1,418 @@
+"""The Python face of each ``wvq`` op: validation, backend choice, fake kernels, autograd.
+
+Every public function validates its arguments before anything runs (DESIGN.md section 4),
+flattens ``(..., D)`` inputs to the 2-D rows the kernels take, and dispatches to one backend:
+
+- ``"reference"``: ``wvq_kernels.reference`` (pure PyTorch, any device);
+- ``"cpu"``: the C++ kernels of ``wvq_kernels._C``, reached through ``torch.ops.wvq``;
+- ``"triton"`` and ``"cuda"``: GPU backends, not available yet.
+
+``backend="auto"`` picks the fastest available backend for the tensors' device; the
+environment variable ``WVQ_BACKEND`` overrides ``auto``.
+"""
+
+import importlib
+import operator
+import os
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from wvq_kernels import reference
+
+ENV_BACKEND = "WVQ_BACKEND"
+METRICS = ("l2", "cosine", "dot")
+PRECISIONS = ("auto", "ieee", "bf16", "tf32")
+GPU_BACKENDS = ("triton", "cuda")
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# moments also takes float64, so that its gradient can be checked numerically.
+MOMENTS_DTYPES = FLOAT_DTYPES + (torch.float64,)
+
+
+class BackendStatus(NamedTuple):
+    """Whether a backend can run here, and why (not). Truthy iff available."""
+
+    available: bool
+    reason: str
+
+    def __bool__(self) -> bool:
+        return self.available
+
+
+class Assignment(NamedTuple):
+    """Result of :func:`assign`: indices int64 and distances float32, both ``x.shape[:-1]``;
+    counts int64 ``(K,)`` when ``histogram=True``, else None."""
+
+    indices: Tensor
+    distances: Tensor
+    counts: Tensor | None
+
+
+class Moments(NamedTuple):
+    """Result of :func:`moments`: count int64 0-dim, mean float64 ``(D,)`` and the population
+    covariance (1/n) float64 ``(D, D)``."""
+
+    count: Tensor
+    mean: Tensor
+    cov: Tensor
+
+    def merge(self, other: "Moments") -> "Moments":
+        """Moments of the union of both row sets (Chan et al.), exact up to float64 rounding:
+        combines chunks of a stream or the shards of several ranks."""
+        n_a, n_b = self.count.to(torch.float64), other.count.to(torch.float64)
+        # Clamped so that two empty parts merge to zeros rather than 0/0; with one empty part
+        # the other comes back unchanged.
+        n = (n_a + n_b).clamp_min(1.0)
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (n_b / n)
+        m2 = self.cov * n_a + other.cov * n_b + torch.outer(delta, delta) * (n_a * n_b / n)
+        return Moments(self.count + other.count, mean, m2 / n)
+
+    def sample_cov(self) -> Tensor:
+        """Unbiased covariance, cov * n / (n - 1); nan for a single row, as torch.cov."""
+        n = self.count.to(torch.float64)
+        return self.cov * (n / (n - 1))
+
+
+def _load_extension(module_name: str) -> BackendStatus:
+    try:
+        importlib.import_module(module_name)
+    except (ImportError, OSError) as error:
+        return BackendStatus(False, f"{module_name} could not be loaded: {error}")
+    return BackendStatus(True, f"{module_name} loaded")
+
+
+def _cuda_status() -> BackendStatus:
+    if not torch.cuda.is_available():
+        return BackendStatus(False, "no CUDA device (torch.cuda.is_available() is False)")
+    return BackendStatus(False, "the CUDA kernels (wvq_kernels._C_cuda) are not built yet")
+
+
+def _triton_status() -> BackendStatus:
+    return BackendStatus(False, "the Triton kernels are not implemented yet (a later issue)")
+
+
+_BACKEND_STATUS = {
+    "reference": BackendStatus(True, "pure PyTorch, always available"),
+    "cpu": _load_extension("wvq_kernels._C"),
+    "triton": _triton_status(),
+    "cuda": _cuda_status(),
+}
+
+
+def available_backends() -> dict[str, BackendStatus]:
+    """Every backend by name, with whether it can run on this machine and why (not)."""
+    return dict(_BACKEND_STATUS)
+
+
+def assign(
+    x: Tensor,
+    codebook: Tensor,
+    *,
+    metric: str = "l2",
+    precision: str = "auto",
+    histogram: bool = False,
+    backend: str = "auto",
+    check_finite: bool = True,
+) -> Assignment:
+    """Nearest code in ``codebook`` (K, D) of every row of ``x`` (..., D), without building the
+    N x K distance matrix. Not differentiable.
+
+    metric: ``"l2"`` (distance = squared L2), ``"cosine"`` (1 - cos) or ``"dot"`` (-x.c).
+    precision: ``"ieee"`` (fp32 products), ``"bf16"`` (inputs rounded to bf16, fp32
+    accumulation, code norms from the rounded codes) or ``"auto"``: bf16 for bfloat16 inputs,
+    whose rounding is then a no-op and which the CPU multiplies natively (vdpbf16ps); ieee for
+    float32 and float16, since the CPU has no fp16 dot-product instruction and fp16 -> fp32 is
+    exact, so the fp32 path loses nothing. ``"tf32"`` exists on GPU backends only.
+    Ties go to the smallest index. ``x`` and ``codebook`` must share dtype and device.
+    """
+    _check_float_tensor("x", x, FLOAT_DTYPES)
+    _check_rows("x", x)
+    _check_codebook(codebook, x)
+    _check_choice("metric", metric, METRICS)
+    backend = _resolve_backend(backend, x.device)
+    precision = _resolve_precision(precision, x.dtype, backend)
+    rows = x.detach().reshape(-1, x.shape[-1])
+    codebook = codebook.detach()
+    if check_finite:
+        _check_finite("x", rows)
+        _check_finite("codebook", codebook)
+    num_codes = codebook.shape[0]
+    if rows.shape[0] == 0:
+        return _empty_assignment(x, num_codes, histogram)
+    indices, distances, counts = _op(backend, "assign")(
+        rows, codebook, metric, precision, bool(histogram)
+    )
+    batch_shape = x.shape[:-1]
+    return Assignment(
+        indices.reshape(batch_shape), distances.reshape(batch_shape), counts if histogram else None
+    )
+
+
+def code_histogram(indices: Tensor, num_codes: int, *, backend: str = "auto") -> Tensor:
+    """How many times each code in [0, num_codes) occurs in ``indices`` (integer, any shape):
+    int64 ``(num_codes,)``."""
+    _check_integer_tensor("indices", indices)
+    num_codes = _check_num_codes(num_codes)
+    backend = _resolve_backend(backend, indices.device)
+    flat = indices.detach().reshape(-1)
+    _check_index_range(flat, num_codes)
+    if flat.numel() == 0:
+        return torch.zeros(num_codes, dtype=torch.int64, device=indices.device)
+    return _op(backend, "code_histogram")(flat.to(torch.int64), num_codes)
+
+
+def code_sums(
+    indices: Tensor, x: Tensor, num_codes: int, *, backend: str = "auto"
+) -> tuple[Tensor, Tensor]:
+    """Per-code counts int64 ``(K,)`` and sums float32 ``(K, D)`` of the rows of ``x``
+    (..., D) assigned to each code by ``indices`` (shape ``x.shape[:-1]``). Deterministic:
+    the same inputs give bitwise the same sums. Not differentiable."""
+    _check_integer_tensor("indices", indices)
+    _check_float_tensor("x", x, FLOAT_DTYPES)
+    _check_rows("x", x)
+    if indices.shape != x.shape[:-1]:
+        raise ValueError(
+            f"indices: expected shape x.shape[:-1] = {tuple(x.shape[:-1])}, "
+            f"got {tuple(indices.shape)}"
+        )
+    _check_same_device("x", x, "indices", indices)
+    num_codes = _check_num_codes(num_codes)
+    backend = _resolve_backend(backend, x.device)
+    flat = indices.detach().reshape(-1)
+    _check_index_range(flat, num_codes)
+    rows = x.detach().reshape(-1, x.shape[-1])
+    if rows.shape[0] == 0:
+        return (
+            torch.zeros(num_codes, dtype=torch.int64, device=x.device),
+            torch.zeros(num_codes, rows.shape[1], dtype=torch.float32, device=x.device),
+        )
+    return _op(backend, "code_sums")(flat.to(torch.int64), rows, num_codes)
+
+
+def usage(counts: Tensor) -> tuple[Tensor, Tensor]:
+    """(utilization, perplexity) of a code histogram ``counts`` (integer, ``(K,)``), as float32
+    0-dim tensors on its device, without a host sync. utilization = fraction of codes with a
+    nonzero count; perplexity = exp(-sum p log p) with 0 log 0 = 0 (1 for an empty histogram)."""
+    _check_integer_tensor("counts", counts)
+    if counts.dim() != 1 or counts.shape[0] == 0:
+        raise ValueError(f"counts: expected shape (K,) with K >= 1, got {tuple(counts.shape)}")
+    backend = _resolve_backend("auto", counts.device)
+    return _op(backend, "usage")(counts.detach().to(torch.int64))
+
+
+def moments(x: Tensor, *, backend: str = "auto") -> Moments:
+    """Count, mean and population covariance of the rows of ``x`` (..., D), accumulated in
+    float64 from centred tiles. Differentiable in ``x``. No rows gives zero mean and cov."""
+    _check_float_tensor("x", x, MOMENTS_DTYPES)
+    _check_rows("x", x)
+    backend = _resolve_backend(backend, x.device)
+    rows = x.reshape(-1, x.shape[-1])
+    if rows.shape[0] == 0:
+        return _empty_moments(rows)
+    return Moments(*_op(backend, "moments")(rows))
+
+
+def _op(backend: str, name: str):
+    """The implementation of op ``name`` for a resolved backend. The compiled backends share
+    the ``torch.ops.wvq`` entry points, which dispatch on the tensors' device."""
+    return getattr(reference, name) if backend == "reference" else getattr(torch.ops.wvq, name)
+
+
+def _resolve_backend(backend: str, device: torch.device) -> str:
+    argument = "backend"
+    if backend == "auto" and os.environ.get(ENV_BACKEND, "auto") not in ("", "auto"):
+        backend, argument = os.environ[ENV_BACKEND], ENV_BACKEND
+    if backend == "auto":
+        return "cpu" if device.type == "cpu" and _BACKEND_STATUS["cpu"] else "reference"
+    if backend not in _BACKEND_STATUS:
+        expected = ", ".join(repr(name) for name in ("auto", *_BACKEND_STATUS))
+        raise ValueError(f"{argument}: expected one of {expected}, got {backend!r}")
+    status = _BACKEND_STATUS[backend]
+    if not status:
+        raise ValueError(f"{argument}: backend {backend!r} is not available: {status.reason}")
+    if backend == "cpu" and device.type != "cpu":
+        raise ValueError(f"{argument}: backend 'cpu' expects CPU tensors, got tensors on {device}")
+    return backend
+
+
+def _resolve_precision(precision: str, dtype: torch.dtype, backend: str) -> str:
+    _check_choice("precision", precision, PRECISIONS)
+    if precision == "tf32" and backend not in GPU_BACKENDS:
+        raise ValueError(
+            f"precision: 'tf32' is a GPU tensor-core mode; backend {backend!r} accepts "
+            "'auto', 'ieee' or 'bf16'"
+        )
+    if precision == "auto":
+        return "bf16" if dtype == torch.bfloat16 else "ieee"
+    return precision
+
+
+def _check_choice(argument: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        expected = ", ".join(repr(choice) for choice in choices)
+        raise ValueError(f"{argument}: expected one of {expected}, got {value!r}")
+
+
+def _check_tensor(argument: str, value) -> None:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{argument}: expected a torch.Tensor, got {type(value).__name__}")
+
+
+def _check_float_tensor(argument: str, value, dtypes: tuple[torch.dtype, ...]) -> None:
+    _check_tensor(argument, value)
+    if value.dtype not in dtypes:
+        expected = ", ".join(str(dtype) for dtype in dtypes)
+        raise TypeError(f"{argument}: expected dtype {expected}, got {value.dtype}")
+
+
+def _check_integer_tensor(argument: str, value) -> None:
+    _check_tensor(argument, value)
+    if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+        raise TypeError(f"{argument}: expected an integer dtype, got {value.dtype}")
+
+
+def _check_rows(argument: str, value: Tensor) -> None:
+    """A tensor of rows: shape (..., D) with D >= 1."""
+    if value.dim() == 0 or value.shape[-1] == 0:
+        raise ValueError(
+            f"{argument}: expected shape (..., D) with D >= 1, got {tuple(value.shape)}"
+        )
+
+
+def _check_codebook(codebook, x: Tensor) -> None:
+    _check_float_tensor("codebook", codebook, FLOAT_DTYPES)
+    if codebook.dtype != x.dtype:
+        raise TypeError(f"codebook: expected dtype {x.dtype} (that of x), got {codebook.dtype}")
+    if codebook.dim() != 2:
+        raise ValueError(f"codebook: expected shape (K, D), got {tuple(codebook.shape)}")
+    if codebook.shape[0] == 0:
+        raise ValueError(f"codebook: expected K >= 1 codes, got shape {tuple(codebook.shape)}")
+    if codebook.shape[1] != x.shape[-1]:
+        raise ValueError(
+            f"codebook: expected D = x.shape[-1] = {x.shape[-1]} columns, "
+            f"got shape {tuple(codebook.shape)}"
+        )
+    _check_same_device("x", x, "codebook", codebook)
+
+
+def _check_same_device(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
+    if a.device != b.device:
+        raise ValueError(f"{name_b}: expected device {a.device} (that of {name_a}), got {b.device}")
+
+
+def _check_num_codes(num_codes) -> int:
+    if isinstance(num_codes, bool):
+        raise TypeError("num_codes: expected an int, got bool")
+    try:
+        num_codes = operator.index(num_codes)
+    except TypeError:
+        raise TypeError(f"num_codes: expected an int, got {type(num_codes).__name__}") from None
+    if num_codes <= 0:
+        raise ValueError(f"num_codes: expected num_codes >= 1, got {num_codes}")
+    return num_codes
+
+
+def _check_index_range(flat_indices: Tensor, num_codes: int) -> None:
+    if flat_indices.numel() == 0:
+        return
+    low, high = torch.aminmax(flat_indices)
+    if low >= 0 and high < num_codes:
+        return
+    out_of_range = (flat_indices < 0) | (flat_indices >= num_codes)
+    position = int(out_of_range.nonzero()[0, 0])
+    raise ValueError(
+        f"indices: expected values in [0, {num_codes}), "
+        f"got {int(flat_indices[position])} at flat position {position}"
+    )
+
+
+def _check_finite(argument: str, rows: Tensor) -> None:
+    # The full scan is one fused reduction; finding the row is paid for only on failure.
+    if torch.isfinite(rows).all():
+        return
+    bad_row = int((~torch.isfinite(rows)).any(dim=1).nonzero()[0, 0])
+    raise ValueError(
+        f"{argument}: expected finite values (check_finite=True), got a non-finite value "
+        f"in row {bad_row} of {argument}.reshape(-1, D)"
+    )
+
+
+def _empty_assignment(x: Tensor, num_codes: int, histogram: bool) -> Assignment:
+    batch_shape = x.shape[:-1]
+    return Assignment(
+        torch.empty(batch_shape, dtype=torch.int64, device=x.device),
+        torch.empty(batch_shape, dtype=torch.float32, device=x.device),
+        torch.zeros(num_codes, dtype=torch.int64, device=x.device) if histogram else None,
+    )
+
+
+def _empty_moments(rows: Tensor) -> Moments:
+    zeros = torch.zeros(rows.shape[1], dtype=torch.float64, device=rows.device)
+    count = torch.zeros((), dtype=torch.int64, device=rows.device)
+    return Moments(count, zeros, torch.outer(zeros, zeros))
+
+
+def _moments_input_grad(x: Tensor, mean: Tensor, grad_mean: Tensor, grad_cov: Tensor) -> Tensor:
+    """d/dx of <grad_mean, mean> + <grad_cov, cov> for cov = (1/n) sum (x_i - mu)(x_i - mu)^T:
+    grad_mean / n + (1/n) (G + G^T)(x_i - mu). The path through mu vanishes because the
+    centred rows sum to zero."""
+    n = x.shape[0]
+    centred = x.to(torch.float64) - mean
+    grad = grad_mean / n + centred @ (grad_cov + grad_cov.T) / n
+    return grad.to(x.dtype)
+
+
+def _register_fake_kernels() -> None:
+    """Shape-only kernels, so that the ops trace under torch.compile and FakeTensor."""
+
+    @torch.library.register_fake("wvq::assign")
+    def _(x, codebook, metric, precision, histogram):
+        num_counts = codebook.shape[0] if histogram else 0
+        return (
+            x.new_empty(x.shape[0], dtype=torch.int64),
+            x.new_empty(x.shape[0], dtype=torch.float32),
+            x.new_empty(num_counts, dtype=torch.int64),
+        )
+
+    @torch.library.register_fake("wvq::code_histogram")
+    def _(indices, num_codes):
+        return indices.new_empty(num_codes, dtype=torch.int64)
+
+    @torch.library.register_fake("wvq::code_sums")
+    def _(indices, x, num_codes):
+        return (
+            x.new_empty(num_codes, dtype=torch.int64),
+            x.new_empty(num_codes, x.shape[1], dtype=torch.float32),
+        )
+
+    @torch.library.register_fake("wvq::usage")
+    def _(counts):
+        return counts.new_empty((), dtype=torch.float32), counts.new_empty((), dtype=torch.float32)
+
+    @torch.library.register_fake("wvq::moments")
+    def _(x):
+        return (
+            x.new_empty((), dtype=torch.int64),
+            x.new_empty(x.shape[1], dtype=torch.float64),
+            x.new_empty(x.shape[1], x.shape[1], dtype=torch.float64),
+        )
+
+
+def _register_moments_autograd() -> None:
+    def setup_context(ctx, inputs, output):
+        (x,) = inputs
+        _, mean, _ = output
+        ctx.save_for_backward(x, mean)
+
+    def backward(ctx, grad_count, grad_mean, grad_cov):
+        x, mean = ctx.saved_tensors
+        return _moments_input_grad(x, mean, grad_mean, grad_cov)
+
+    torch.library.register_autograd("wvq::moments", backward, setup_context=setup_context)
+
+
+if _BACKEND_STATUS["cpu"]:
+    _register_fake_kernels()
+    _register_moments_autograd()

@@ -1,0 +1,313 @@
+// Nearest-code assignment on the CPU without an N x K buffer.
+//
+// Every score is bias_k + sum_u row_u * code_ku, with the operands prepared so that one
+// micro-kernel covers all metrics: l2 uses rows -2x and bias |c|^2, cosine rows -x/|x| and
+// codes c/|c|, dot rows -x. The codebook is packed once into chunks of `chunk_codes` codes
+// (unit-major, padded with +inf-bias codes); rows are encoded per block inside the parallel
+// loop. Work is split into (row block, code segment) tasks: code segments exist only when there
+// are too few rows to keep every thread busy, and their partial minima are merged in segment
+// order, so results never depend on the thread count. Within a task, code blocks sized for L2
+// are the outer loop and row tiles sized for registers the inner one.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "cpu_ops.h"
+#include "microkernel.h"
+
+namespace wvq::cpu {
+namespace {
+
+enum class Metric { kL2, kCosine, kDot };
+
+Metric parse_metric(const std::string& name) {
+  if (name == "l2") return Metric::kL2;
+  if (name == "cosine") return Metric::kCosine;
+  TORCH_CHECK(name == "dot", "wvq::assign: metric must be l2, cosine or dot, got ", name);
+  return Metric::kDot;
+}
+
+// How a vector becomes micro-kernel operands: fp32 values, bf16-rounded values held in fp32
+// (CPUs without vdpbf16ps), or bf16 pairs packed into 32-bit units.
+struct Encoding {
+  int64_t dim;
+  bool round_to_bf16;
+  bool bf16_pairs;
+  int64_t units() const { return bf16_pairs ? (dim + 1) / 2 : dim; }
+};
+
+uint16_t bf16_bits(float value) {  // round to nearest even; inputs are finite
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+float bf16_value(uint16_t half) {
+  const uint32_t bits = static_cast<uint32_t>(half) << 16;
+  float value;
+  std::memcpy(&value, &bits, sizeof value);
+  return value;
+}
+
+// Writes scale * v as operands; returns the sum of squares of the values the kernel will see
+// (the l2 bias must come from exactly those values).
+double encode(const float* v, double scale, const Encoding& e, float* out) {
+  double squares = 0.0;
+  if (e.bf16_pairs) {
+    for (int64_t u = 0; u < e.units(); ++u) {
+      const uint16_t lo = bf16_bits(static_cast<float>(scale * v[2 * u]));
+      const uint16_t hi =
+          2 * u + 1 < e.dim ? bf16_bits(static_cast<float>(scale * v[2 * u + 1])) : 0;
+      squares += double(bf16_value(lo)) * bf16_value(lo) + double(bf16_value(hi)) * bf16_value(hi);
+      const uint32_t pair = static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
+      std::memcpy(out + u, &pair, sizeof pair);
+    }
+    return squares;
+  }
+  for (int64_t d = 0; d < e.dim; ++d) {
+    float value = static_cast<float>(scale * v[d]);
+    if (e.round_to_bf16) value = bf16_value(bf16_bits(value));
+    out[d] = value;
+    squares += double(value) * value;
+  }
+  return squares;
+}
+
+double norm_of(const float* v, int64_t dim) {
+  double squares = 0.0;
+  for (int64_t d = 0; d < dim; ++d) squares += double(v[d]) * v[d];
+  return std::sqrt(squares);
+}
+
+// Zero vectors stay zero under cosine normalisation.
+double cosine_scale(const float* v, int64_t dim) {
+  const double norm = norm_of(v, dim);
+  return norm > 0.0 ? 1.0 / norm : 0.0;
+}
+
+template <typename scalar_t>
+void to_float(const scalar_t* src, int64_t dim, float* dst) {
+  for (int64_t d = 0; d < dim; ++d) dst[d] = static_cast<float>(src[d]);
+}
+
+struct PackedCodes {
+  at::Tensor values;  // num_chunks x units x chunk_codes
+  at::Tensor bias;    // num_chunks x chunk_codes
+  int64_t num_chunks;
+};
+
+template <typename scalar_t>
+PackedCodes pack_codes(const at::Tensor& codebook, Metric metric, const Encoding& e,
+                       int chunk_codes) {
+  const int64_t num_codes = codebook.size(0), units = e.units();
+  const int64_t num_chunks = (num_codes + chunk_codes - 1) / chunk_codes;
+  at::Tensor values = at::zeros({num_chunks, units, chunk_codes}, at::kFloat);
+  at::Tensor bias = at::full({num_chunks, chunk_codes}, std::numeric_limits<float>::infinity(),
+                             at::kFloat);
+  const scalar_t* src = codebook.data_ptr<scalar_t>();
+  float* packed = values.data_ptr<float>();
+  float* bias_out = bias.data_ptr<float>();
+  at::parallel_for(0, num_chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> code(e.dim), operands(units);
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      for (int lane = 0; lane < chunk_codes; ++lane) {
+        const int64_t k = chunk * chunk_codes + lane;
+        if (k >= num_codes) break;
+        to_float(src + k * e.dim, e.dim, code.data());
+        const double scale = metric == Metric::kCosine ? cosine_scale(code.data(), e.dim) : 1.0;
+        const double squares = encode(code.data(), scale, e, operands.data());
+        for (int64_t u = 0; u < units; ++u)
+          packed[(chunk * units + u) * chunk_codes + lane] = operands[u];
+        bias_out[k] = metric == Metric::kL2 ? static_cast<float>(squares) : 0.0f;
+      }
+    }
+  });
+  return {values, bias, num_chunks};
+}
+
+double row_scale(Metric metric, const float* row, int64_t dim) {
+  switch (metric) {
+    case Metric::kL2: return -2.0;  // exact in fp32 and bf16: rounding commutes with it
+    case Metric::kCosine: return -cosine_scale(row, dim);
+    default: return -1.0;
+  }
+}
+
+// The distance reported for the chosen code, from the unrounded inputs, in double.
+template <typename scalar_t>
+float chosen_distance(Metric metric, const scalar_t* x, const scalar_t* code, int64_t dim) {
+  double squares = 0.0, dot = 0.0, x_norm = 0.0, code_norm = 0.0;
+  for (int64_t d = 0; d < dim; ++d) {
+    const double a = static_cast<float>(x[d]), b = static_cast<float>(code[d]);
+    squares += (a - b) * (a - b);
+    dot += a * b;
+    x_norm += a * a;
+    code_norm += b * b;
+  }
+  if (metric == Metric::kL2) return static_cast<float>(squares);
+  if (metric == Metric::kDot) return static_cast<float>(-dot);
+  const double denominator = std::sqrt(x_norm) * std::sqrt(code_norm);
+  const double cosine = denominator > 0.0 ? dot / denominator : 0.0;
+  return static_cast<float>(std::max(0.0, 1.0 - cosine));
+}
+
+struct Plan {
+  int64_t row_block;          // rows per task, a multiple of the tile height
+  int64_t num_row_blocks;
+  int64_t segments;           // code segments per row block (split-K for few rows)
+  int64_t chunks_per_segment;
+  int64_t block_chunks;       // chunks per L2-resident code block
+};
+
+Plan make_plan(int64_t num_rows, int64_t num_chunks, int64_t units, const MicroKernel& kernel,
+               int threads) {
+  constexpr int64_t kCodeBlockBytes = 256 * 1024;  // a quarter of this CPU's 1 MiB L2
+  constexpr int64_t kMaxRowBlock = 384;
+  const int64_t tile = kernel.tile_rows;
+  const int64_t tasks_wanted = 4 * static_cast<int64_t>(threads);
+  int64_t row_block = (num_rows + tasks_wanted - 1) / tasks_wanted;
+  row_block = std::clamp((row_block + tile - 1) / tile * tile, tile, kMaxRowBlock / tile * tile);
+  const int64_t num_row_blocks = (num_rows + row_block - 1) / row_block;
+  const int64_t segments =
+      std::clamp((tasks_wanted + num_row_blocks - 1) / num_row_blocks, int64_t{1}, num_chunks);
+  const int64_t chunks_per_segment = (num_chunks + segments - 1) / segments;
+  const int64_t chunk_bytes = units * kernel.chunk_codes * int64_t{4};
+  const int64_t block_chunks = std::max<int64_t>(1, kCodeBlockBytes / chunk_bytes);
+  return {row_block, num_row_blocks, (num_chunks + chunks_per_segment - 1) / chunks_per_segment,
+          chunks_per_segment, block_chunks};
+}
+
+// Per-segment minima for every row: segment s of row i lives at [s * num_rows + i].
+struct Partials {
+  std::vector<float> best;
+  std::vector<int64_t> index;
+};
+
+template <typename scalar_t>
+void scan_task(const scalar_t* x, int64_t num_rows, int64_t block, int64_t segment,
+               Metric metric, const Encoding& e, const PackedCodes& codes,
+               const MicroKernel& kernel, const Plan& plan, std::vector<float>& rows,
+               std::vector<float>& scratch, Partials& partials) {
+  const int64_t units = e.units(), chunk_codes = kernel.chunk_codes;
+  const int64_t first_row = block * plan.row_block;
+  const int64_t count = std::min(plan.row_block, num_rows - first_row);
+  std::fill(rows.begin(), rows.end(), 0.0f);
+  for (int64_t r = 0; r < count; ++r) {
+    to_float(x + (first_row + r) * e.dim, e.dim, scratch.data());
+    encode(scratch.data(), row_scale(metric, scratch.data(), e.dim), e, rows.data() + r * units);
+  }
+  const int64_t first_chunk = segment * plan.chunks_per_segment;
+  const int64_t end_chunk = std::min(codes.num_chunks, first_chunk + plan.chunks_per_segment);
+  std::vector<float> best(plan.row_block, std::numeric_limits<float>::infinity());
+  std::vector<int64_t> best_index(plan.row_block, first_chunk * chunk_codes);
+  const float* packed = codes.values.data_ptr<float>();
+  const float* bias = codes.bias.data_ptr<float>();
+  for (int64_t chunk = first_chunk; chunk < end_chunk; chunk += plan.block_chunks) {
+    const int64_t chunks = std::min(plan.block_chunks, end_chunk - chunk);
+    for (int64_t t = 0; t < count; t += kernel.tile_rows) {
+      const ScanArgs args{rows.data() + t * units, units, packed + chunk * units * chunk_codes,
+                          bias + chunk * chunk_codes, units, chunks, chunk * chunk_codes,
+                          best.data() + t, best_index.data() + t};
+      kernel.scan(args);
+    }
+  }
+  const int64_t offset = segment * num_rows + first_row;
+  std::copy_n(best.begin(), count, partials.best.begin() + offset);
+  std::copy_n(best_index.begin(), count, partials.index.begin() + offset);
+}
+
+template <typename scalar_t>
+void scan_all(const scalar_t* x, int64_t num_rows, Metric metric, const Encoding& e,
+              const PackedCodes& codes, const MicroKernel& kernel, const Plan& plan,
+              int threads, Partials& partials) {
+  const int64_t tasks = plan.num_row_blocks * plan.segments;
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<float> rows(plan.row_block * e.units()), scratch(e.dim);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < tasks; ++task) {
+      scan_task(x, num_rows, task / plan.segments, task % plan.segments, metric, e, codes,
+                kernel, plan, rows, scratch, partials);
+    }
+  }
+}
+
+// Merges segments in order (strict "<": the earlier segment, holding smaller indices, wins
+// ties), then reports the distance and counts the code, all in one pass over the rows.
+template <typename scalar_t>
+void finalize(const scalar_t* x, const scalar_t* codebook, int64_t num_rows, int64_t dim,
+              Metric metric, const Plan& plan, const Partials& partials, int64_t* indices,
+              float* distances, int64_t* counts) {
+  at::parallel_for(0, num_rows, 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      float best = partials.best[i];
+      int64_t index = partials.index[i];
+      for (int64_t s = 1; s < plan.segments; ++s) {
+        if (partials.best[s * num_rows + i] < best) {
+          best = partials.best[s * num_rows + i];
+          index = partials.index[s * num_rows + i];
+        }
+      }
+      indices[i] = index;
+      distances[i] = chosen_distance(metric, x + i * dim, codebook + index * dim, dim);
+      if (counts != nullptr) __atomic_fetch_add(counts + index, 1, __ATOMIC_RELAXED);
+    }
+  });
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> assign(const at::Tensor& x_in,
+                                                      const at::Tensor& codebook_in,
+                                                      const std::string& metric_name,
+                                                      const std::string& precision,
+                                                      bool histogram) {
+  TORCH_CHECK(x_in.dim() == 2 && codebook_in.dim() == 2, "wvq::assign: x and codebook must be 2-D");
+  TORCH_CHECK(x_in.size(1) == codebook_in.size(1), "wvq::assign: dimension mismatch");
+  TORCH_CHECK(codebook_in.size(0) > 0, "wvq::assign: empty codebook");
+  TORCH_CHECK(precision == "ieee" || precision == "bf16",
+              "wvq::assign: precision must be ieee or bf16, got ", precision);
+  const Metric metric = parse_metric(metric_name);
+  const at::ScalarType dtype = c10::promoteTypes(x_in.scalar_type(), codebook_in.scalar_type());
+  TORCH_CHECK(at::isFloatingType(dtype), "wvq::assign: inputs must be floating point");
+  const at::Tensor x = x_in.to(dtype).contiguous();
+  const at::Tensor codebook = codebook_in.to(dtype).contiguous();
+  const int64_t num_rows = x.size(0), dim = x.size(1), num_codes = codebook.size(0);
+
+  const MicroKernel* bf16 = precision == "bf16" ? bf16_kernel() : nullptr;
+  const MicroKernel& kernel = bf16 != nullptr ? *bf16 : fp32_kernel();
+  const Encoding encoding{dim, precision == "bf16" && bf16 == nullptr, bf16 != nullptr};
+
+  at::Tensor indices = at::empty({num_rows}, at::kLong);
+  at::Tensor distances = at::empty({num_rows}, at::kFloat);
+  at::Tensor counts = at::zeros({histogram ? num_codes : 0}, at::kLong);
+  if (num_rows == 0) return {indices, distances, counts};
+
+  const int threads = at::get_num_threads();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "wvq_assign_cpu", [&] {
+    const PackedCodes codes = pack_codes<scalar_t>(codebook, metric, encoding, kernel.chunk_codes);
+    const Plan plan = make_plan(num_rows, codes.num_chunks, encoding.units(), kernel, threads);
+    Partials partials{std::vector<float>(plan.segments * num_rows),
+                      std::vector<int64_t>(plan.segments * num_rows)};
+    const scalar_t* x_data = x.data_ptr<scalar_t>();
+    scan_all(x_data, num_rows, metric, encoding, codes, kernel, plan, threads, partials);
+    finalize(x_data, codebook.data_ptr<scalar_t>(), num_rows, dim, metric, plan, partials,
+             indices.data_ptr<int64_t>(), distances.data_ptr<float>(),
+             histogram ? counts.data_ptr<int64_t>() : nullptr);
+  });
+  return {indices, distances, counts};
+}
+
+std::string cpu_isa() { return isa_name(detect_isa()); }
+
+}  // namespace wvq::cpu

@@ -1,0 +1,29 @@
+// CPU implementations of the wvq ops, registered in csrc/ops.cpp. Argument checks here only
+// guard memory safety; user-facing validation lives in wvq_kernels/ops.py.
+#pragma once
+
+#include <string>
+#include <tuple>
+
+#include <ATen/core/Tensor.h>
+
+namespace wvq::cpu {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> assign(const at::Tensor& x,
+                                                      const at::Tensor& codebook,
+                                                      const std::string& metric,
+                                                      const std::string& precision,
+                                                      bool histogram);
+
+at::Tensor code_histogram(const at::Tensor& indices, int64_t num_codes);
+
+std::tuple<at::Tensor, at::Tensor> code_sums(const at::Tensor& indices, const at::Tensor& x,
+                                             int64_t num_codes);
+
+std::tuple<at::Tensor, at::Tensor> usage(const at::Tensor& counts);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> moments(const at::Tensor& x);
+
+std::string cpu_isa();
+
+}  // namespace wvq::cpu

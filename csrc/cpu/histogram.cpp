@@ -1,0 +1,116 @@
+// Code-usage statistics: histogram, per-code sums and the utilization/perplexity summary.
+// code_sums is deterministic whatever the thread count: rows are bucketed by code with a
+// stable counting sort, and each code's rows are summed in row order in double.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+#include <vector>
+
+#include "cpu_ops.h"
+
+namespace wvq::cpu {
+namespace {
+
+void check_indices(const at::Tensor& indices, int64_t num_codes) {
+  TORCH_CHECK(indices.scalar_type() == at::kLong, "wvq: indices must be int64");
+  TORCH_CHECK(num_codes > 0, "wvq: num_codes must be positive");
+  const int64_t* data = indices.data_ptr<int64_t>();
+  for (int64_t i = 0; i < indices.numel(); ++i) {
+    TORCH_CHECK(data[i] >= 0 && data[i] < num_codes, "wvq: index ", data[i], " at position ", i,
+                " is outside [0, ", num_codes, ")");
+  }
+}
+
+// Each thread counts into its own histogram; the per-thread histograms are added at the end,
+// which keeps a collapsed codebook (every row on one code) from contending on one counter.
+at::Tensor count_codes(const int64_t* codes, int64_t n, int64_t num_codes) {
+  at::Tensor counts = at::zeros({num_codes}, at::kLong);
+  int64_t* out = counts.data_ptr<int64_t>();
+  constexpr int64_t kGrain = 1 << 16;
+  if (n < kGrain) {
+    for (int64_t i = 0; i < n; ++i) ++out[codes[i]];
+    return counts;
+  }
+  const int64_t pieces = (n + kGrain - 1) / kGrain;
+  std::vector<std::vector<int64_t>> partial(pieces);
+  at::parallel_for(0, pieces, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      partial[p].assign(num_codes, 0);
+      for (int64_t i = p * kGrain; i < std::min(n, (p + 1) * kGrain); ++i) ++partial[p][codes[i]];
+    }
+  });
+  for (const auto& piece : partial)
+    for (int64_t k = 0; k < num_codes; ++k) out[k] += piece[k];
+  return counts;
+}
+
+}  // namespace
+
+at::Tensor code_histogram(const at::Tensor& indices_in, int64_t num_codes) {
+  const at::Tensor indices = indices_in.contiguous();
+  check_indices(indices, num_codes);
+  return count_codes(indices.data_ptr<int64_t>(), indices.numel(), num_codes);
+}
+
+std::tuple<at::Tensor, at::Tensor> code_sums(const at::Tensor& indices_in, const at::Tensor& x_in,
+                                             int64_t num_codes) {
+  TORCH_CHECK(x_in.dim() == 2 && indices_in.dim() == 1 && indices_in.size(0) == x_in.size(0),
+              "wvq::code_sums: expected indices (N,) and x (N, D)");
+  TORCH_CHECK(at::isFloatingType(x_in.scalar_type()), "wvq::code_sums: x must be floating point");
+  const at::Tensor indices = indices_in.contiguous(), x = x_in.contiguous();
+  check_indices(indices, num_codes);
+  const int64_t n = x.size(0), dim = x.size(1);
+  const int64_t* codes = indices.data_ptr<int64_t>();
+  at::Tensor counts = count_codes(codes, n, num_codes);
+  at::Tensor sums = at::zeros({num_codes, dim}, at::kFloat);
+
+  // Stable counting sort: bucket k holds the rows of code k in increasing row order.
+  std::vector<int64_t> start(num_codes + 1, 0), order(n);
+  const int64_t* count = counts.data_ptr<int64_t>();
+  for (int64_t k = 0; k < num_codes; ++k) start[k + 1] = start[k] + count[k];
+  std::vector<int64_t> cursor(start.begin(), start.end() - 1);
+  for (int64_t i = 0; i < n; ++i) order[cursor[codes[i]]++] = i;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "wvq_code_sums", [&] {
+    const scalar_t* rows = x.data_ptr<scalar_t>();
+    float* out = sums.data_ptr<float>();
+    at::parallel_for(0, num_codes, 64, [&](int64_t begin, int64_t end) {
+      std::vector<double> total(dim);
+      for (int64_t k = begin; k < end; ++k) {
+        if (start[k] == start[k + 1]) continue;
+        std::fill(total.begin(), total.end(), 0.0);
+        for (int64_t p = start[k]; p < start[k + 1]; ++p) {
+          const scalar_t* row = rows + order[p] * dim;
+          for (int64_t d = 0; d < dim; ++d) total[d] += static_cast<double>(row[d]);
+        }
+        for (int64_t d = 0; d < dim; ++d) out[k * dim + d] = static_cast<float>(total[d]);
+      }
+    });
+  });
+  return {counts, sums};
+}
+
+std::tuple<at::Tensor, at::Tensor> usage(const at::Tensor& counts_in) {
+  TORCH_CHECK(counts_in.dim() == 1 && counts_in.size(0) > 0, "wvq::usage: counts must be (K,)");
+  const at::Tensor counts = counts_in.to(at::kDouble).contiguous();
+  const double* c = counts.data_ptr<double>();
+  const int64_t num_codes = counts.size(0);
+  double total = 0.0, used = 0.0;
+  for (int64_t k = 0; k < num_codes; ++k) {
+    total += c[k];
+    used += c[k] > 0 ? 1.0 : 0.0;
+  }
+  double entropy = 0.0;  // 0 log 0 = 0: empty codes add nothing; no tokens at all gives 1
+  for (int64_t k = 0; k < num_codes; ++k) {
+    if (c[k] > 0) entropy -= (c[k] / total) * std::log(c[k] / total);
+  }
+  at::Tensor utilization = at::empty({}, at::kFloat).fill_(used / num_codes);
+  at::Tensor perplexity = at::empty({}, at::kFloat).fill_(std::exp(entropy));
+  return {utilization, perplexity};
+}
+
+}  // namespace wvq::cpu

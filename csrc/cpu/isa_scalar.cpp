@@ -1,0 +1,31 @@
+// Portable micro-kernel for CPUs with neither AVX2 nor AVX-512 (and the reference point the
+// vector kernels are tested against through the public op).
+#define WVQ_ISA_NAMESPACE scalar
+
+namespace wvq::cpu::scalar {
+
+struct Isa {
+  using V = float;
+  static constexpr int kWidth = 1;
+  static V load(const float* p) { return *p; }
+  static V broadcast(const float* p) { return *p; }
+  static void store(float* p, V v) { *p = v; }
+  static V min(V a, V b) { return b < a ? b : a; }
+  static bool any_less(V v, float bound) { return v < bound; }
+};
+
+struct Fp32Dot {
+  static float step(float acc, float row, float code) { return acc + row * code; }
+};
+
+}  // namespace wvq::cpu::scalar
+
+#include "scan_impl.h"
+
+namespace wvq::cpu {
+
+const MicroKernel& scalar_fp32_kernel() {
+  return scalar::make_kernel<scalar::Fp32Dot, 4, 4>("scalar-fp32");
+}
+
+}  // namespace wvq::cpu

@@ -1,0 +1,46 @@
+"""Builds wvq_kernels._C (CPU, always) and, with WVQ_BUILD_CUDA=1 against a CUDA build of
+torch, wvq_kernels._C_cuda as a separate object: a CPU-only install must never load CUDA."""
+import glob
+import os
+
+from setuptools import setup
+from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+CXX_FLAGS = ["-O3", "-std=c++20", "-fopenmp", "-fno-math-errno"]
+
+
+def cpu_extension():
+    sources = ["csrc/ops.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
+    return CppExtension(
+        "wvq_kernels._C",
+        sources,
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        extra_compile_args={"cxx": CXX_FLAGS},
+        extra_link_args=["-fopenmp"],
+    )
+
+
+def cuda_extension():
+    from torch.utils.cpp_extension import CUDAExtension
+
+    sources = ["csrc/ops_cuda.cpp", *sorted(glob.glob("csrc/cuda/*.cu"))]
+    missing = [s for s in sources if not os.path.exists(os.path.join(ROOT, s))]
+    if missing:
+        raise SystemExit(f"WVQ_BUILD_CUDA=1 but the CUDA sources are missing: {missing}")
+    return CUDAExtension(
+        "wvq_kernels._C_cuda",
+        sources,
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        extra_compile_args={"cxx": ["-O3", "-std=c++20"], "nvcc": ["-O3", "-Xptxas", "-v"]},
+    )
+
+
+def extensions():
+    built = [cpu_extension()]
+    if os.environ.get("WVQ_BUILD_CUDA") == "1":
+        built.append(cuda_extension())
+    return built
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)})

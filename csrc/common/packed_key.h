@@ -34,8 +34,10 @@ WVQ_HD float float_from_ordered_bits(uint32_t ordered) {
 #endif
 }
 
-// Codebooks have fewer than 2^32 codes, so the index fits in the low half.
+// Codebooks have fewer than 2^32 codes, so the index fits in the low half. -0 is folded into
+// +0 so that the key orders exactly like the float comparison the CPU kernels use.
 WVQ_HD uint64_t pack_score_index(float score, uint32_t index) {
+  if (score == 0.0f) score = 0.0f;
   return (static_cast<uint64_t>(ordered_bits(score)) << 32) | index;
 }
 

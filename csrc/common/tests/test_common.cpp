@@ -1,0 +1,98 @@
+// Host unit tests for csrc/common: the packed (score, index) key and the Chan merge.
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "common/chan_merge.h"
+#include "common/packed_key.h"
+
+static int failures = 0;
+
+#define EXPECT(condition)                                                  \
+  do {                                                                     \
+    if (!(condition)) {                                                    \
+      std::printf("%s:%d: expected %s\n", __FILE__, __LINE__, #condition); \
+      ++failures;                                                          \
+    }                                                                      \
+  } while (0)
+
+static void packed_key_orders_like_scores_then_indices() {
+  const float inf = std::numeric_limits<float>::infinity();
+  const std::vector<float> ascending = {-inf, -1e30f, -2.5f, -1e-30f, 0.0f, 1e-30f, 1.0f, 3e38f, inf};
+  for (size_t i = 0; i + 1 < ascending.size(); ++i) {
+    EXPECT(wvq::pack_score_index(ascending[i], 7) < wvq::pack_score_index(ascending[i + 1], 0));
+  }
+  EXPECT(wvq::pack_score_index(2.0f, 3) < wvq::pack_score_index(2.0f, 4));
+  // -0 == +0 as floats, so the index must decide between them.
+  EXPECT(wvq::pack_score_index(0.0f, 1) < wvq::pack_score_index(-0.0f, 9));
+  EXPECT(wvq::pack_score_index(-0.0f, 1) < wvq::pack_score_index(0.0f, 9));
+}
+
+static void packed_key_round_trips() {
+  std::mt19937 rng(1);
+  std::normal_distribution<float> normal(0.0f, 100.0f);
+  for (int i = 0; i < 10000; ++i) {
+    const float score = normal(rng);
+    const uint32_t index = rng();
+    const uint64_t key = wvq::pack_score_index(score, index);
+    EXPECT(wvq::unpack_score(key) == score);
+    EXPECT(wvq::unpack_index(key) == index);
+  }
+}
+
+static void tie_break_prefers_smaller_score_then_index() {
+  EXPECT(wvq::better_candidate(1.0f, 5, 2.0f, 0));
+  EXPECT(wvq::better_candidate(1.0f, 2, 1.0f, 3));
+  EXPECT(!wvq::better_candidate(1.0f, 3, 1.0f, 3));
+  EXPECT(!wvq::better_candidate(1.0f, 4, 1.0f, 3));
+  EXPECT(!wvq::better_candidate(2.0f, 0, 1.0f, 9));
+}
+
+struct Stats {
+  int64_t count = 0;
+  std::vector<double> mean, m2;
+};
+
+// Two-pass float64 statistics of rows [begin, end): the ground truth for the merge.
+static Stats direct_stats(const std::vector<double>& x, int64_t dim, int64_t begin, int64_t end) {
+  Stats s{end - begin, std::vector<double>(dim, 0.0), std::vector<double>(dim * dim, 0.0)};
+  for (int64_t r = begin; r < end; ++r)
+    for (int64_t d = 0; d < dim; ++d) s.mean[d] += x[r * dim + d] / double(s.count);
+  for (int64_t r = begin; r < end; ++r)
+    for (int64_t i = 0; i < dim; ++i)
+      for (int64_t j = 0; j < dim; ++j)
+        s.m2[i * dim + j] += (x[r * dim + i] - s.mean[i]) * (x[r * dim + j] - s.mean[j]);
+  return s;
+}
+
+static void chan_merge_of_splits_equals_whole() {
+  const int64_t rows = 300, dim = 5;
+  std::mt19937 rng(2);
+  std::normal_distribution<double> normal(1e4, 1e-2);  // large common offset
+  std::vector<double> x(rows * dim);
+  for (double& v : x) v = normal(rng);
+  const Stats whole = direct_stats(x, dim, 0, rows);
+  for (int64_t split : {0, 1, 137, 299, 300}) {
+    Stats merged = direct_stats(x, dim, 0, split);
+    if (split == 0) merged = {0, std::vector<double>(dim, 0.0), std::vector<double>(dim * dim, 0.0)};
+    const Stats right = direct_stats(x, dim, split, rows);
+    wvq::chan_merge(merged.count, merged.mean.data(), merged.m2.data(), right.count,
+                    right.mean.data(), right.m2.data(), dim);
+    EXPECT(merged.count == rows);
+    for (int64_t d = 0; d < dim; ++d) EXPECT(std::abs(merged.mean[d] - whole.mean[d]) < 1e-9);
+    for (int64_t i = 0; i < dim * dim; ++i)
+      EXPECT(std::abs(merged.m2[i] - whole.m2[i]) <= 1e-9 * std::abs(whole.m2[i]) + 1e-12);
+  }
+}
+
+int main() {
+  packed_key_orders_like_scores_then_indices();
+  packed_key_round_trips();
+  tie_break_prefers_smaller_score_then_index();
+  chan_merge_of_splits_equals_whole();
+  std::printf(failures == 0 ? "common host tests passed\n" : "%d failures\n", failures);
+  return failures == 0 ? 0 : 1;
+}

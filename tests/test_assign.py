@@ -1,0 +1,184 @@
+import pytest
+import torch
+
+import wvq_kernels as wvq
+from oracle import check_assignment, distances64, oracle
+
+DIMS = [1, 3, 8, 12, 59, 64, 256]
+# (N, K): the reference is slow at K = 65536, so that size runs with few rows.
+SIZES = [(0, 17), (1, 17), (1000, 17), (1, 1), (1000, 1), (0, 65536), (1, 65536), (200, 65536)]
+METRICS = ["l2", "cosine", "dot"]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def _data(n, k, d, dtype=torch.float32, device="cpu", seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=generator).to(device=device, dtype=dtype)
+    codebook = torch.randn(k, d, generator=generator).to(device=device, dtype=dtype)
+    return x, codebook
+
+
+def _resolved(precision, dtype):
+    return "bf16" if precision == "bf16" or (precision == "auto" and dtype == torch.bfloat16) else "ieee"
+
+
+@pytest.mark.parametrize("n, k", SIZES)
+@pytest.mark.parametrize("d", DIMS)
+def test_regret_across_sizes(backend, device, n, k, d):
+    x, codebook = _data(n, k, d, device=device, seed=d)
+    result = wvq.assign(x, codebook, backend=backend)
+    assert result.indices.shape == (n,) and result.distances.shape == (n,)
+    assert result.counts is None
+    check_assignment(x, codebook, result.indices, result.distances, "l2", "ieee")
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("precision", ["ieee", "bf16", "auto"])
+def test_metrics_dtypes_precisions(backend, device, metric, dtype, precision):
+    x, codebook = _data(300, 300, 24, dtype=dtype, device=device)
+    result = wvq.assign(x, codebook, metric=metric, precision=precision, backend=backend)
+    check_assignment(
+        x, codebook, result.indices, result.distances, metric, _resolved(precision, dtype)
+    )
+
+
+def test_exact_index_where_decisive(backend, device):
+    """Codes on a coarse grid, rows near distinct codes: every row is decisive."""
+    x, codebook = _data(500, 4000, 16, device=device)
+    codebook = codebook.round()
+    codebook[:500] = codebook[:500] + 10 * torch.arange(1, 501, device=device)[:, None]
+    x = codebook[:500] + 0.01 * x
+    result = wvq.assign(x, codebook, backend=backend)
+    assert torch.equal(result.indices.cpu(), torch.arange(500))
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("k", [40, 10_000])
+def test_duplicate_codes_go_to_the_smallest_index(backend, device, metric, k):
+    x, codebook = _data(64, k, 16, device=device)
+    winner = 3 * torch.randn(16, generator=torch.Generator().manual_seed(1)).to(device)
+    # Copies on both sides of the reference's 4096-code blocks when K allows.
+    copies = [5, 11, 23, 39] if k == 40 else [100, 4095, 4096, 4196, 9999]
+    codebook[copies] = winner
+    x = winner + 0.05 * x
+    result = wvq.assign(x, codebook, metric=metric, backend=backend)
+    assert (result.indices == copies[0]).all()
+
+
+@pytest.mark.parametrize("metric", ["l2", "dot"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("precision", ["ieee", "bf16"])
+def test_exact_ties_on_integer_data(backend, device, metric, dtype, precision):
+    """Small integers make every score exact in any precision and order, so ties are real
+    ties, many of them between different codes; each must go to the first best code."""
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randint(-2, 3, (400, 6), generator=generator).to(device, dtype)
+    codebook = torch.randint(-2, 3, (500, 6), generator=generator).to(device, dtype)
+    result = wvq.assign(x, codebook, metric=metric, precision=precision, backend=backend)
+    expected = distances64(x.cpu(), codebook.cpu(), metric).argmin(dim=1)
+    assert torch.equal(result.indices.cpu(), expected)
+
+
+def test_leading_batch_dims_match_flat_rows(backend, device):
+    x, codebook = _data(240, 50, 12, device=device)
+    batched = wvq.assign(x.reshape(2, 3, 40, 12), codebook, histogram=True, backend=backend)
+    flat = wvq.assign(x, codebook, histogram=True, backend=backend)
+    assert batched.indices.shape == (2, 3, 40) and batched.distances.shape == (2, 3, 40)
+    assert torch.equal(batched.indices.reshape(-1), flat.indices)
+    assert torch.equal(batched.distances.reshape(-1), flat.distances)
+    assert torch.equal(batched.counts, flat.counts)
+
+
+def test_single_vector_gives_0_dim_results(backend, device):
+    x, codebook = _data(1, 17, 8, device=device)
+    result = wvq.assign(x[0], codebook, backend=backend)
+    assert result.indices.shape == () and result.distances.shape == ()
+
+
+@pytest.mark.parametrize("histogram", [False, True])
+def test_empty_batch(backend, device, histogram):
+    codebook = torch.randn(17, 8, device=device)
+    result = wvq.assign(torch.empty(3, 0, 8, device=device), codebook, histogram=histogram, backend=backend)
+    assert result.indices.shape == (3, 0) and result.indices.dtype == torch.int64
+    assert result.distances.shape == (3, 0) and result.distances.dtype == torch.float32
+    if histogram:
+        assert torch.equal(result.counts.cpu(), torch.zeros(17, dtype=torch.int64))
+    else:
+        assert result.counts is None
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_non_contiguous_inputs(backend, device, metric):
+    x, codebook = _data(300, 64, 24, device=device)
+    strided_x = torch.randn(300, 48, device=device)[:, ::2]
+    strided_x.copy_(x)
+    transposed_codebook = codebook.T.contiguous().T
+    assert not strided_x.is_contiguous() and not transposed_codebook.is_contiguous()
+    result = wvq.assign(strided_x, transposed_codebook, metric=metric, backend=backend)
+    check_assignment(x, codebook, result.indices, result.distances, metric, "ieee")
+    contiguous = wvq.assign(x, codebook, metric=metric, backend=backend)
+    torch.testing.assert_close(result.distances, contiguous.distances, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("k", [1, 17, 5000])
+def test_fused_histogram_matches_bincount(backend, device, metric, k):
+    x, codebook = _data(3000, k, 8, device=device)
+    result = wvq.assign(x, codebook, metric=metric, histogram=True, backend=backend)
+    assert result.counts.dtype == torch.int64 and result.counts.shape == (k,)
+    assert torch.equal(result.counts, torch.bincount(result.indices, minlength=k))
+
+
+def test_cosine_zero_vectors_stay_zero(backend, device):
+    """A zero row or code has cosine similarity 0 with everything: distance exactly 1, and a
+    zero row ties with every code, so it goes to code 0."""
+    x, codebook = _data(8, 5, 4, device=device)
+    x[3] = 0
+    codebook[2] = 0
+    result = wvq.assign(x, codebook, metric="cosine", backend=backend)
+    assert result.indices[3] == 0 and result.distances[3] == 1.0
+    check_assignment(x, codebook, result.indices, result.distances, "cosine", "ieee")
+
+
+def test_inputs_untouched_and_runs_deterministic(backend, device):
+    x, codebook = _data(500, 300, 16, device=device)
+    x_before, codebook_before = x.clone(), codebook.clone()
+    first = wvq.assign(x, codebook, histogram=True, backend=backend)
+    second = wvq.assign(x, codebook, histogram=True, backend=backend)
+    assert torch.equal(x, x_before) and torch.equal(codebook, codebook_before)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_bf16_precision_no_worse_than_pytorch_bf16(backend, device):
+    """Mean regret of precision='bf16' against float64, versus plain PyTorch in bf16 (bf16
+    GEMM output, norms of the bf16 codes)."""
+    x, codebook = _data(2000, 1024, 32, device=device, seed=3)
+    ours = wvq.assign(x, codebook, precision="bf16", backend=backend).indices.cpu()
+    x16, codes16 = x.cpu().bfloat16(), codebook.cpu().bfloat16()
+    scores = codes16.float().square().sum(1) - 2 * (x16 @ codes16.T).float()
+    baseline = scores.argmin(dim=1)
+    truth = oracle(x.cpu(), codebook.cpu(), "l2", ours)
+    baseline_regret = oracle(x.cpu(), codebook.cpu(), "l2", baseline).chosen - truth.best
+    our_regret = truth.chosen - truth.best
+    assert baseline_regret.mean() > 0
+    assert our_regret.mean() <= 2 * baseline_regret.mean()
+
+
+def test_more_than_2_to_the_31_pairs(fast_backend, fast_device):
+    """N * K > 2^31: 64-bit offsets everywhere. Rows at the start, at random and at the very
+    end are checked against float64, and the histogram must account for every row."""
+    n, k, d = 32_800, 65_536, 4
+    assert n * k > 2**31
+    x, codebook = _data(n, k, d, device=fast_device, seed=4)
+    result = wvq.assign(x, codebook, histogram=True, backend=fast_backend)
+    assert int(result.counts.sum()) == n
+    assert torch.equal(result.counts, torch.bincount(result.indices, minlength=k))
+    sample = torch.cat(
+        [torch.arange(16), torch.randint(16, n - 48, (64,), generator=torch.Generator().manual_seed(5)),
+         torch.arange(n - 48, n)]
+    )
+    check_assignment(
+        x[sample], codebook, result.indices[sample], result.distances[sample], "l2", "ieee"
+    )

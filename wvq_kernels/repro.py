@@ -1,0 +1,246 @@
+"""The synthetic ("atomic") experiment of the Wasserstein-VQ paper, as NOTES-papers.md states it.
+
+K = 16,384 codes in d = 8, codebook initialised N(0, I) (or U(−1, 1)^d); every step draws fresh
+features N(μ·1, I) (or U(μ−1, μ+1)^d); the codebook (or, for "linear", a d×d map + bias over
+frozen codes) is the only parameter, trained with SGD, momentum 0.9:
+
+- wasserstein: 0.1·L_code + 10·W, lr 3.0, W from biased covariances of the batch and codebook;
+- vanilla: L_code, lr 1.0;   linear: L_code through the map, lr 0.02;
+- ema: no optimizer, cluster sizes and sums decayed with 0.9, Laplace smoothing 1e-5.
+
+L_code = mean_i Σ_d (e_{r_i} − sg(z_i))². Evaluation: quantization error E, utilization U and
+perplexity C over fresh samples.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from .losses import gaussian_w2
+from .ops import assign, code_sums, moments, usage
+
+METHODS = ("vanilla", "ema", "linear", "wasserstein")
+
+# Published final values (E, U %, C) for Gaussian features, by shift μ.
+PUBLISHED = {
+    0: {"vanilla": (1.001, 99.68, 14789), "ema": (0.982, 99.99, 14736),
+        "linear": (1.056, 99.37, 14570), "wasserstein": (0.987, 99.79, 14883)},
+    2: {"vanilla": (2.119, 6.51, 600), "ema": (1.543, 14.04, 2207),
+        "linear": (1.055, 99.35, 14566), "wasserstein": (0.991, 99.76, 14915)},
+    4: {"vanilla": (5.294, 0.07, 11), "ema": (3.005, 0.79, 129),
+        "linear": (1.676, 23.23, 2346), "wasserstein": (1.021, 99.85, 14823)},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class AtomicConfig:
+    mu: float = 0.0
+    method: str = "wasserstein"
+    distribution: str = "gaussian"
+    num_codes: int = 16384
+    dim: int = 8
+    steps: int = 2000
+    batch: int = 50_000
+    eval_samples: int = 200_000
+    log_every: int = 100
+    seed: int = 12
+    backend: str = "auto"
+
+    @classmethod
+    def quick(cls, **overrides):
+        """A few-second variant for CI: same method, fewer codes, steps and samples."""
+        settings = dict(num_codes=1024, steps=60, batch=4096, eval_samples=16384, log_every=20)
+        settings.update(overrides)
+        return cls(**settings)
+
+
+@dataclasses.dataclass
+class Evaluation:
+    step: int
+    error: float
+    utilization: float
+    perplexity: float
+
+
+def sample(config: AtomicConfig, count: int, generator: torch.Generator) -> torch.Tensor:
+    if config.distribution == "gaussian":
+        return torch.randn(count, config.dim, generator=generator) + config.mu
+    if config.distribution == "uniform":
+        return torch.rand(count, config.dim, generator=generator) * 2 - 1 + config.mu
+    raise ValueError(f"distribution must be gaussian or uniform, got {config.distribution!r}")
+
+
+def initial_codebook(config: AtomicConfig, generator: torch.Generator) -> torch.Tensor:
+    if config.distribution == "gaussian":
+        return torch.randn(config.num_codes, config.dim, generator=generator)
+    return torch.rand(config.num_codes, config.dim, generator=generator) * 2 - 1
+
+
+class AtomicQuantizer:
+    """The trained object of one method: `codebook()` is what features are assigned to."""
+
+    LEARNING_RATES = {"vanilla": 1.0, "linear": 0.02, "wasserstein": 3.0}
+
+    def __init__(self, config: AtomicConfig, generator: torch.Generator):
+        self.config = config
+        codes = initial_codebook(config, generator)
+        if config.method == "linear":
+            self.frozen = codes
+            self.weight = torch.eye(config.dim, requires_grad=True)
+            self.bias = torch.zeros(config.dim, requires_grad=True)
+            parameters = [self.weight, self.bias]
+        else:
+            self.codes = codes.requires_grad_(config.method != "ema")
+            parameters = [self.codes]
+        if config.method == "ema":
+            # One pseudo-count per code keeps unused codes where they are (embed_sum / cluster_size
+            # stays equal to the code as both decay) instead of blowing up by 1 / eps.
+            self.cluster_size = torch.ones(config.num_codes)
+            self.embed_sum = codes.clone()
+        else:
+            lr = self.LEARNING_RATES[config.method]
+            self.optimizer = torch.optim.SGD(parameters, lr=lr, momentum=0.9)
+
+    def codebook(self) -> torch.Tensor:
+        if self.config.method == "linear":
+            return self.frozen @ self.weight.T + self.bias
+        return self.codes
+
+    def step(self, features: torch.Tensor) -> None:
+        if self.config.method == "ema":
+            self._ema_step(features)
+            return
+        codebook = self.codebook()
+        indices = assign(features, codebook.detach(), backend=self.config.backend).indices
+        code_loss = (codebook[indices] - features).square().sum(dim=1).mean()
+        loss = code_loss
+        if self.config.method == "wasserstein":
+            feature_stats = moments(features, backend=self.config.backend)
+            code_stats = moments(codebook, backend=self.config.backend)
+            distance = gaussian_w2(feature_stats.mean, feature_stats.cov,
+                                   code_stats.mean, code_stats.cov)
+            loss = 0.1 * code_loss + 10.0 * distance
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    @torch.no_grad()
+    def _ema_step(self, features: torch.Tensor, decay: float = 0.9, eps: float = 1e-5) -> None:
+        indices = assign(features, self.codes, backend=self.config.backend).indices
+        counts, sums = code_sums(indices, features, self.config.num_codes, backend=self.config.backend)
+        self.cluster_size.mul_(decay).add_(counts.float(), alpha=1 - decay)
+        self.embed_sum.mul_(decay).add_(sums, alpha=1 - decay)
+        total = self.cluster_size.sum()
+        smoothed = (self.cluster_size + eps) / (total + self.config.num_codes * eps) * total
+        self.codes.copy_(self.embed_sum / smoothed[:, None])
+
+
+@torch.no_grad()
+def evaluate(quantizer: AtomicQuantizer, features: torch.Tensor, step: int) -> Evaluation:
+    result = assign(features, quantizer.codebook().detach(), histogram=True,
+                    backend=quantizer.config.backend)
+    utilization, perplexity = usage(result.counts)
+    return Evaluation(step, result.distances.double().mean().item(), utilization.item(),
+                      perplexity.item())
+
+
+def run_atomic(config: AtomicConfig, progress=None) -> list[Evaluation]:
+    """Trains one method and returns evaluations every `log_every` steps and at the end."""
+    if config.method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {config.method!r}")
+    generator = torch.Generator().manual_seed(config.seed)
+    quantizer = AtomicQuantizer(config, generator)
+    eval_features = sample(config, config.eval_samples, torch.Generator().manual_seed(config.seed + 1))
+    history = [evaluate(quantizer, eval_features, 0)]
+    for step in range(1, config.steps + 1):
+        quantizer.step(sample(config, config.batch, generator))
+        if step % config.log_every == 0 or step == config.steps:
+            history.append(evaluate(quantizer, eval_features, step))
+            if progress is not None:
+                progress(config, history[-1])
+    return history
+
+
+def published(config: AtomicConfig):
+    if config.distribution != "gaussian" or config.num_codes != 16384 or config.dim != 8:
+        return None
+    return PUBLISHED.get(int(config.mu), {}).get(config.method) if float(config.mu).is_integer() else None
+
+
+def format_table(rows: list[tuple[AtomicConfig, Evaluation, float]]) -> str:
+    header = (f"{'method':<12} {'mu':>4} {'E':>8} {'U %':>8} {'C':>8}   "
+              f"{'paper E':>8} {'paper U %':>9} {'paper C':>8}  {'seconds':>8}")
+    lines = [header, "-" * len(header)]
+    for config, final, seconds in rows:
+        paper = published(config)
+        paper_cells = (f"{paper[0]:>8.3f} {paper[1]:>9.2f} {paper[2]:>8.0f}" if paper
+                       else f"{'-':>8} {'-':>9} {'-':>8}")
+        lines.append(f"{config.method:<12} {config.mu:>4g} {final.error:>8.3f} "
+                     f"{100 * final.utilization:>8.2f} {final.perplexity:>8.0f}   {paper_cells}  "
+                     f"{seconds:>8.1f}")
+    return "\n".join(lines)
+
+
+def save_results(rows, histories, out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = [{"config": dataclasses.asdict(c), "final": dataclasses.asdict(e), "seconds": s,
+                "published": published(c), "history": [dataclasses.asdict(h) for h in hist]}
+               for (c, e, s), hist in zip(rows, histories)]
+    json_path = out_dir / "atomic.json"
+    json_path.write_text(json.dumps(records, indent=2))
+    written = [json_path]
+    plot = _plot(rows, histories, out_dir / "atomic.png")
+    if plot is not None:
+        written.append(plot)
+    return written
+
+
+def _plot(rows, histories, path: Path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for (config, _, _), history in zip(rows, histories):
+        steps = [h.step for h in history]
+        label = f"{config.method} μ={config.mu:g}"
+        axes[0].plot(steps, [h.error for h in history], label=label)
+        axes[1].plot(steps, [100 * h.utilization for h in history], label=label)
+        axes[2].plot(steps, [h.perplexity for h in history], label=label)
+    for axis, title in zip(axes, ("quantization error E", "utilization U (%)", "perplexity C")):
+        axis.set_title(title)
+        axis.set_xlabel("step")
+    axes[0].set_yscale("log")
+    axes[2].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def run_grid(mus, methods, distribution="gaussian", quick=False, out_dir="runs/atomic",
+             seed=12, backend="auto", echo=print):
+    """Runs every (μ, method) pair, prints the table beside the published values and saves
+    JSON and a plot. Returns the table rows."""
+    rows, histories = [], []
+    for mu in mus:
+        for method in methods:
+            settings = dict(mu=mu, method=method, distribution=distribution, seed=seed, backend=backend)
+            config = AtomicConfig.quick(**settings) if quick else AtomicConfig(**settings)
+            started = time.perf_counter()
+            history = run_atomic(config, progress=lambda c, e: echo(
+                f"  {c.method} μ={c.mu:g} step {e.step}/{c.steps}: E {e.error:.3f} "
+                f"U {100 * e.utilization:.2f}% C {e.perplexity:.0f}"))
+            rows.append((config, history[-1], time.perf_counter() - started))
+            histories.append(history)
+    echo(format_table(rows))
+    for path in save_results(rows, histories, Path(out_dir)):
+        echo(f"wrote {path}")
+    return rows
+

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import wvq_kernels as wvq
-from oracle import check_assignment, distances64, oracle
+from oracle import check_assignment, distances64, oracle, regret_bound
 
 DIMS = [1, 3, 8, 12, 59, 64, 256]
 # (N, K): the reference is slow at K = 65536, so that size runs with few rows.
@@ -19,7 +19,10 @@ def _data(n, k, d, dtype=torch.float32, device="cpu", seed=0):
 
 
 def _resolved(precision, dtype):
-    return "bf16" if precision == "bf16" or (precision == "auto" and dtype == torch.bfloat16) else "ieee"
+    """What precision='auto' means for this dtype."""
+    if precision == "auto":
+        return "bf16" if dtype == torch.bfloat16 else "ieee"
+    return precision
 
 
 @pytest.mark.parametrize("n, k", SIZES)
@@ -66,6 +69,17 @@ def test_duplicate_codes_go_to_the_smallest_index(backend, device, metric, k):
     assert (result.indices == copies[0]).all()
 
 
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("precision", ["ieee", "bf16"])
+@pytest.mark.parametrize("n", [1, 1000])
+def test_identical_codes_all_go_to_code_0(backend, device, metric, precision, n):
+    """65536 copies of one code: every score ties, whatever way the kernel splits the codes."""
+    x, codebook = _data(n, 1, 16, device=device, seed=n)
+    codebook = codebook.expand(65536, 16)
+    result = wvq.assign(x, codebook, metric=metric, precision=precision, backend=backend)
+    assert not result.indices.any()
+
+
 @pytest.mark.parametrize("metric", ["l2", "dot"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("precision", ["ieee", "bf16"])
@@ -74,7 +88,7 @@ def test_exact_ties_on_integer_data(backend, device, metric, dtype, precision):
     ties, many of them between different codes; each must go to the first best code."""
     generator = torch.Generator().manual_seed(2)
     x = torch.randint(-2, 3, (400, 6), generator=generator).to(device, dtype)
-    codebook = torch.randint(-2, 3, (500, 6), generator=generator).to(device, dtype)
+    codebook = torch.randint(-2, 3, (5000, 6), generator=generator).to(device, dtype)
     result = wvq.assign(x, codebook, metric=metric, precision=precision, backend=backend)
     expected = distances64(x.cpu(), codebook.cpu(), metric).argmin(dim=1)
     assert torch.equal(result.indices.cpu(), expected)
@@ -99,7 +113,8 @@ def test_single_vector_gives_0_dim_results(backend, device):
 @pytest.mark.parametrize("histogram", [False, True])
 def test_empty_batch(backend, device, histogram):
     codebook = torch.randn(17, 8, device=device)
-    result = wvq.assign(torch.empty(3, 0, 8, device=device), codebook, histogram=histogram, backend=backend)
+    x = torch.empty(3, 0, 8, device=device)
+    result = wvq.assign(x, codebook, histogram=histogram, backend=backend)
     assert result.indices.shape == (3, 0) and result.indices.dtype == torch.int64
     assert result.distances.shape == (3, 0) and result.distances.dtype == torch.float32
     if histogram:
@@ -166,6 +181,40 @@ def test_bf16_precision_no_worse_than_pytorch_bf16(backend, device):
     assert our_regret.mean() <= 2 * baseline_regret.mean()
 
 
+def _normalised(t):
+    norms = t.norm(dim=1, keepdim=True)
+    return torch.where(norms > 0, t / norms, torch.zeros_like(t))
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_bf16_precision_solves_the_rounded_problem(backend, device, metric):
+    """precision='bf16' is the exact problem on bf16-rounded operands up to fp32 accumulation:
+    code norms come from the rounded codes, and cosine normalises in fp32 before rounding.
+    Against a float64 oracle on those operands the regret stays within the fp32 bound, which
+    norms of the unrounded codes (errors ~2^-8 ||c||^2) would exceed."""
+    x, codebook = _data(2000, 1024, 32, device=device, seed=6)
+    result = wvq.assign(x, codebook, metric=metric, precision="bf16", backend=backend)
+    x, codebook = x.cpu(), codebook.cpu()
+    if metric == "cosine":
+        # Unit operands make the cosine score a plain dot product.
+        x, codebook, metric = _normalised(x), _normalised(codebook), "dot"
+    rounded_x, rounded_codebook = x.bfloat16(), codebook.bfloat16()
+    truth = oracle(rounded_x, rounded_codebook, metric, result.indices.cpu())
+    bound = regret_bound(rounded_x, rounded_codebook, metric, "ieee")
+    assert (truth.chosen - truth.best <= bound).all()
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_distance_to_an_identical_code_is_not_negative(backend, device, metric):
+    """Rows equal to codes (up to scale, for cosine): rounding may push 1 - cos below zero,
+    the clamp must not let it."""
+    _, codebook = _data(0, 2000, 24, device=device)
+    scale = 1.0 if metric == "l2" else 3.0
+    result = wvq.assign(scale * codebook, codebook, metric=metric, backend=backend)
+    assert (result.distances >= 0).all()
+    assert (result.distances <= 1e-5).all()
+
+
 def test_more_than_2_to_the_31_pairs(fast_backend, fast_device):
     """N * K > 2^31: 64-bit offsets everywhere. Rows at the start, at random and at the very
     end are checked against float64, and the histogram must account for every row."""
@@ -175,10 +224,8 @@ def test_more_than_2_to_the_31_pairs(fast_backend, fast_device):
     result = wvq.assign(x, codebook, histogram=True, backend=fast_backend)
     assert int(result.counts.sum()) == n
     assert torch.equal(result.counts, torch.bincount(result.indices, minlength=k))
-    sample = torch.cat(
-        [torch.arange(16), torch.randint(16, n - 48, (64,), generator=torch.Generator().manual_seed(5)),
-         torch.arange(n - 48, n)]
-    )
+    middle = torch.randint(16, n - 48, (64,), generator=torch.Generator().manual_seed(5))
+    sample = torch.cat([torch.arange(16), middle, torch.arange(n - 48, n)])
     check_assignment(
         x[sample], codebook, result.indices[sample], result.distances[sample], "l2", "ieee"
     )

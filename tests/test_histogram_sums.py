@@ -27,7 +27,8 @@ def test_histogram_matches_bincount(backend, device, num_codes, dtype):
 
 
 def test_histogram_of_no_indices_is_zero(backend, device):
-    counts = wvq.code_histogram(torch.empty(0, 3, dtype=torch.int64, device=device), 5, backend=backend)
+    no_indices = torch.empty(0, 3, dtype=torch.int64, device=device)
+    counts = wvq.code_histogram(no_indices, 5, backend=backend)
     assert torch.equal(counts.cpu(), torch.zeros(5, dtype=torch.int64))
 
 

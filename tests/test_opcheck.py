@@ -15,10 +15,16 @@ def _x(n=33, d=12, dtype=torch.float32):
     return torch.randn(n, d, generator=torch.Generator().manual_seed(n + d)).to(dtype)
 
 
+PRECISION_DTYPES = [
+    ("ieee", torch.float32),
+    ("bf16", torch.float32),
+    ("ieee", torch.float16),
+    ("bf16", torch.bfloat16),
+]
 ASSIGN_CASES = [
     (metric, precision, histogram, dtype)
     for metric in ("l2", "cosine", "dot")
-    for precision, dtype in (("ieee", torch.float32), ("bf16", torch.float32), ("ieee", torch.float16), ("bf16", torch.bfloat16))
+    for precision, dtype in PRECISION_DTYPES
     for histogram in (False, True)
 ]
 

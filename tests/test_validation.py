@@ -14,63 +14,133 @@ CODEBOOK = torch.randn(17, 8)
 INDICES = torch.randint(0, 17, (10,))
 
 
-def _with_nan(t, position):
+def _with_value(t, position, value):
     t = t.clone()
-    t[position] = float("nan")
+    t[position] = value
     return t
 
 
-def _with_inf(t, position):
-    t = t.clone()
-    t[position] = float("inf")
-    return t
+def _assign(backend, x=X, codebook=CODEBOOK, **options):
+    return wvq.assign(x, codebook, backend=backend, **options)
 
 
-# (call, exception type, fragments the message must contain: argument, expected, actual)
+def _histogram(backend, indices=INDICES, num_codes=17):
+    return wvq.code_histogram(indices, num_codes, backend=backend)
+
+
+def _sums(backend, indices=INDICES, x=X, num_codes=17):
+    return wvq.code_sums(indices, x, num_codes, backend=backend)
+
+
+def _moments(backend, x=X):
+    return wvq.moments(x, backend=backend)
+
+
+def _index_set(position, value):
+    return INDICES.clone().index_fill_(0, torch.tensor([position]), value)
+
+
+# id: (op, arguments, exception type, fragments of the message: argument, expected, actual)
 BAD_INPUTS = {
-    "x not a tensor": (lambda b: wvq.assign(X.tolist(), CODEBOOK, backend=b), TypeError, ["x", "Tensor", "list"]),
-    "x integer": (lambda b: wvq.assign(X.long(), CODEBOOK, backend=b), TypeError, ["x", "float32", "int64"]),
-    "x float64": (lambda b: wvq.assign(X.double(), CODEBOOK.double(), backend=b), TypeError, ["x", "float32", "float64"]),
-    "codebook integer": (lambda b: wvq.assign(X, CODEBOOK.int(), backend=b), TypeError, ["codebook", "float32", "int32"]),
-    "codebook other dtype": (lambda b: wvq.assign(X, CODEBOOK.half(), backend=b), TypeError, ["codebook", "float32", "float16"]),
-    "x 0-dim": (lambda b: wvq.assign(X[0, 0], CODEBOOK, backend=b), ValueError, ["x", "(..., D)", "()"]),
-    "codebook 1-D": (lambda b: wvq.assign(X, CODEBOOK[0], backend=b), ValueError, ["codebook", "(K, D)", "(8,)"]),
-    "codebook 3-D": (lambda b: wvq.assign(X, CODEBOOK[None], backend=b), ValueError, ["codebook", "(K, D)", "(1, 17, 8)"]),
-    "D mismatch": (lambda b: wvq.assign(X, CODEBOOK[:, :5], backend=b), ValueError, ["codebook", "8", "(17, 5)"]),
-    "K = 0": (lambda b: wvq.assign(X, CODEBOOK[:0], backend=b), ValueError, ["codebook", "K >= 1", "(0, 8)"]),
-    "assign devices differ": (lambda b: wvq.assign(X, CODEBOOK.to("meta"), backend=b), ValueError, ["codebook", "cpu", "meta"]),
-    "nan in x": (lambda b: wvq.assign(_with_nan(X, (7, 3)), CODEBOOK, backend=b), ValueError, ["x", "finite", "row 7"]),
-    "nan in batched x": (lambda b: wvq.assign(_with_nan(X.reshape(2, 5, 8), (1, 2, 0)), CODEBOOK, backend=b), ValueError, ["x", "finite", "row 7"]),
-    "inf in codebook": (lambda b: wvq.assign(X, _with_inf(CODEBOOK, (3, 0)), backend=b), ValueError, ["codebook", "finite", "row 3"]),
-    "unknown metric": (lambda b: wvq.assign(X, CODEBOOK, metric="cos", backend=b), ValueError, ["metric", "'cosine'", "'cos'"]),
-    "unknown precision": (lambda b: wvq.assign(X, CODEBOOK, precision="fp8", backend=b), ValueError, ["precision", "'ieee'", "'fp8'"]),
-    "tf32 on a CPU backend": (lambda b: wvq.assign(X, CODEBOOK, precision="tf32", backend=b), ValueError, ["precision", "'tf32'", "'ieee'"]),
-    "histogram float indices": (lambda b: wvq.code_histogram(INDICES.float(), 17, backend=b), TypeError, ["indices", "integer", "float32"]),
-    "histogram bool indices": (lambda b: wvq.code_histogram(INDICES > 3, 17, backend=b), TypeError, ["indices", "integer", "bool"]),
-    "num_codes zero": (lambda b: wvq.code_histogram(INDICES, 0, backend=b), ValueError, ["num_codes", ">= 1", "0"]),
-    "num_codes negative": (lambda b: wvq.code_sums(INDICES, X, -3, backend=b), ValueError, ["num_codes", ">= 1", "-3"]),
-    "num_codes float": (lambda b: wvq.code_histogram(INDICES, 17.0, backend=b), TypeError, ["num_codes", "int", "float"]),
-    "index too large": (lambda b: wvq.code_histogram(INDICES.clone().index_fill_(0, torch.tensor([4]), 17), 17, backend=b), ValueError, ["indices", "[0, 17)", "17", "position 4"]),
-    "index negative": (lambda b: wvq.code_sums(INDICES.clone().index_fill_(0, torch.tensor([6]), -1), X, 17, backend=b), ValueError, ["indices", "[0, 17)", "-1", "position 6"]),
-    "sums indices shape": (lambda b: wvq.code_sums(INDICES[:9], X, 17, backend=b), ValueError, ["indices", "(10,)", "(9,)"]),
-    "sums x integer": (lambda b: wvq.code_sums(INDICES, X.long(), 17, backend=b), TypeError, ["x", "float32", "int64"]),
-    "sums float indices": (lambda b: wvq.code_sums(INDICES.double(), X, 17, backend=b), TypeError, ["indices", "integer", "float64"]),
-    "sums devices differ": (lambda b: wvq.code_sums(INDICES.to("meta"), X, 17, backend=b), ValueError, ["indices", "cpu", "meta"]),
-    "moments x integer": (lambda b: wvq.moments(X.int(), backend=b), TypeError, ["x", "float32", "int32"]),
-    "moments x 0-dim": (lambda b: wvq.moments(X[0, 0], backend=b), ValueError, ["x", "(..., D)", "()"]),
-    "moments D = 0": (lambda b: wvq.moments(X[:, :0], backend=b), ValueError, ["x", "D >= 1", "(10, 0)"]),
-    "unknown backend": (lambda b: wvq.assign(X, CODEBOOK, backend="gpu"), ValueError, ["backend", "'reference'", "'gpu'"]),
-    "unavailable backend": (lambda b: wvq.moments(X, backend="triton"), ValueError, ["backend", "'triton'", "not available", "not implemented"]),
+    "x not a tensor": (_assign, dict(x=X.tolist()), TypeError, ["x", "Tensor", "list"]),
+    "x integer": (_assign, dict(x=X.long()), TypeError, ["x", "float32", "int64"]),
+    "x float64": (
+        _assign, dict(x=X.double(), codebook=CODEBOOK.double()), TypeError,
+        ["x", "float32", "float64"],
+    ),
+    "codebook integer": (
+        _assign, dict(codebook=CODEBOOK.int()), TypeError, ["codebook", "float32", "int32"]
+    ),
+    "codebook other dtype": (
+        _assign, dict(codebook=CODEBOOK.half()), TypeError, ["codebook", "float32", "float16"]
+    ),
+    "x 0-dim": (_assign, dict(x=X[0, 0]), ValueError, ["x", "(..., D)", "()"]),
+    "codebook 1-D": (
+        _assign, dict(codebook=CODEBOOK[0]), ValueError, ["codebook", "(K, D)", "(8,)"]
+    ),
+    "codebook 3-D": (
+        _assign, dict(codebook=CODEBOOK[None]), ValueError, ["codebook", "(K, D)", "(1, 17, 8)"]
+    ),
+    "D mismatch": (
+        _assign, dict(codebook=CODEBOOK[:, :5]), ValueError, ["codebook", "8", "(17, 5)"]
+    ),
+    "K = 0": (_assign, dict(codebook=CODEBOOK[:0]), ValueError, ["codebook", "K >= 1", "(0, 8)"]),
+    "assign devices differ": (
+        _assign, dict(codebook=CODEBOOK.to("meta")), ValueError, ["codebook", "cpu", "meta"]
+    ),
+    "nan in x": (
+        _assign, dict(x=_with_value(X, (7, 3), float("nan"))), ValueError,
+        ["x", "finite", "row 7"],
+    ),
+    "nan in batched x": (
+        _assign, dict(x=_with_value(X.reshape(2, 5, 8), (1, 2, 0), float("nan"))), ValueError,
+        ["x", "finite", "row 7"],
+    ),
+    "inf in codebook": (
+        _assign, dict(codebook=_with_value(CODEBOOK, (3, 0), float("inf"))), ValueError,
+        ["codebook", "finite", "row 3"],
+    ),
+    "unknown metric": (_assign, dict(metric="cos"), ValueError, ["metric", "'cosine'", "'cos'"]),
+    "unknown precision": (
+        _assign, dict(precision="fp8"), ValueError, ["precision", "'ieee'", "'fp8'"]
+    ),
+    "tf32 on a CPU backend": (
+        _assign, dict(precision="tf32"), ValueError, ["precision", "'tf32'", "'ieee'"]
+    ),
+    "histogram float indices": (
+        _histogram, dict(indices=INDICES.float()), TypeError, ["indices", "integer", "float32"]
+    ),
+    "histogram bool indices": (
+        _histogram, dict(indices=INDICES > 3), TypeError, ["indices", "integer", "bool"]
+    ),
+    "num_codes zero": (_histogram, dict(num_codes=0), ValueError, ["num_codes", ">= 1", "0"]),
+    "num_codes negative": (_sums, dict(num_codes=-3), ValueError, ["num_codes", ">= 1", "-3"]),
+    "num_codes float": (_histogram, dict(num_codes=17.0), TypeError, ["num_codes", "int", "float"]),
+    "index too large": (
+        _histogram, dict(indices=_index_set(4, 17)), ValueError,
+        ["indices", "[0, 17)", "17", "position 4"],
+    ),
+    "index negative": (
+        _sums, dict(indices=_index_set(6, -1)), ValueError,
+        ["indices", "[0, 17)", "-1", "position 6"],
+    ),
+    "sums indices shape": (
+        _sums, dict(indices=INDICES[:9]), ValueError, ["indices", "(10,)", "(9,)"]
+    ),
+    "sums x integer": (_sums, dict(x=X.long()), TypeError, ["x", "float32", "int64"]),
+    "sums float indices": (
+        _sums, dict(indices=INDICES.double()), TypeError, ["indices", "integer", "float64"]
+    ),
+    "sums devices differ": (
+        _sums, dict(indices=INDICES.to("meta")), ValueError, ["indices", "cpu", "meta"]
+    ),
+    "moments x integer": (_moments, dict(x=X.int()), TypeError, ["x", "float32", "int32"]),
+    "moments x 0-dim": (_moments, dict(x=X[0, 0]), ValueError, ["x", "(..., D)", "()"]),
+    "moments D = 0": (_moments, dict(x=X[:, :0]), ValueError, ["x", "D >= 1", "(10, 0)"]),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_raises_naming_the_argument(backend, case):
-    call, exception, fragments = BAD_INPUTS[case]
+    call, arguments, exception, fragments = BAD_INPUTS[case]
     with pytest.raises(exception) as error:
-        call(backend)
+        call(backend, **arguments)
     for fragment in fragments:
         assert fragment in str(error.value), f"{fragment!r} missing from: {error.value}"
+
+
+@pytest.mark.parametrize(
+    "requested, fragments",
+    [
+        ("gpu", ["backend", "'reference'", "'gpu'"]),
+        ("triton", ["backend", "'triton'", "not available"]),
+    ],
+)
+def test_bad_backend(requested, fragments):
+    with pytest.raises(ValueError) as error:
+        wvq.assign(X, CODEBOOK, backend=requested)
+    for fragment in fragments:
+        assert fragment in str(error.value)
 
 
 @pytest.mark.parametrize(
@@ -89,11 +159,12 @@ def test_bad_usage_counts(counts, exception, fragments):
 
 
 def test_check_finite_off_skips_the_scan(backend):
-    result = wvq.assign(_with_nan(X, (7, 3)), CODEBOOK, check_finite=False, backend=backend)
+    x = _with_value(X, (7, 3), float("nan"))
+    result = wvq.assign(x, CODEBOOK, check_finite=False, backend=backend)
     assert result.indices.shape == (10,)
 
 
-def test_nothing_runs_on_an_empty_batch_with_bad_options():
+def test_validation_precedes_the_empty_batch_shortcut():
     """Validation comes first even when there is nothing to compute."""
     with pytest.raises(ValueError, match="metric"):
         wvq.assign(X[:0], CODEBOOK, metric="manhattan")

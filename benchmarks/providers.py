@@ -32,6 +32,9 @@ class Provider:
     precision: str
     ours: bool
     prepare: Callable[[Tensor, Tensor, "Settings"], Search]
+    # Below ~20 GFLOP/s here: skipped above Settings.slow_flop_cap, where one call takes
+    # half a minute or more.
+    slow: bool = False
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,9 @@ class Settings:
     materialise_cap_mib: int = 4096
     # Temporary score block of the chunked PyTorch peers.
     chunk_mib: int = 256
+    # Largest 2*N*K*D for a slow provider: the default grid's N=16384 x D=256 cell (5.5e11)
+    # is the only one above it.
+    slow_flop_cap: float = 2.5e11
 
 
 def _ours(precision: str) -> Callable[[Tensor, Tensor, Settings], Search]:
@@ -54,10 +60,11 @@ def _ours(precision: str) -> Callable[[Tensor, Tensor, Settings], Search]:
     return prepare
 
 
-def _check_materialise_cap(rows: int, codes: int, settings: Settings) -> None:
-    matrix_mib = rows * codes * 4 / MiB
+def _check_materialise_cap(rows: int, codes: int, settings: Settings, matrices: int = 1) -> None:
+    matrix_mib = matrices * rows * codes * 4 / MiB
     if matrix_mib > settings.materialise_cap_mib:
-        raise Skip(f"N x K matrix {matrix_mib:.0f} MiB > cap {settings.materialise_cap_mib} MiB")
+        what = "N x K matrix" if matrices == 1 else f"{matrices} N x K matrices"
+        raise Skip(f"{what} {matrix_mib:.0f} MiB > cap {settings.materialise_cap_mib} MiB")
 
 
 def _l2_scores(rows: Tensor, codebook: Tensor, code_sq_norms: Tensor) -> Tensor:
@@ -140,8 +147,9 @@ def _vector_quantize_pytorch(x: Tensor, codebook: Tensor, settings: Settings) ->
         from vector_quantize_pytorch import VectorQuantize
     except ImportError as error:
         raise Skip(f"vector-quantize-pytorch not importable ({error})") from None
-    # Its forward builds the full N x K distance matrix.
-    _check_materialise_cap(x.shape[0], codebook.shape[0], settings)
+    # Its forward builds the full N x K distance matrix and more: its peak RSS measured here
+    # (eval, no grad) was about four N x K float32 matrices.
+    _check_materialise_cap(x.shape[0], codebook.shape[0], settings, matrices=4)
     module = VectorQuantize(dim=codebook.shape[1], codebook_size=codebook.shape[0]).eval()
     embed = module._codebook.embed
     if embed.numel() != codebook.numel():
@@ -165,8 +173,8 @@ PROVIDERS: list[Provider] = [
     Provider("torch-chunked", "ieee", False, _torch_chunked),
     Provider("torch-chunked-bf16", "bf16", False, _torch_chunked_bf16),
     Provider("faiss-flatl2", "ieee", False, _faiss_flat_l2),
-    Provider("pykeops", "ieee", False, _pykeops_argmin),
-    Provider("vq-pytorch", "ieee", False, _vector_quantize_pytorch),
+    Provider("pykeops", "ieee", False, _pykeops_argmin, slow=True),
+    Provider("vq-pytorch", "ieee", False, _vector_quantize_pytorch, slow=True),
 ]
 
 PROVIDERS_BY_NAME = {provider.name: provider for provider in PROVIDERS}

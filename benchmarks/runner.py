@@ -41,7 +41,7 @@ from torch import Tensor
 
 # Run as a script or loaded by path (the `wvq bench` command): make the sibling module importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from providers import MiB, PROVIDERS_BY_NAME, Provider, Settings, Skip  # noqa: E402
+from providers import PROVIDERS_BY_NAME, MiB, Provider, Settings, Skip  # noqa: E402
 
 DEFAULT_CODES = [65536]
 DEFAULT_ROWS = [4096, 16384]
@@ -164,6 +164,7 @@ def run_cell(provider: Provider, x, codebook, oracle, settings, args, meter) -> 
     rows, dim = x.shape
     cell = Cell(codebook.shape[0], rows, dim, provider.name, provider.precision)
     try:
+        _check_slow_cap(provider, 2 * rows * codebook.shape[0] * dim, settings)
         meter.reset()
         search = provider.prepare(x, codebook, settings)
         ms, repeats, indices = time_search(search, args.repeats, args.target_seconds)
@@ -176,6 +177,12 @@ def run_cell(provider: Provider, x, codebook, oracle, settings, args, meter) -> 
     for key, value in oracle.score(indices).items():
         setattr(cell, key, value)
     return cell
+
+
+def _check_slow_cap(provider: Provider, flop: float, settings: Settings) -> None:
+    if provider.slow and flop > settings.slow_flop_cap:
+        raise Skip(f"slow provider, 2NKD = {flop:.2g} > --slow-flop-cap "
+                   f"{settings.slow_flop_cap:.2g}")
 
 
 def mark_best_peer(cells: list[Cell]) -> None:
@@ -225,14 +232,14 @@ TABLE_COLUMNS = [
 def _fit(texts: list[str]) -> str:
     return "  ".join(
         text.ljust(width) if left else text.rjust(width)
-        for text, (_, width, left) in zip(texts, TABLE_COLUMNS)
+        for text, (_, width, left) in zip(texts, TABLE_COLUMNS, strict=False)
     )
 
 
 def format_table(cells: list[Cell]) -> str:
     header = _fit([title for title, _, _ in TABLE_COLUMNS])
     lines = [header, "-" * len(header)]
-    for previous, cell in zip([None, *cells], cells):
+    for previous, cell in zip([None, *cells[:-1]], cells, strict=True):
         if previous is not None and _shape(previous) != _shape(cell):
             lines.append("")
         lines.append(_table_row(cell))
@@ -362,6 +369,7 @@ def memory_check(args, settings: Settings) -> int:
         print("memory check needs /proc/self/clear_refs (Linux)", file=sys.stderr)
         return 2
     failed = False
+    backend = _ours_backend(settings, wvq_kernels.available_backends())
     print(f"memory check: N = K = {size}, D = {dim}, inputs {inputs_mib:.1f} MiB, "
           f"target: extra < {MEMORY_TARGET_MIB} MiB")
     for precision in ("ieee", "bf16"):
@@ -374,7 +382,7 @@ def memory_check(args, settings: Settings) -> int:
         extra = meter.peak_delta_mib()
         verdict = "PASS" if extra < MEMORY_TARGET_MIB else "FAIL"
         failed |= verdict == "FAIL"
-        print(f"  ours-{precision:<5} backend={settings.backend}: peak extra {extra:7.1f} MiB "
+        print(f"  ours-{precision:<5} backend {backend}: peak extra {extra:7.1f} MiB "
               f"({seconds:.1f} s)  {verdict}")
     return 1 if failed else 0
 
@@ -398,6 +406,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--regret-rows", type=int, default=1024, help="rows sampled for regret")
     parser.add_argument("--materialise-cap-mib", type=int, default=Settings.materialise_cap_mib)
     parser.add_argument("--chunk-mib", type=int, default=Settings.chunk_mib)
+    parser.add_argument("--slow-flop-cap", type=float, default=Settings.slow_flop_cap,
+                        help="largest 2*N*K*D at which pykeops and vq-pytorch run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args(argv)
@@ -410,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = Settings(args.backend, args.materialise_cap_mib, args.chunk_mib)
+    settings = Settings(args.backend, args.materialise_cap_mib, args.chunk_mib, args.slow_flop_cap)
     if args.memory_check:
         return memory_check(args, settings)
     providers = [PROVIDERS_BY_NAME[name] for name in args.providers]

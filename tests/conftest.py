@@ -1,7 +1,14 @@
+import os
+
 import pytest
 import torch
 
-from wvq_kernels import available_backends
+# Without a GPU the Triton kernels run in the interpreter on CPU tensors; triton reads this when
+# the kernels are defined, so it must be set before wvq_kernels is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from wvq_kernels import available_backends  # noqa: E402
 
 BACKENDS = list(available_backends())
 GPU_BACKENDS = ("triton", "cuda")

@@ -5,7 +5,9 @@ flattens ``(..., D)`` inputs to the 2-D rows the kernels take, and dispatches to
 
 - ``"reference"``: ``wvq_kernels.reference`` (pure PyTorch, any device);
 - ``"cpu"``: the C++ kernels of ``wvq_kernels._C``, reached through ``torch.ops.wvq``;
-- ``"triton"`` and ``"cuda"``: GPU backends, not available yet.
+- ``"triton"``: ``wvq_kernels.triton``, reached through ``torch.ops.wvq_triton`` (CUDA tensors,
+  or CPU tensors under ``TRITON_INTERPRET=1``);
+- ``"cuda"``: a GPU backend, not available yet.
 
 ``backend="auto"`` picks the fastest available backend for the tensors' device; the
 environment variable ``WVQ_BACKEND`` overrides ``auto``.
@@ -23,7 +25,9 @@ from wvq_kernels import reference
 
 ENV_BACKEND = "WVQ_BACKEND"
 METRICS = ("l2", "cosine", "dot")
-PRECISIONS = ("auto", "ieee", "bf16", "tf32")
+PRECISIONS = ("auto", "ieee", "bf16", "tf32", "tf32x3")
+# Tensor-core modes: only GPU backends on CUDA tensors have them.
+GPU_PRECISIONS = ("tf32", "tf32x3")
 GPU_BACKENDS = ("triton", "cuda")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # moments also takes float64, so that its gradient can be checked numerically.
@@ -89,8 +93,20 @@ def _cuda_status() -> BackendStatus:
     return BackendStatus(False, "the CUDA kernels (wvq_kernels._C_cuda) are not built yet")
 
 
+def _triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
 def _triton_status() -> BackendStatus:
-    return BackendStatus(False, "the Triton kernels are not implemented yet (a later issue)")
+    if not (torch.cuda.is_available() or _triton_interpreted()):
+        return BackendStatus(
+            False, "no CUDA device, and TRITON_INTERPRET=1 (CPU tensors) is not set"
+        )
+    status = _load_extension("wvq_kernels.triton")
+    if not status:
+        return status
+    mode = "interpreter, CPU tensors" if _triton_interpreted() else "CUDA tensors"
+    return BackendStatus(True, f"wvq_kernels.triton loaded ({mode})")
 
 
 _BACKEND_STATUS = {
@@ -132,7 +148,7 @@ def assign(
     _check_codebook(codebook, x)
     _check_choice("metric", metric, METRICS)
     backend = _resolve_backend(backend, x.device)
-    precision = _resolve_precision(precision, x.dtype, backend)
+    precision = _resolve_precision(precision, x.dtype, backend, x.device)
     rows = x.detach().reshape(-1, x.shape[-1])
     codebook = codebook.detach()
     if check_finite:
@@ -215,9 +231,12 @@ def moments(x: Tensor, *, backend: str = "auto") -> Moments:
 
 
 def _op(backend: str, name: str):
-    """The implementation of op ``name`` for a resolved backend. The compiled backends share
-    the ``torch.ops.wvq`` entry points, which dispatch on the tensors' device."""
-    return getattr(reference, name) if backend == "reference" else getattr(torch.ops.wvq, name)
+    """The implementation of op ``name`` for a resolved backend. The C++ backends share the
+    ``torch.ops.wvq`` entry points, which dispatch on the tensors' device; Triton has its own
+    ``torch.ops.wvq_triton`` ones, since it also runs on CPU tensors (interpreter)."""
+    if backend == "reference":
+        return getattr(reference, name)
+    return getattr(torch.ops.wvq_triton if backend == "triton" else torch.ops.wvq, name)
 
 
 def _resolve_backend(backend: str, device: torch.device) -> str:
@@ -225,7 +244,7 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "auto" and os.environ.get(ENV_BACKEND, "auto") not in ("", "auto"):
         backend, argument = os.environ[ENV_BACKEND], ENV_BACKEND
     if backend == "auto":
-        return "cpu" if device.type == "cpu" and _BACKEND_STATUS["cpu"] else "reference"
+        return _auto_backend(device)
     if backend not in _BACKEND_STATUS:
         expected = ", ".join(repr(name) for name in ("auto", *_BACKEND_STATUS))
         raise ValueError(f"{argument}: expected one of {expected}, got {backend!r}")
@@ -234,15 +253,33 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
         raise ValueError(f"{argument}: backend {backend!r} is not available: {status.reason}")
     if backend == "cpu" and device.type != "cpu":
         raise ValueError(f"{argument}: backend 'cpu' expects CPU tensors, got tensors on {device}")
+    if backend == "triton" and device.type != "cuda" and not _triton_interpreted():
+        raise ValueError(
+            f"{argument}: backend 'triton' expects CUDA tensors (CPU tensors only under "
+            f"TRITON_INTERPRET=1), got tensors on {device}"
+        )
     return backend
 
 
-def _resolve_precision(precision: str, dtype: torch.dtype, backend: str) -> str:
+def _auto_backend(device: torch.device) -> str:
+    if device.type == "cpu":
+        return "cpu" if _BACKEND_STATUS["cpu"] else "reference"
+    if device.type == "cuda":
+        # The C++ kernels once built (not yet measured against Triton), else Triton.
+        for backend in ("cuda", "triton"):
+            if _BACKEND_STATUS[backend]:
+                return backend
+    return "reference"
+
+
+def _resolve_precision(
+    precision: str, dtype: torch.dtype, backend: str, device: torch.device
+) -> str:
     _check_choice("precision", precision, PRECISIONS)
-    if precision == "tf32" and backend not in GPU_BACKENDS:
+    if precision in GPU_PRECISIONS and (backend not in GPU_BACKENDS or device.type != "cuda"):
         raise ValueError(
-            f"precision: 'tf32' is a GPU tensor-core mode; backend {backend!r} accepts "
-            "'auto', 'ieee' or 'bf16'"
+            f"precision: {precision!r} is a GPU tensor-core mode; backend {backend!r} on "
+            f"{device.type} tensors accepts 'auto', 'ieee' or 'bf16'"
         )
     if precision == "auto":
         return "bf16" if dtype == torch.bfloat16 else "ieee"
@@ -364,10 +401,10 @@ def _moments_input_grad(x: Tensor, mean: Tensor, grad_mean: Tensor, grad_cov: Te
     return grad.to(x.dtype)
 
 
-def _register_fake_kernels() -> None:
+def _register_fake_kernels(namespace: str) -> None:
     """Shape-only kernels, so that the ops trace under torch.compile and FakeTensor."""
 
-    @torch.library.register_fake("wvq::assign")
+    @torch.library.register_fake(f"{namespace}::assign")
     def _(x, codebook, metric, precision, histogram):
         num_counts = codebook.shape[0] if histogram else 0
         return (
@@ -376,22 +413,22 @@ def _register_fake_kernels() -> None:
             x.new_empty(num_counts, dtype=torch.int64),
         )
 
-    @torch.library.register_fake("wvq::code_histogram")
+    @torch.library.register_fake(f"{namespace}::code_histogram")
     def _(indices, num_codes):
         return indices.new_empty(num_codes, dtype=torch.int64)
 
-    @torch.library.register_fake("wvq::code_sums")
+    @torch.library.register_fake(f"{namespace}::code_sums")
     def _(indices, x, num_codes):
         return (
             x.new_empty(num_codes, dtype=torch.int64),
             x.new_empty(num_codes, x.shape[1], dtype=torch.float32),
         )
 
-    @torch.library.register_fake("wvq::usage")
+    @torch.library.register_fake(f"{namespace}::usage")
     def _(counts):
         return counts.new_empty((), dtype=torch.float32), counts.new_empty((), dtype=torch.float32)
 
-    @torch.library.register_fake("wvq::moments")
+    @torch.library.register_fake(f"{namespace}::moments")
     def _(x):
         return (
             x.new_empty((), dtype=torch.int64),
@@ -400,7 +437,7 @@ def _register_fake_kernels() -> None:
         )
 
 
-def _register_moments_autograd() -> None:
+def _register_moments_autograd(namespace: str) -> None:
     def setup_context(ctx, inputs, output):
         (x,) = inputs
         _, mean, _ = output
@@ -410,9 +447,13 @@ def _register_moments_autograd() -> None:
         x, mean = ctx.saved_tensors
         return _moments_input_grad(x, mean, grad_mean, grad_cov)
 
-    torch.library.register_autograd("wvq::moments", backward, setup_context=setup_context)
+    torch.library.register_autograd(
+        f"{namespace}::moments", backward, setup_context=setup_context
+    )
 
 
-if _BACKEND_STATUS["cpu"]:
-    _register_fake_kernels()
-    _register_moments_autograd()
+# The same fake kernels and autograd for every namespace that the backends define.
+for _backend, _namespace in (("cpu", "wvq"), ("triton", "wvq_triton")):
+    if _BACKEND_STATUS[_backend]:
+        _register_fake_kernels(_namespace)
+        _register_moments_autograd(_namespace)

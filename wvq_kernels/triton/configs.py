@@ -1,0 +1,136 @@
+"""Launch configurations: one small table per kernel, no autotune sweep.
+
+Each entry was checked by the ahead-of-time gate (scripts/triton_aot_gate.py) for registers,
+spills, shared memory and tensor-core instructions on sm_80 and sm_90; docs/gpu-kernels.md is
+its report. Why these shapes:
+
+- assign keeps a BLOCK_N x BLOCK_K fp32 score tile in registers next to the running minima, so
+  BLOCK_N * BLOCK_K / (32 * num_warps) registers per thread go to scores alone: 64 for
+  128 x 128 on 8 warps or 64 x 128 on 4. Bigger tiles spill (measured: 128 x 256 on 8 warps).
+- D is consumed in BLOCK_D chunks (at least 16, the tensor-core minimum; smaller D is zero
+  padded). When one chunk holds all of D the row tile stays in registers; wider D reloads its
+  other chunks per code tile, and its operand tiles must be narrower so that registers hold.
+- bf16 (half the bytes of fp32 operands) affords 128-row tiles on 8 warps; sm_90 also takes
+  64-wide chunks, sm_80 only 32 (64 spills there).
+- tf32 and tf32x3 (fp32 operands on tensor cores; x3 runs three dots) use 64-row tiles on 4
+  warps, with 64-code tiles once D needs several chunks (64 x 128 spills at D = 256).
+- ieee runs on FMA units, where Triton holds both operand slices in registers per thread:
+  64 x 64 x 16 on 4 warps is the largest without spills, for any D.
+- Stages: 3 everywhere; shared memory stays below 99 KiB on the sm_80 table (which also
+  serves sm_86/89) and far below 227 KiB on sm_90.
+"""
+
+import os
+from typing import NamedTuple
+
+import torch
+
+# Read once, as triton itself does: kernels defined after import run interpreted on CPU tensors.
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+ARCHS = ("sm_80", "sm_90")
+# Opt-in shared memory per block. The sm_80 table serves sm_86/89 too, so it gets their limit.
+SHARED_MEMORY_LIMIT = {"sm_80": 101_376, "sm_90": 232_448}
+# Streaming multiprocessors of the target GPU (H100 SXM); the real count is read on a GPU.
+DEFAULT_SM_COUNT = 132
+# Under TRITON_INTERPRET=1 every program costs Python overhead, so blocks are large. Pretending
+# to have 4 SMs makes small test shapes take the split-K path and larger ones the row-owned one.
+INTERPRETER_SM_COUNT = 4
+
+
+class AssignConfig(NamedTuple):
+    block_n: int  # rows per program
+    block_k: int  # codes per tile of the codebook stream
+    block_d: int  # columns per tl.dot; D is padded to a multiple of it
+    num_warps: int
+    num_stages: int
+
+
+# (arch, dot kind) -> [(largest D, config)], first match wins; None = any D. Dot kinds: "bf16";
+# "tf32" (tf32 and tf32x3: fp32 operands on tensor cores); "ieee" (fp32 FMA, no tensor cores).
+ASSIGN_CONFIGS = {
+    ("sm_90", "bf16"): [
+        (16, AssignConfig(128, 128, 16, 8, 3)),
+        (32, AssignConfig(128, 128, 32, 8, 3)),
+        (None, AssignConfig(128, 128, 64, 8, 3)),
+    ],
+    ("sm_90", "tf32"): [
+        (16, AssignConfig(64, 128, 16, 4, 3)),
+        (32, AssignConfig(64, 128, 32, 4, 3)),
+        (None, AssignConfig(64, 64, 32, 4, 3)),
+    ],
+    ("sm_80", "bf16"): [
+        (16, AssignConfig(128, 128, 16, 8, 3)),
+        (None, AssignConfig(128, 128, 32, 8, 3)),
+    ],
+    ("sm_80", "tf32"): [
+        (16, AssignConfig(64, 128, 16, 4, 3)),
+        (32, AssignConfig(64, 64, 32, 4, 3)),
+        (None, AssignConfig(64, 64, 16, 4, 3)),
+    ],
+    ("sm_90", "ieee"): [(None, AssignConfig(64, 64, 16, 4, 3))],
+    ("sm_80", "ieee"): [(None, AssignConfig(64, 64, 16, 4, 3))],
+}
+INTERPRETER_ASSIGN = AssignConfig(256, 512, 256, 4, 1)
+
+
+class RowsConfig(NamedTuple):
+    """Row-streaming kernels (histogram, code sums, moments): rows and columns per tile, and
+    codes side by side (code sums)."""
+
+    block_rows: int
+    block_d: int
+    num_warps: int
+    num_stages: int
+    block_codes: int = 1
+
+
+# kernel -> (GPU config, interpreter config). On the GPU: the histogram is one atomic per
+# index; code sums add 8 rows of each of 16 codes per step over 32 columns (4K float64
+# values on 8 warps: 16 per thread); moments fold 64-row tiles
+# into a 32 x 32 block of the covariance. The interpreter gets tiles as large as the tests.
+ROWS_CONFIGS = {
+    "histogram": (RowsConfig(1024, 1, 4, 1), RowsConfig(65536, 1, 1, 1)),
+    "code_sums": (RowsConfig(8, 32, 8, 2, 16), RowsConfig(64, 256, 1, 1, 64)),
+    "moments": (RowsConfig(64, 32, 4, 2), RowsConfig(4096, 256, 1, 1)),
+}
+
+
+def next_power_of_two(value: int) -> int:
+    return 1 << max(0, value - 1).bit_length()
+
+
+def dot_kind(precision: str) -> str:
+    return {"bf16": "bf16", "tf32": "tf32", "tf32x3": "tf32"}.get(precision, "ieee")
+
+
+def assign_config(dim: int, kind: str, arch: str | None) -> AssignConfig:
+    """The table entry for D = dim; arch None means the interpreter. BLOCK_D never exceeds the
+    padded D, so small D does not pay for a 64-wide chunk."""
+    if arch is None:
+        return INTERPRETER_ASSIGN._replace(block_d=min(256, max(16, next_power_of_two(dim))))
+    for largest_dim, config in ASSIGN_CONFIGS[(arch, kind)]:
+        if largest_dim is None or dim <= largest_dim:
+            return config
+    raise AssertionError("every table ends with a catch-all entry")
+
+
+def rows_config(kernel: str, dim: int, arch: str | None) -> RowsConfig:
+    """BLOCK_D shrinks to the padded D, but not below 16, the smallest tl.dot."""
+    gpu, interpreted = ROWS_CONFIGS[kernel]
+    config = interpreted if arch is None else gpu
+    return config._replace(block_d=min(config.block_d, max(16, next_power_of_two(dim))))
+
+
+def device_arch(device: torch.device) -> str | None:
+    """Which table serves this device: None (the interpreter) for CPU tensors."""
+    if device.type != "cuda":
+        return None
+    major, _ = torch.cuda.get_device_capability(device)
+    return "sm_90" if major >= 9 else "sm_80"
+
+
+def sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return INTERPRETER_SM_COUNT
+    return torch.cuda.get_device_properties(device).multi_processor_count

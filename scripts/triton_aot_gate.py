@@ -280,8 +280,9 @@ heaviest form: metric l2 with the fused histogram.
 
 The ratio is bounded by 1 + (HBM time)/(GEMM time) whatever the kernel does, so it falls with
 D and with slower precisions: the 10x target holds where the GEMM is cheap next to the
-materialised matrix (bf16 up to D = 64), not for D = 256 or the fp32 paths, where both sides
-are bound by the same tensor-core or FMA throughput.
+materialised matrix (bf16 up to D = 64, tf32 up to D = 32), not for D = 256 or the tf32x3 and
+ieee paths, where both sides are bound by the same tensor-core or FMA throughput (bf16 at
+D = 256: at most 1 + 10.3/2.2 = 5.6x for any kernel under this model).
 
 Estimates are given once per (precision, D) on the sm_90 row-owned rows (the path a large N
 takes); split-K runs the same inner loop.

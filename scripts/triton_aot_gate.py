@@ -26,11 +26,12 @@ os.environ.pop("TRITON_INTERPRET", None)  # real kernels, not the interpreter's
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the checkout's package, installed or not
 
-import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
 
-from wvq_kernels.triton import assign, configs, histogram, moments  # noqa: E402
+from wvq_kernels.triton import assign, configs, histogram, moments
+
 TARGETS = {"sm_80": GPUTarget("cuda", 80, 32), "sm_90": GPUTarget("cuda", 90, 32)}
 # D values of the report; together they reach every row of every assign table.
 DIMS = (8, 32, 64, 256)
@@ -88,26 +89,55 @@ def assign_cases():
 
 def _assign_case(arch, precision, operand, dim, config, chunks, split):
     fn = assign.assign_kernel
-    constexprs = dict(
-        stride_xd=1, stride_cd=1, METRIC=assign.METRIC_CODES["l2"],
-        DOT_PRECISION=assign.DOT_PRECISION[precision], ROUND_BF16=precision == "bf16",
-        INTERPRETED=False, SPLIT_K=split, HISTOGRAM=True, BLOCK_N=config.block_n,
-        BLOCK_K=config.block_k, BLOCK_D=config.block_d, D_CHUNKS=chunks,
-    )
+    constexprs = {
+        "stride_xd": 1,
+        "stride_cd": 1,
+        "METRIC": assign.METRIC_CODES["l2"],
+        "DOT_PRECISION": assign.DOT_PRECISION[precision],
+        "ROUND_BF16": precision == "bf16",
+        "INTERPRETED": False,
+        "SPLIT_K": split,
+        "HISTOGRAM": True,
+        "BLOCK_N": config.block_n,
+        "BLOCK_K": config.block_k,
+        "BLOCK_D": config.block_d,
+        "D_CHUNKS": chunks,
+    }
     pointer = POINTER_TYPES[operand]
-    types = dict(
-        x_ptr=pointer, codes_t_ptr=pointer, dist_codes_ptr=pointer, norms_ptr="*fp32",
-        keys_ptr="*i64", indices_ptr="*i64", distances_ptr="*fp32", counts_ptr="*i64",
-        stride_xn="i32", stride_cn="i32", N="i32", K="i32", D="i32", codes_per_split="i32",
-    )
+    types = {
+        "x_ptr": pointer,
+        "codes_t_ptr": pointer,
+        "dist_codes_ptr": pointer,
+        "norms_ptr": "*fp32",
+        "keys_ptr": "*i64",
+        "indices_ptr": "*i64",
+        "distances_ptr": "*fp32",
+        "counts_ptr": "*i64",
+        "stride_xn": "i32",
+        "stride_cn": "i32",
+        "N": "i32",
+        "K": "i32",
+        "D": "i32",
+        "codes_per_split": "i32",
+    }
     divisible = ["K", "codes_per_split"] + [n for n, t in types.items() if t.startswith("*")]
     if dim % 16 == 0:
         divisible += ["stride_xn", "stride_cn"]
     path = "split-K" if split else "row-owned"
     return Case(
-        "assign", arch, f"{precision} D={dim} {path}", fn, _signature(fn, types, constexprs),
-        constexprs, tuple(divisible), config.num_warps, config.num_stages,
-        tensor_core=precision != "ieee", dim=dim, precision=precision, block_d=config.block_d,
+        "assign",
+        arch,
+        f"{precision} D={dim} {path}",
+        fn,
+        _signature(fn, types, constexprs),
+        constexprs,
+        tuple(divisible),
+        config.num_warps,
+        config.num_stages,
+        tensor_core=precision != "ieee",
+        dim=dim,
+        precision=precision,
+        block_d=config.block_d,
     )
 
 
@@ -116,27 +146,61 @@ def _finish_case(arch, operand):
     fn = assign.finish_split_kernel
     config = configs.assign_config(max(DIMS), operand if operand == "bf16" else "tf32", arch)
     chunks = triton.cdiv(max(DIMS), config.block_d)
-    constexprs = dict(stride_xd=1, stride_cd=1, METRIC=0, HISTOGRAM=True, BLOCK_N=config.block_n,
-                      BLOCK_D=config.block_d, D_CHUNKS=chunks)
+    constexprs = {
+        "stride_xd": 1,
+        "stride_cd": 1,
+        "METRIC": 0,
+        "HISTOGRAM": True,
+        "BLOCK_N": config.block_n,
+        "BLOCK_D": config.block_d,
+        "D_CHUNKS": chunks,
+    }
     pointer = POINTER_TYPES[operand]
-    types = dict(keys_ptr="*i64", x_ptr=pointer, dist_codes_ptr=pointer, indices_ptr="*i64",
-                 distances_ptr="*fp32", counts_ptr="*i64", stride_xn="i32", stride_cn="i32",
-                 N="i32", D="i32")
+    types = {
+        "keys_ptr": "*i64",
+        "x_ptr": pointer,
+        "dist_codes_ptr": pointer,
+        "indices_ptr": "*i64",
+        "distances_ptr": "*fp32",
+        "counts_ptr": "*i64",
+        "stride_xn": "i32",
+        "stride_cn": "i32",
+        "N": "i32",
+        "D": "i32",
+    }
     divisible = [n for n, t in types.items() if t.startswith("*")]
-    return Case("finish_split", arch, f"{operand} D={max(DIMS)}", fn,
-                _signature(fn, types, constexprs), constexprs, tuple(divisible),
-                config.num_warps, 1, tensor_core=False)
+    return Case(
+        "finish_split",
+        arch,
+        f"{operand} D={max(DIMS)}",
+        fn,
+        _signature(fn, types, constexprs),
+        constexprs,
+        tuple(divisible),
+        config.num_warps,
+        1,
+        tensor_core=False,
+    )
 
 
 def rows_cases():
     for arch in configs.ARCHS:
         config = configs.rows_config("histogram", 1, arch)
         fn = histogram.histogram_kernel
-        constexprs = dict(BLOCK=config.block_rows)
-        types = dict(indices_ptr="*i64", counts_ptr="*i64", N="i32")
-        yield Case("histogram", arch, "int64 indices", fn, _signature(fn, types, constexprs),
-                   constexprs, ("indices_ptr", "counts_ptr"), config.num_warps,
-                   config.num_stages, tensor_core=False)
+        constexprs = {"BLOCK": config.block_rows}
+        types = {"indices_ptr": "*i64", "counts_ptr": "*i64", "N": "i32"}
+        yield Case(
+            "histogram",
+            arch,
+            "int64 indices",
+            fn,
+            _signature(fn, types, constexprs),
+            constexprs,
+            ("indices_ptr", "counts_ptr"),
+            config.num_warps,
+            config.num_stages,
+            tensor_core=False,
+        )
         for dim in (8, 256):
             yield _code_sums_case(arch, dim)
             yield _moments_case(arch, dim)
@@ -145,27 +209,64 @@ def rows_cases():
 def _code_sums_case(arch, dim):
     config = configs.rows_config("code_sums", dim, arch)
     fn = histogram.code_sums_kernel
-    constexprs = dict(stride_xd=1, BLOCK_CODES=config.block_codes, BLOCK_ROWS=config.block_rows,
-                      BLOCK_D=config.block_d)
-    types = dict(order_ptr="*i64", starts_ptr="*i64", counts_ptr="*i64", x_ptr="*fp32",
-                 sums_ptr="*fp32", stride_xn="i32", K="i32", D="i32")
+    constexprs = {
+        "stride_xd": 1,
+        "BLOCK_CODES": config.block_codes,
+        "BLOCK_ROWS": config.block_rows,
+        "BLOCK_D": config.block_d,
+    }
+    types = {
+        "order_ptr": "*i64",
+        "starts_ptr": "*i64",
+        "counts_ptr": "*i64",
+        "x_ptr": "*fp32",
+        "sums_ptr": "*fp32",
+        "stride_xn": "i32",
+        "K": "i32",
+        "D": "i32",
+    }
     divisible = [n for n, t in types.items() if t.startswith("*")]
-    return Case("code_sums", arch, f"fp32 D={dim}", fn, _signature(fn, types, constexprs),
-                constexprs, tuple(divisible), config.num_warps, config.num_stages,
-                tensor_core=False)
+    return Case(
+        "code_sums",
+        arch,
+        f"fp32 D={dim}",
+        fn,
+        _signature(fn, types, constexprs),
+        constexprs,
+        tuple(divisible),
+        config.num_warps,
+        config.num_stages,
+        tensor_core=False,
+    )
 
 
 def _moments_case(arch, dim):
     config = configs.rows_config("moments", dim, arch)
     fn = moments.moments_kernel
-    constexprs = dict(stride_xd=1, BLOCK_ROWS=config.block_rows, BLOCK_D=config.block_d)
-    types = dict(x_ptr="*fp32", means_ptr="*fp64", m2_ptr="*fp64", stride_xn="i32", N="i32",
-                 D="i32", rows_per_program="i32")
+    constexprs = {"stride_xd": 1, "BLOCK_ROWS": config.block_rows, "BLOCK_D": config.block_d}
+    types = {
+        "x_ptr": "*fp32",
+        "means_ptr": "*fp64",
+        "m2_ptr": "*fp64",
+        "stride_xn": "i32",
+        "N": "i32",
+        "D": "i32",
+        "rows_per_program": "i32",
+    }
     divisible = ["x_ptr", "means_ptr", "m2_ptr", "rows_per_program"]
     # A float64 dot: DMMA where ptxas supports it, never a bf16/tf32 tensor-core path.
-    return Case("moments", arch, f"fp32 D={dim}", fn, _signature(fn, types, constexprs),
-                constexprs, tuple(divisible), config.num_warps, config.num_stages,
-                tensor_core=False)
+    return Case(
+        "moments",
+        arch,
+        f"fp32 D={dim}",
+        fn,
+        _signature(fn, types, constexprs),
+        constexprs,
+        tuple(divisible),
+        config.num_warps,
+        config.num_stages,
+        tensor_core=False,
+    )
 
 
 def all_cases():
@@ -179,13 +280,17 @@ def compile_case(index: int) -> Result:
     with tempfile.TemporaryDirectory() as cache, triton.knobs.cache.scope():
         triton.knobs.cache.dir = cache
         try:
-            compiled = triton.compile(source, target=TARGETS[case.arch], options=dict(
-                num_warps=case.num_warps, num_stages=case.num_stages))
-        except Exception as error:  # the gate reports every failure, then fails
+            compiled = triton.compile(
+                source,
+                target=TARGETS[case.arch],
+                options={"num_warps": case.num_warps, "num_stages": case.num_stages},
+            )
+        except Exception as error:  # noqa: BLE001 (the gate reports every failure, then fails)
             return Result(0, 0, 0, "", f"{type(error).__name__}: {error}".splitlines()[0])
         registers, spills = _ptxas_report(compiled.asm["ptx"], case.arch, cache)
-    return Result(registers, spills, compiled.metadata.shared, _instruction(compiled.asm["ptx"]),
-                  "")
+    return Result(
+        registers, spills, compiled.metadata.shared, _instruction(compiled.asm["ptx"]), ""
+    )
 
 
 def _ptxas_report(ptx: str, arch: str, workdir: str) -> tuple[int, int]:
@@ -194,8 +299,12 @@ def _ptxas_report(ptx: str, arch: str, workdir: str) -> tuple[int, int]:
     path.write_text(ptx)
     target = "sm_90a" if arch == "sm_90" else arch
     ptxas = triton.knobs.nvidia.ptxas.path
-    log = subprocess.run([ptxas, "-v", f"--gpu-name={target}", str(path), "-o", os.devnull],
-                         capture_output=True, text=True, check=True).stderr
+    log = subprocess.run(
+        [ptxas, "-v", f"--gpu-name={target}", str(path), "-o", os.devnull],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stderr
     registers = max(int(n) for n in re.findall(r"Used (\d+) registers", log))
     spills = sum(int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", log))
     return registers, spills
@@ -240,8 +349,10 @@ def estimate_ms(case: Case) -> tuple[float, float]:
 
 def table(cases, results) -> list[str]:
     lines = [
-        "| kernel | arch | variant | warps | stages | registers | spills (B) | shared (B) "
-        "| instruction | est. H100 ms | baseline ms | speed-up | verdict |",
+        (
+            "| kernel | arch | variant | warps | stages | registers | spills (B) | shared (B) "
+            "| instruction | est. H100 ms | baseline ms | speed-up | verdict |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case, result in zip(cases, results):
@@ -300,14 +411,15 @@ def main() -> int:
         results = list(pool.map(compile_case, range(len(cases))))
     lines = table(cases, results)
     print("\n".join(lines))
-    header = DOC_HEADER.format(version=triton.__version__, epilogue=EPILOGUE_OPS,
-                               alu=ALU_RATE / 1e12)
+    header = DOC_HEADER.format(
+        version=triton.__version__, epilogue=EPILOGUE_OPS, alu=ALU_RATE / 1e12
+    )
     arguments.doc.write_text(header + "\n".join(lines) + "\n")
-    failures = [(case, found) for case, result in zip(cases, results)
-                if (found := problems(case, result))]
+    failures = [
+        (case, found) for case, result in zip(cases, results) if (found := problems(case, result))
+    ]
     for case, found in failures:
-        print(f"FAIL {case.kernel} {case.arch} {case.variant}: {'; '.join(found)}",
-              file=sys.stderr)
+        print(f"FAIL {case.kernel} {case.arch} {case.variant}: {'; '.join(found)}", file=sys.stderr)
     print(f"{len(cases)} configurations compiled, {len(failures)} failed; wrote {arguments.doc}")
     return 1 if failures else 0
 

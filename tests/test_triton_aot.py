@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("triton")
 
-from wvq_kernels.triton import configs  # noqa: E402
+from wvq_kernels.triton import configs
 
 GATE_PATH = Path(__file__).resolve().parent.parent / "scripts" / "triton_aot_gate.py"
 

@@ -5,9 +5,9 @@ segments, masks at ragged sizes, precisions. Runs in the interpreter on CPU tens
 
 import pytest
 import torch
+from oracle import check_assignment
 
 import wvq_kernels as wvq
-from oracle import check_assignment
 
 pytestmark = pytest.mark.skipif(
     not wvq.available_backends()["triton"], reason=wvq.available_backends()["triton"].reason
@@ -39,7 +39,8 @@ def _data(n, k, d, seed=0):
 
 
 def _block_k(d, precision="ieee"):
-    return configs.assign_config(d, configs.dot_kind(precision), configs.device_arch(DEVICE)).block_k
+    kind, arch = configs.dot_kind(precision), configs.device_arch(DEVICE)
+    return configs.assign_config(d, kind, arch).block_k
 
 
 def test_packed_key_orders_like_score_then_index():

@@ -243,10 +243,10 @@ def launch_assign(
     counts = torch.zeros(num_codes if histogram else 0, dtype=torch.int64, device=x.device)
     keys = torch.full((num_rows if splits > 1 else 0,), KEY_UNSET, dtype=torch.int64,
                       device=x.device)
-    constants = dict(
-        METRIC=METRIC_CODES[metric], HISTOGRAM=histogram, BLOCK_D=config.block_d,
-        D_CHUNKS=triton.cdiv(dim, config.block_d),
-    )
+    constants = {
+        "METRIC": METRIC_CODES[metric], "HISTOGRAM": histogram, "BLOCK_D": config.block_d,
+        "D_CHUNKS": triton.cdiv(dim, config.block_d),
+    }
     row_args = (rows, rows.stride(0), rows.stride(1))
     dist_codes_args = (dist_codes, dist_codes.stride(0), dist_codes.stride(1))
     outputs = (indices, distances, counts)

@@ -16,8 +16,8 @@ its report. Why these shapes:
   warps, with 64-code tiles once D needs several chunks (64 x 128 spills at D = 256).
 - ieee runs on FMA units, where Triton holds both operand slices in registers per thread:
   64 x 64 x 16 on 4 warps is the largest without spills, for any D.
-- Stages: 3 everywhere; shared memory stays below 99 KiB on the sm_80 table (which also
-  serves sm_86/89) and far below 227 KiB on sm_90.
+- assign pipelines 3 stages everywhere; shared memory stays below 99 KiB on the sm_80 table
+  (which also serves sm_86/89) and far below 227 KiB on sm_90.
 """
 
 import os
@@ -31,8 +31,6 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 ARCHS = ("sm_80", "sm_90")
 # Opt-in shared memory per block. The sm_80 table serves sm_86/89 too, so it gets their limit.
 SHARED_MEMORY_LIMIT = {"sm_80": 101_376, "sm_90": 232_448}
-# Streaming multiprocessors of the target GPU (H100 SXM); the real count is read on a GPU.
-DEFAULT_SM_COUNT = 132
 # Under TRITON_INTERPRET=1 every program costs Python overhead, so blocks are large. Pretending
 # to have 4 SMs makes small test shapes take the split-K path and larger ones the row-owned one.
 INTERPRETER_SM_COUNT = 4

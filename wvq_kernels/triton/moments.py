@@ -3,9 +3,9 @@
 Each program owns a contiguous range of rows and a (column block i, column block j) pair of
 the covariance. It walks its rows tile by tile, all in float64: a tile is centred on its own
 mean (so a large common offset costs nothing), its centred sums of products are one tl.dot, and
-the tile is folded into the program's running (count, mean, M2) with the Chan formula. The per-program partials are then merged in float64 on the
-device, in program order (the many-part form of the same formula): no host sync, and the same
-bits on every run.
+the tile is folded into the program's running (count, mean, M2) with the Chan formula. The
+per-program partials are then merged in float64 on the device, in program order (the many-part
+form of the same formula): no host sync, and the same bits on every run.
 """
 
 import torch

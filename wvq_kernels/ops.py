@@ -7,13 +7,15 @@ flattens ``(..., D)`` inputs to the 2-D rows the kernels take, and dispatches to
 - ``"cpu"``: the C++ kernels of ``wvq_kernels._C``, reached through ``torch.ops.wvq``;
 - ``"triton"``: ``wvq_kernels.triton``, reached through ``torch.ops.wvq_triton`` (CUDA tensors,
   or CPU tensors under ``TRITON_INTERPRET=1``);
-- ``"cuda"``: a GPU backend, not available yet.
+- ``"cuda"``: the CUDA kernels of ``wvq_kernels._C_cuda`` (built with ``WVQ_BUILD_CUDA=1``),
+  registered for CUDA tensors under the same ``torch.ops.wvq`` schemas as ``"cpu"``.
 
 ``backend="auto"`` picks the fastest available backend for the tensors' device; the
 environment variable ``WVQ_BACKEND`` overrides ``auto``.
 """
 
 import importlib
+import importlib.util
 import operator
 import os
 from typing import NamedTuple
@@ -88,9 +90,15 @@ def _load_extension(module_name: str) -> BackendStatus:
 
 
 def _cuda_status() -> BackendStatus:
+    # Checked first: a CPU build of torch cannot load the CUDA-linked _C_cuda at all.
     if not torch.cuda.is_available():
         return BackendStatus(False, "no CUDA device (torch.cuda.is_available() is False)")
-    return BackendStatus(False, "the CUDA kernels (wvq_kernels._C_cuda) are not built yet")
+    if importlib.util.find_spec("wvq_kernels._C_cuda") is None:
+        return BackendStatus(
+            False, "wvq_kernels._C_cuda is not built (see README: Building the CUDA backend)"
+        )
+    schemas = _load_extension("wvq_kernels._C")
+    return schemas if not schemas else _load_extension("wvq_kernels._C_cuda")
 
 
 def _triton_interpreted() -> bool:
@@ -265,7 +273,7 @@ def _auto_backend(device: torch.device) -> str:
     if device.type == "cpu":
         return "cpu" if _BACKEND_STATUS["cpu"] else "reference"
     if device.type == "cuda":
-        # The C++ kernels once built (not yet measured against Triton), else Triton.
+        # The hand-written CUDA kernels when built, else Triton.
         for backend in ("cuda", "triton"):
             if _BACKEND_STATUS[backend]:
                 return backend

@@ -8,6 +8,7 @@
 
 #include "common/chan_merge.h"
 #include "common/packed_key.h"
+#include "common/pair_moments.h"
 
 static int failures = 0;
 
@@ -88,11 +89,41 @@ static void chan_merge_of_splits_equals_whole() {
   }
 }
 
+// What a GPU thread does for one covariance entry: Welford over two row ranges, then a Chan
+// merge of the two partials, must match the two-pass statistics of the whole.
+static void welford_pairs_merged_equal_two_pass() {
+  const int64_t rows = 300, dim = 3;
+  std::mt19937 rng(3);
+  std::normal_distribution<double> normal(1e4, 1e-2);
+  std::vector<double> x(rows * dim);
+  for (double& v : x) v = normal(rng);
+  const Stats whole = direct_stats(x, dim, 0, rows);
+  for (int64_t split : {0, 1, 150, 300}) {
+    for (int64_t i = 0; i < dim; ++i) {
+      for (int64_t j = 0; j < dim; ++j) {
+        wvq::PairMoments left{0, 0.0, 0.0, 0.0}, right{0, 0.0, 0.0, 0.0};
+        for (int64_t r = 0; r < split; ++r) wvq::welford_add(left, x[r * dim + i], x[r * dim + j]);
+        for (int64_t r = split; r < rows; ++r)
+          wvq::welford_add(right, x[r * dim + i], x[r * dim + j]);
+        wvq::chan_merge_pair(left, right);
+        const double expected = whole.m2[i * dim + j];
+        // Off-diagonal entries can be near zero: scale the bound by the diagonal.
+        const double scale = std::sqrt(whole.m2[i * dim + i] * whole.m2[j * dim + j]);
+        EXPECT(left.count == rows);
+        EXPECT(std::abs(left.mean_i - whole.mean[i]) < 1e-9);
+        EXPECT(std::abs(left.mean_j - whole.mean[j]) < 1e-9);
+        EXPECT(std::abs(left.comoment - expected) <= 1e-9 * scale);
+      }
+    }
+  }
+}
+
 int main() {
   packed_key_orders_like_scores_then_indices();
   packed_key_round_trips();
   tie_break_prefers_smaller_score_then_index();
   chan_merge_of_splits_equals_whole();
+  welford_pairs_merged_equal_two_pass();
   std::printf(failures == 0 ? "common host tests passed\n" : "%d failures\n", failures);
   return failures == 0 ? 0 : 1;
 }

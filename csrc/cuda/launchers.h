@@ -1,0 +1,51 @@
+// The torch-free interface of the CUDA kernels: raw device pointers, sizes and a stream.
+// ops_cuda.cpp turns tensors into these calls; the .cu files implement them. Every launcher
+// only enqueues work on `stream` and returns the launch status (no host synchronisation).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+extern "C" {
+
+// Element types of floating-point inputs.
+enum WvqDtype { kWvqFloat32 = 0, kWvqFloat16 = 1, kWvqBFloat16 = 2, kWvqFloat64 = 3 };
+enum WvqMetric { kWvqL2 = 0, kWvqCosine = 1, kWvqDot = 2 };
+// kWvqIeee: exact fp32 products on the SIMT units; kWvqTf32 and kWvqBf16: tensor cores.
+enum WvqPrecision { kWvqIeee = 0, kWvqTf32 = 1, kWvqBf16 = 2 };
+
+// Assignment: x (num_rows, dim) and codebook (num_codes, dim), both row-major and of `dtype`.
+// Writes indices (num_rows) and distances (num_rows); with counts != nullptr (zeroed,
+// num_codes) also the histogram of the chosen codes. `workspace` holds
+// wvq_assign_workspace_bytes(...) bytes: the packed codebook and one 64-bit key per row.
+size_t wvq_assign_workspace_bytes(int64_t num_rows, int64_t num_codes, int64_t dim,
+                                  int precision);
+cudaError_t wvq_assign(const void* x, const void* codebook, int dtype, int64_t num_rows,
+                       int64_t num_codes, int64_t dim, int metric, int precision,
+                       void* workspace, int64_t* indices, float* distances, int64_t* counts,
+                       cudaStream_t stream);
+
+// Adds the occurrences of each code in indices[0, n) to counts (num_codes, zeroed by caller).
+cudaError_t wvq_code_histogram(const int64_t* indices, int64_t n, int64_t* counts,
+                               cudaStream_t stream);
+
+// Per-code sums of the rows of x (n, dim): row_order lists the rows code by code (a stable
+// sort of the indices), code_starts (num_codes + 1) delimits each code's rows in it. Each sum
+// runs over its rows in row order in float64, so the result does not depend on scheduling.
+cudaError_t wvq_code_sums(const int64_t* row_order, const int64_t* code_starts, const void* x,
+                          int dtype, int64_t num_codes, int64_t dim, float* sums,
+                          cudaStream_t stream);
+
+// utilization = nonzero / num_codes and perplexity = exp(-sum p log p) of a histogram,
+// written to two device floats.
+cudaError_t wvq_usage(const int64_t* counts, int64_t num_codes, float* utilization,
+                      float* perplexity, cudaStream_t stream);
+
+// Mean (dim) and population covariance (dim, dim) in float64 of x (n, dim), n >= 1.
+size_t wvq_moments_workspace_bytes(int64_t n, int64_t dim);
+cudaError_t wvq_moments(const void* x, int dtype, int64_t n, int64_t dim, void* workspace,
+                        double* mean, double* cov, cudaStream_t stream);
+
+}  // extern "C"

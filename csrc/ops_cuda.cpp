@@ -1,0 +1,175 @@
+// CUDA kernels for the wvq ops (schemas in ops.cpp): checks, device guard, current stream, and
+// the hand-off from tensors to the torch-free launchers of csrc/cuda. Built only against a CUDA
+// build of torch, as the separate object wvq_kernels._C_cuda.
+#include <Python.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/cumsum.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/sort.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <string>
+#include <tuple>
+
+#include "cuda/launchers.h"
+
+extern "C" PyObject* PyInit__C_cuda(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C_cuda", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}
+
+namespace wvq::cuda_ops {
+namespace {
+
+void check_cuda(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_cuda(), "wvq: ", name, " must be a CUDA tensor, got ", t.device());
+}
+
+// Floating inputs as a contiguous tensor of a dtype the kernels read natively.
+at::Tensor float_rows(const at::Tensor& t, const char* name) {
+  check_cuda(t, name);
+  TORCH_CHECK(t.dim() == 2, "wvq: ", name, " must be 2-D, got ", t.dim(), " dimensions");
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "wvq: ", name, " must be floating point");
+  return t.contiguous();
+}
+
+int dtype_code(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return kWvqFloat32;
+    case at::kHalf: return kWvqFloat16;
+    case at::kBFloat16: return kWvqBFloat16;
+    case at::kDouble: return kWvqFloat64;
+    default: TORCH_CHECK(false, "wvq: unsupported dtype ", t.scalar_type());
+  }
+}
+
+int metric_code(const std::string& metric) {
+  if (metric == "l2") return kWvqL2;
+  if (metric == "cosine") return kWvqCosine;
+  TORCH_CHECK(metric == "dot", "wvq::assign: metric must be l2, cosine or dot, got ", metric);
+  return kWvqDot;
+}
+
+// tf32x3 runs on the exact fp32 path: it is at least as accurate as three tf32 products.
+int precision_code(const std::string& precision) {
+  if (precision == "ieee" || precision == "tf32x3") return kWvqIeee;
+  if (precision == "tf32") return kWvqTf32;
+  TORCH_CHECK(precision == "bf16", "wvq::assign: precision must be ieee, tf32, tf32x3 or bf16, got ",
+              precision);
+  return kWvqBf16;
+}
+
+cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+at::Tensor workspace(size_t bytes, const at::Tensor& like) {
+  return at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> assign(const at::Tensor& x_in,
+                                                      const at::Tensor& codebook_in,
+                                                      const std::string& metric,
+                                                      const std::string& precision,
+                                                      bool histogram) {
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  at::Tensor x = float_rows(x_in, "x"), codebook = float_rows(codebook_in, "codebook");
+  TORCH_CHECK(codebook.device() == x.device(), "wvq::assign: x and codebook on different devices");
+  TORCH_CHECK(codebook.size(0) > 0 && codebook.size(1) == x.size(1),
+              "wvq::assign: expected codebook (K, D) with K >= 1 and D = x.size(1)");
+  if (codebook.scalar_type() != x.scalar_type()) {  // mixed inputs: promote both
+    const auto common = c10::promoteTypes(x.scalar_type(), codebook.scalar_type());
+    x = x.to(common);
+    codebook = codebook.to(common);
+  }
+  const int64_t n = x.size(0), k = codebook.size(0), d = x.size(1);
+  const int mode = precision_code(precision);
+  at::Tensor indices = at::empty({n}, x.options().dtype(at::kLong));
+  at::Tensor distances = at::empty({n}, x.options().dtype(at::kFloat));
+  at::Tensor counts = at::zeros({histogram ? k : 0}, x.options().dtype(at::kLong));
+  at::Tensor work = workspace(wvq_assign_workspace_bytes(n, k, d, mode), x);
+  C10_CUDA_CHECK(wvq_assign(x.data_ptr(), codebook.data_ptr(), dtype_code(x), n, k, d,
+                            metric_code(metric), mode, work.data_ptr(), indices.data_ptr<int64_t>(),
+                            distances.data_ptr<float>(),
+                            histogram ? counts.data_ptr<int64_t>() : nullptr, current_stream()));
+  return {indices, distances, counts};
+}
+
+at::Tensor checked_indices(const at::Tensor& indices, int64_t num_codes) {
+  check_cuda(indices, "indices");
+  TORCH_CHECK(indices.scalar_type() == at::kLong && indices.dim() == 1,
+              "wvq: indices must be int64 (N,)");
+  TORCH_CHECK(num_codes > 0, "wvq: num_codes must be positive");
+  // The range check lives in wvq_kernels/ops.py: checking here would need a host sync.
+  return indices.contiguous();
+}
+
+at::Tensor code_histogram(const at::Tensor& indices_in, int64_t num_codes) {
+  const c10::cuda::CUDAGuard guard(indices_in.device());
+  const at::Tensor indices = checked_indices(indices_in, num_codes);
+  at::Tensor counts = at::zeros({num_codes}, indices.options());
+  C10_CUDA_CHECK(wvq_code_histogram(indices.data_ptr<int64_t>(), indices.numel(),
+                                    counts.data_ptr<int64_t>(), current_stream()));
+  return counts;
+}
+
+std::tuple<at::Tensor, at::Tensor> code_sums(const at::Tensor& indices_in, const at::Tensor& x_in,
+                                             int64_t num_codes) {
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = float_rows(x_in, "x");
+  const at::Tensor indices = checked_indices(indices_in, num_codes);
+  TORCH_CHECK(indices.size(0) == x.size(0), "wvq::code_sums: expected indices (N,) and x (N, D)");
+  at::Tensor counts = code_histogram(indices, num_codes);
+  at::Tensor sums = at::zeros({num_codes, x.size(1)}, x.options().dtype(at::kFloat));
+  // A stable sort lists each code's rows in row order: the fixed summation order.
+  // (An explicit optional: a plain `true` would bind to the overload's `dim` argument.)
+  const at::Tensor row_order =
+      std::get<1>(at::sort(indices, std::optional<bool>(true), /*dim=*/0, /*descending=*/false));
+  const at::Tensor code_starts = at::cat({at::zeros({1}, counts.options()), at::cumsum(counts, 0)});
+  C10_CUDA_CHECK(wvq_code_sums(row_order.data_ptr<int64_t>(), code_starts.data_ptr<int64_t>(),
+                               x.data_ptr(), dtype_code(x), num_codes, x.size(1),
+                               sums.data_ptr<float>(), current_stream()));
+  return {counts, sums};
+}
+
+std::tuple<at::Tensor, at::Tensor> usage(const at::Tensor& counts_in) {
+  const c10::cuda::CUDAGuard guard(counts_in.device());
+  check_cuda(counts_in, "counts");
+  TORCH_CHECK(counts_in.dim() == 1 && counts_in.size(0) > 0, "wvq::usage: counts must be (K,)");
+  const at::Tensor counts = counts_in.to(at::kLong).contiguous();
+  at::Tensor utilization = at::empty({}, counts.options().dtype(at::kFloat));
+  at::Tensor perplexity = at::empty({}, counts.options().dtype(at::kFloat));
+  C10_CUDA_CHECK(wvq_usage(counts.data_ptr<int64_t>(), counts.size(0),
+                           utilization.data_ptr<float>(), perplexity.data_ptr<float>(),
+                           current_stream()));
+  return {utilization, perplexity};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> moments(const at::Tensor& x_in) {
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = float_rows(x_in, "x");
+  const int64_t n = x.size(0), d = x.size(1);
+  at::Tensor count = at::full({}, n, x.options().dtype(at::kLong));
+  at::Tensor mean = at::zeros({d}, x.options().dtype(at::kDouble));
+  at::Tensor cov = at::zeros({d, d}, x.options().dtype(at::kDouble));
+  if (n == 0) return {count, mean, cov};
+  at::Tensor work = workspace(wvq_moments_workspace_bytes(n, d), x);
+  C10_CUDA_CHECK(wvq_moments(x.data_ptr(), dtype_code(x), n, d, work.data_ptr(),
+                             mean.data_ptr<double>(), cov.data_ptr<double>(), current_stream()));
+  return {count, mean, cov};
+}
+
+}  // namespace
+}  // namespace wvq::cuda_ops
+
+TORCH_LIBRARY_IMPL(wvq, CUDA, m) {
+  m.impl("assign", &wvq::cuda_ops::assign);
+  m.impl("code_histogram", &wvq::cuda_ops::code_histogram);
+  m.impl("code_sums", &wvq::cuda_ops::code_sums);
+  m.impl("usage", &wvq::cuda_ops::usage);
+  m.impl("moments", &wvq::cuda_ops::moments);
+}

@@ -13,6 +13,7 @@ NVCC="$CUDA_HOME/bin/nvcc"
 BUILD=build/cuda-ci
 CUDA_VENV=.venv-cuda
 TORCH_CUDA_PIN="torch==2.14.1"
+mkdir -p build
 started=$SECONDS
 
 step() { echo "== cuda_ci: $* ($((SECONDS - started)) s)"; }

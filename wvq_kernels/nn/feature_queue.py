@@ -1,0 +1,97 @@
+"""FIFO queue of recent feature rows whose moments are kept up to date incrementally."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..ops import Moments, moments
+
+__all__ = ["FeatureQueue", "remove_moments"]
+
+
+def remove_moments(total: Moments, part: Moments) -> Moments:
+    """Moments of ``total``'s rows without ``part``'s (the inverse of ``Moments.merge``):
+    with delta = mean_part - mean_rest, Chan's M2_total = M2_rest + M2_part + delta² n_r n_p / n."""
+    n_total = total.count.to(torch.float64)
+    n_part = part.count.to(torch.float64)
+    n_rest = n_total - n_part
+    # Clamped so that removing everything gives zeros rather than 0/0.
+    rest_divisor = n_rest.clamp_min(1.0)
+    mean = (total.mean * n_total - part.mean * n_part) / rest_divisor
+    delta = part.mean - mean
+    m2 = (total.cov * n_total - part.cov * n_part
+          - torch.outer(delta, delta) * (n_rest * n_part / n_total.clamp_min(1.0)))
+    return Moments(total.count - part.count, mean, m2 / rest_divisor)
+
+
+class FeatureQueue(nn.Module):
+    """The last ``size`` rows pushed, and their count, mean and population covariance.
+
+    ``push`` writes a chunk over the oldest rows and updates the moments in O(chunk · D²):
+    the new chunk is merged in (Chan) and the overwritten rows are removed with the inverse
+    merge, so the moments of a 65,536-row queue are never recomputed from scratch. The write
+    position and fill level are tensors, so pushing never syncs with the host and never
+    changes a Python value that ``torch.compile`` would guard on.
+    """
+
+    def __init__(self, size: int, dim: int, *, backend: str = "auto"):
+        super().__init__()
+        if size <= 0:
+            raise ValueError(f"feature_queue_size: expected a positive size, got {size}")
+        self.size = size
+        self.backend = backend
+        # Slots that were never written stay zero: push relies on it to discount them.
+        self.register_buffer("rows", torch.zeros(size, dim))
+        self.register_buffer("position", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("filled", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
+        self.register_buffer("cov", torch.zeros(dim, dim, dtype=torch.float64))
+
+    def moments(self) -> Moments:
+        return Moments(self.count, self.mean, self.cov)
+
+    @torch.no_grad()
+    def push(self, chunk: Tensor) -> None:
+        chunk = chunk.detach().reshape(-1, self.rows.shape[1]).to(self.rows.dtype)
+        if chunk.shape[0] == 0:
+            return
+        if chunk.shape[0] >= self.size:
+            self._reset_to(chunk[-self.size:])
+            return
+        slots = (self.position + torch.arange(chunk.shape[0], device=chunk.device)) % self.size
+        evicted = self._moments_of_written(slots)
+        kept = remove_moments(self.moments(), evicted)
+        updated = kept.merge(moments(chunk, backend=self.backend))
+        self.rows.index_copy_(0, slots, chunk)
+        self._store(updated)
+        self.position.copy_((self.position + chunk.shape[0]) % self.size)
+        self.filled.copy_((self.filled + chunk.shape[0]).clamp_max(self.size))
+
+    def sample(self, count: int, generator: torch.Generator | None = None) -> Tensor:
+        """``count`` rows drawn uniformly (with replacement) from the filled part; zeros while
+        the queue is empty."""
+        uniform = torch.rand(count, generator=generator, device=self.rows.device)
+        slots = (uniform * self.filled).long().clamp_max(self.size - 1)
+        return self.rows[slots]
+
+    def _moments_of_written(self, slots: Tensor) -> Moments:
+        # Slots at or past the fill level were never written: they hold zeros, which are
+        # removed again as a block of zero rows.
+        gathered = moments(self.rows[slots], backend=self.backend)
+        unwritten = (slots >= self.filled).sum()
+        dim = self.rows.shape[1]
+        zeros = Moments(unwritten, self.mean.new_zeros(dim), self.cov.new_zeros(dim, dim))
+        return remove_moments(gathered, zeros)
+
+    def _reset_to(self, rows: Tensor) -> None:
+        self.rows.copy_(rows)
+        self._store(moments(rows, backend=self.backend))
+        self.position.zero_()
+        self.filled.fill_(self.size)
+
+    def _store(self, stats: Moments) -> None:
+        self.count.copy_(stats.count)
+        self.mean.copy_(stats.mean)
+        # Symmetrised so that rounding in the inverse merge cannot make it drift asymmetric.
+        self.cov.copy_((stats.cov + stats.cov.T) / 2)

@@ -1,0 +1,253 @@
+"""VectorQuantizer: vanilla, Wasserstein (W-VQ), EMA and SimVQ codebooks on the fused ops."""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..kmeans import kmeans
+from ..losses import gaussian_w2
+from ..ops import assign, code_sums, moments, usage
+from .feature_queue import FeatureQueue
+
+__all__ = ["QuantizerOutput", "VectorQuantizer"]
+
+DISTRIBUTION_LOSSES = (None, "wasserstein")
+METRICS = ("l2", "cosine")
+# Reference VQ-VAE path of Wasserstein VQ: codes start near the origin, N(0, 0.01²).
+INIT_STD = 0.01
+LAPLACE_EPS = 1e-5
+KMEANS_ITERS = 10
+
+
+class QuantizerOutput(NamedTuple):
+    """What ``VectorQuantizer.forward`` returns.
+
+    quantized: ``z.shape``, ``z.dtype``; straight-through ``z + sg(z_q - z)`` (after the output
+      projection when ``codebook_dim != dim``).
+    indices: int64 ``z.shape[:-1]``.
+    loss: float32 0-dim; the quantizer's whole loss (add it to the reconstruction loss).
+    stats: dict of float32 0-dim tensors on z's device, computed without a host sync:
+      ``quantization_error`` (mean over tokens of the squared L2 distance, summed over the
+      codebook dimensions), ``utilization`` and ``perplexity`` of this batch,
+      ``running_utilization`` (codes used since the last ``reset_usage()``), ``wasserstein``
+      (W between feature and codebook Gaussians; 0 when not computed), ``commitment`` and
+      ``codebook`` (the two loss terms, unweighted).
+    """
+
+    quantized: Tensor
+    indices: Tensor
+    loss: Tensor
+    stats: dict[str, Tensor]
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-code quantizer of ``(..., dim)`` features with a ``codebook_size``-code codebook.
+
+    Loss (mean over elements): ``alpha·‖z_q − sg(z)‖² + beta·‖sg(z_q) − z‖² + gamma·W``, the last
+    term only with ``distribution_loss="wasserstein"``: W is the closed-form 2-Wasserstein
+    distance between the Gaussian of the features (from a FIFO queue of the last
+    ``feature_queue_size`` rows, detached, covariance scaled by ``target_cov_scale``) and the
+    Gaussian of the codebook, both divided by the detached largest per-dimension feature std.
+    ``ema=True`` updates the codebook by exponential moving averages (no codebook term, no
+    gradient to the codes); ``linear_reparam=True`` is SimVQ: frozen codes C ~ N(0, 1/d) and a
+    learned map, codes = C Wᵀ + b. ``dead_code_threshold > 0`` refills codes whose EMA usage
+    (tokens per step, decayed by ``decay``) falls below it with recent features.
+    ``kmeans_init`` fits the codebook to the first training batch. ``metric="cosine"``
+    quantizes l2-normalised features with l2-normalised codes.
+
+    The codebook is ``codebook_parameters()`` (train it with its own, larger learning rate, as
+    the W-VQ reference does); ``reset_usage()`` restarts the running usage counters.
+    """
+
+    def __init__(self, dim: int, codebook_size: int, *, codebook_dim: int | None = None,
+                 distribution_loss: str | None = None, gamma: float = 0.5, alpha: float = 1.0,
+                 beta: float = 0.1, ema: bool = False, decay: float = 0.99,
+                 linear_reparam: bool = False, dead_code_threshold: float = 0,
+                 feature_queue_size: int = 65536, target_cov_scale: float = 1.0,
+                 metric: str = "l2", backend: str = "auto", kmeans_init: bool = False):
+        super().__init__()
+        _check_options(distribution_loss, metric, ema, linear_reparam, dead_code_threshold)
+        codebook_dim = codebook_dim or dim
+        self.dim, self.codebook_size, self.codebook_dim = dim, codebook_size, codebook_dim
+        self.distribution_loss, self.metric, self.backend = distribution_loss, metric, backend
+        self.gamma, self.alpha, self.beta = gamma, alpha, beta
+        self.ema, self.decay, self.linear_reparam = ema, decay, linear_reparam
+        self.dead_code_threshold, self.target_cov_scale = dead_code_threshold, target_cov_scale
+        self.kmeans_init = kmeans_init
+        self.initialized = not kmeans_init
+        self.project_in = nn.Linear(dim, codebook_dim) if codebook_dim != dim else nn.Identity()
+        self.project_out = nn.Linear(codebook_dim, dim) if codebook_dim != dim else nn.Identity()
+        self._init_codebook()
+        # EMA token count per code and step: the EMA codebook's cluster sizes, and the usage
+        # that dead-code replacement looks at. Ones, so that unused codes neither divide by ~0
+        # nor all count as dead on the first step.
+        self.register_buffer("cluster_size", torch.ones(codebook_size))
+        self.register_buffer("usage_counts", torch.zeros(codebook_size, dtype=torch.int64))
+        needs_queue = distribution_loss is not None or dead_code_threshold > 0
+        self.queue = FeatureQueue(feature_queue_size, codebook_dim, backend=backend) if needs_queue else None
+        self.generator = torch.Generator().manual_seed(0)
+
+    def _init_codebook(self) -> None:
+        size, dim = self.codebook_size, self.codebook_dim
+        if self.linear_reparam:
+            self.register_buffer("frozen_codes", torch.randn(size, dim) / math.sqrt(dim))
+            # Identity start: the codes begin as the frozen ones.
+            self.code_map = nn.Linear(dim, dim)
+            nn.init.eye_(self.code_map.weight)
+            nn.init.zeros_(self.code_map.bias)
+        elif self.ema:
+            self.register_buffer("embedding", torch.randn(size, dim) * INIT_STD)
+            self.register_buffer("embed_sum", self.embedding.clone())
+        else:
+            self.embedding = nn.Parameter(torch.randn(size, dim) * INIT_STD)
+
+    def codebook_parameters(self) -> list[nn.Parameter]:
+        if self.linear_reparam:
+            return list(self.code_map.parameters())
+        return [self.embedding] if isinstance(self.embedding, nn.Parameter) else []
+
+    def codes(self) -> Tensor:
+        """The codebook (K, codebook_dim), differentiable in the learned parameters."""
+        if self.linear_reparam:
+            return self.code_map(self.frozen_codes)
+        return self.embedding
+
+    def indices_to_codes(self, indices: Tensor) -> Tensor:
+        """The quantized vectors (``indices.shape + (dim,)``) of code indices: the learned map
+        (SimVQ) and the output projection applied, as in ``forward``'s ``quantized``."""
+        return self.project_out(self._normalize(self.codes())[indices])
+
+    def reset_usage(self) -> None:
+        self.usage_counts.zero_()
+
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        if z.shape[-1] != self.dim:
+            raise ValueError(f"z: expected last dimension {self.dim}, got {tuple(z.shape)}")
+        features = self._normalize(self.project_in(z.float()))
+        if self.training and not self.initialized:
+            self._kmeans_init(features)
+        if self.training and self.queue is not None:
+            self.queue.push(features)
+        codes = self._normalize(self.codes())
+        result = assign(features, codes.detach(), histogram=True, backend=self.backend)
+        quantized_codes = codes[result.indices]
+        commitment = F.mse_loss(features, quantized_codes.detach())
+        codebook_term = F.mse_loss(quantized_codes, features.detach())
+        wasserstein = self._wasserstein(features, codes)
+        loss = self.beta * commitment
+        if not self.ema:
+            loss = loss + self.alpha * codebook_term
+        if self.distribution_loss is not None:
+            loss = loss + self.gamma * wasserstein
+        if self.training:
+            self._update_codebook_state(features, result.indices, result.counts)
+        straight_through = features + (quantized_codes - features).detach()
+        quantized = self.project_out(straight_through).to(z.dtype)
+        stats = self._stats(result, commitment, codebook_term, wasserstein)
+        return QuantizerOutput(quantized, result.indices, loss.float(), stats)
+
+    def _normalize(self, vectors: Tensor) -> Tensor:
+        return F.normalize(vectors, dim=-1) if self.metric == "cosine" else vectors
+
+    def _wasserstein(self, features: Tensor, codes: Tensor) -> Tensor:
+        if self.distribution_loss is None:
+            return features.new_zeros(())
+        # Training: the queue, which forward has just pushed this batch into. Evaluation: the
+        # batch alone, so that evaluating never depends on (or changes) the training queue.
+        if self.training:
+            feature_stats = self.queue.moments()
+        else:
+            feature_stats = moments(features.detach(), backend=self.backend)
+        feature_cov = feature_stats.sample_cov()
+        # Scale-free re-weighting: divide by the (detached) largest per-dimension feature std.
+        scale = torch.diagonal(feature_cov).max().clamp_min(1e-12).sqrt()
+        code_stats = moments(codes / scale.to(codes.dtype), backend=self.backend)
+        distance = gaussian_w2(feature_stats.mean / scale,
+                               self.target_cov_scale * feature_cov / scale.square(),
+                               code_stats.mean, code_stats.sample_cov())
+        return distance.float()
+
+    @torch.no_grad()
+    def _update_codebook_state(self, features: Tensor, indices: Tensor, counts: Tensor) -> None:
+        self.usage_counts.add_(counts)
+        if self.ema:
+            counts, sums = code_sums(indices, features, self.codebook_size, backend=self.backend)
+            self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+        self.cluster_size.mul_(self.decay).add_(counts.float(), alpha=1 - self.decay)
+        if self.ema:
+            total = self.cluster_size.sum()
+            smoothed = (self.cluster_size + LAPLACE_EPS) / (total + self.codebook_size * LAPLACE_EPS) * total
+            self.embedding.copy_(self.embed_sum / smoothed[:, None])
+        if self.dead_code_threshold > 0:
+            self._replace_dead_codes()
+
+    @torch.no_grad()
+    def _replace_dead_codes(self) -> None:
+        # No host sync: every code gets a candidate row, and torch.where keeps the live ones.
+        dead = (self.cluster_size < self.dead_code_threshold) & (self.queue.filled > 0)
+        candidates = self.queue.sample(self.codebook_size, self.generator).to(self.embedding.dtype)
+        self.embedding.copy_(torch.where(dead[:, None], candidates, self.embedding))
+        # Restarted codes count as average ones, so they are not replaced again at once.
+        restart = self.cluster_size.mean().clamp_min(self.dead_code_threshold)
+        self.cluster_size.copy_(torch.where(dead, restart, self.cluster_size))
+        if self.ema:
+            self.embed_sum.copy_(self.embedding * self.cluster_size[:, None])
+
+    @torch.no_grad()
+    def _kmeans_init(self, features: Tensor) -> None:
+        fitted = kmeans(features, self.codebook_size, KMEANS_ITERS, backend=self.backend)
+        fitted = self._normalize(fitted.to(features.device))
+        if self.linear_reparam:
+            self.frozen_codes.copy_(fitted)
+            nn.init.eye_(self.code_map.weight)
+            nn.init.zeros_(self.code_map.bias)
+        else:
+            self.embedding.copy_(fitted)
+        if self.ema:
+            self.embed_sum.copy_(fitted)
+        self.initialized = True
+
+    def _stats(self, result, commitment: Tensor, codebook_term: Tensor,
+               wasserstein: Tensor) -> dict[str, Tensor]:
+        utilization, perplexity = usage(result.counts)
+        running_utilization, _ = usage(self.usage_counts)
+        return {
+            "quantization_error": result.distances.mean(),
+            "utilization": utilization,
+            "perplexity": perplexity,
+            "running_utilization": running_utilization,
+            "wasserstein": wasserstein.detach(),
+            "commitment": commitment.detach(),
+            "codebook": codebook_term.detach(),
+        }
+
+    def get_extra_state(self) -> dict:
+        return {"initialized": self.initialized, "generator": self.generator.get_state()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.initialized = state["initialized"]
+        self.generator.set_state(state["generator"])
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, codebook_size={self.codebook_size}, "
+                f"codebook_dim={self.codebook_dim}, distribution_loss={self.distribution_loss}, "
+                f"ema={self.ema}, linear_reparam={self.linear_reparam}, metric={self.metric!r}")
+
+
+def _check_options(distribution_loss, metric, ema, linear_reparam, dead_code_threshold) -> None:
+    if distribution_loss not in DISTRIBUTION_LOSSES:
+        raise ValueError(f"distribution_loss: expected one of {DISTRIBUTION_LOSSES}, "
+                         f"got {distribution_loss!r}")
+    if metric not in METRICS:
+        raise ValueError(f"metric: expected one of {METRICS}, got {metric!r}")
+    if ema and linear_reparam:
+        raise ValueError("ema=True and linear_reparam=True: an EMA codebook has no learned map")
+    if ema and distribution_loss is not None:
+        raise ValueError("distribution_loss needs a learned codebook; got ema=True")
+    if linear_reparam and dead_code_threshold > 0:
+        raise ValueError("dead_code_threshold > 0 with linear_reparam=True: SimVQ codes are "
+                         "moved by the shared map, there is no per-code vector to refill")

@@ -97,7 +97,8 @@ def _threads() -> str:
 
 FP32_UNIT = 2.0**-24
 # Relative rounding of the inputs before the products, by resolved precision.
-INPUT_UNIT = {"ieee": 0.0, "bf16": 2.0**-8, "tf32": 2.0**-11}
+# tf32x3 (split products) is close to fp32; 2^-20 leaves room for its dropped low-low term.
+INPUT_UNIT = {"ieee": 0.0, "bf16": 2.0**-8, "tf32": 2.0**-11, "tf32x3": 2.0**-20}
 # Margin over the worst-case rounding bounds below, which assume nothing about summation order.
 SAFETY = 2.0
 
@@ -278,10 +279,11 @@ def _compare_distances(oracle: AssignOracle, result, indices: Tensor, label: str
                         f"{float(truth[row]):.6g} in row {row} (bound {float(bound[row]):.2g})")
 
 
-def _precisions(backend: str, dtype: torch.dtype) -> list[str]:
+def _precisions(device: torch.device, dtype: torch.dtype) -> list[str]:
     # float32 'auto' is 'ieee'; for half inputs 'auto' is its own resolution, so test it too.
     precisions = ["ieee", "bf16"] if dtype == torch.float32 else ["auto", "ieee", "bf16"]
-    return precisions + (["tf32"] if backend in ("triton", "cuda") else [])
+    # The tensor-core modes exist only on CUDA tensors.
+    return precisions + (["tf32", "tf32x3"] if device.type == "cuda" else [])
 
 
 def _resolved(precision: str, dtype: torch.dtype) -> str:
@@ -297,7 +299,7 @@ def check_assign(backend: str, device: torch.device) -> tuple[list[str], str]:
         x, codebook = case.inputs()
         for metric in METRICS:
             oracle = AssignOracle(x, codebook, metric)
-            for precision in _precisions(backend, x.dtype):
+            for precision in _precisions(device, x.dtype):
                 label = f"{case.name} {metric} {precision}"
                 result = _attempt(label, failures, partial(
                     wvq_kernels.assign, x.to(device), codebook.to(device), metric=metric,
@@ -472,7 +474,10 @@ CHECKS = {
 
 
 def _device_of(backend: str) -> torch.device:
-    return torch.device("cuda" if backend in ("triton", "cuda") else "cpu")
+    """Where a backend's inputs live: Triton without a GPU runs CPU tensors (TRITON_INTERPRET=1,
+    the only way it is available then)."""
+    on_gpu = backend == "cuda" or (backend == "triton" and torch.cuda.is_available())
+    return torch.device("cuda" if on_gpu else "cpu")
 
 
 def run_check(_: argparse.Namespace) -> int:

@@ -1,10 +1,12 @@
-"""VectorQuantizer: loss values and gradients against float64, state round-trip, training."""
-import copy
+"""VectorQuantizer and FeatureQueue: loss values and gradients against a float64 computation,
+torch.compile, state round-trip, SimVQ decoding, dead codes, k-means init, a short training run."""
+import io
 
 import pytest
 import torch
 
 from wvq_kernels import moments
+from wvq_kernels.kmeans import kmeans
 from wvq_kernels.nn import FeatureQueue, VectorQuantizer
 
 VARIANTS = {
@@ -17,10 +19,27 @@ VARIANTS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # The machine is shared: OpenMP threads fighting for two cores make these small steps
+    # 30x slower than one thread.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make(name, dim=6, codebook_size=64, seed=0, **overrides):
     torch.manual_seed(seed)
     options = {"feature_queue_size": 300, **VARIANTS[name], **overrides}
     return VectorQuantizer(dim, codebook_size, **options)
+
+
+def spread_codebook(quantizer, seed=1):
+    """Codes spread like the features, so that many of them win (the default init is ~0)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        quantizer.embedding.copy_(torch.randn(quantizer.embedding.shape, generator=generator))
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -37,3 +56,209 @@ def test_forward_shapes_and_stats(name):
     quantizer.eval()
     out = quantizer(z)
     assert torch.allclose(quantizer.indices_to_codes(out.indices), out.quantized, atol=1e-6)
+
+
+def _sqrt_psd(matrix):
+    values, vectors = torch.linalg.eigh(matrix)
+    return vectors @ torch.diag(values.clamp_min(0).sqrt()) @ vectors.T
+
+
+def reference_loss(z, codes, alpha, beta, gamma, target_cov_scale=1.0):
+    """The W-VQ loss in float64 with a full distance matrix and an eigenvector matrix square
+    root (the module uses assign, the moments op and an eigenvalue-only W)."""
+    indices = torch.cdist(z, codes).argmin(dim=1)
+    quantized = codes[indices]
+    commitment = (quantized.detach() - z).square().mean()
+    codebook = (quantized - z.detach()).square().mean()
+    features = z.detach()
+    scale = torch.cov(features.T).diagonal().max().sqrt()
+    cov_z = target_cov_scale * torch.cov((features / scale).T)
+    cov_c = torch.cov((codes / scale).T)
+    root = _sqrt_psd(cov_z)
+    w2 = ((features / scale).mean(0) - (codes / scale).mean(0)).square().sum() \
+        + cov_z.trace() + cov_c.trace() - 2 * _sqrt_psd(root @ cov_c @ root).trace()
+    distance = (w2.clamp_min(0) + 1e-10).sqrt()
+    return alpha * codebook + beta * commitment + gamma * distance, indices, distance
+
+
+@pytest.mark.parametrize("target_cov_scale", [1.0, 0.8])
+def test_wasserstein_loss_and_gradients_match_float64(target_cov_scale):
+    quantizer = make("wasserstein", alpha=0.7, beta=0.2, gamma=0.5,
+                     target_cov_scale=target_cov_scale)
+    spread_codebook(quantizer)
+    z = (torch.randn(80, 6) * torch.linspace(0.5, 2, 6) + 1).requires_grad_()
+    out = quantizer(z)
+    out.loss.backward()
+
+    z64 = z.detach().double().requires_grad_()
+    codes64 = quantizer.embedding.detach().double().requires_grad_()
+    loss, indices, distance = reference_loss(z64, codes64, 0.7, 0.2, 0.5, target_cov_scale)
+    loss.backward()
+    assert torch.equal(out.indices, indices)
+    assert out.stats["wasserstein"].item() == pytest.approx(distance.item(), rel=1e-5)
+    assert out.loss.item() == pytest.approx(loss.item(), rel=1e-5)
+    torch.testing.assert_close(z.grad.double(), z64.grad, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(quantizer.embedding.grad.double(), codes64.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_vanilla_loss_has_no_distribution_term():
+    quantizer = make("vanilla", alpha=1.0, beta=0.25)
+    spread_codebook(quantizer)
+    z = torch.randn(50, 6)
+    out = quantizer(z)
+    loss, _, _ = reference_loss(z.double(), quantizer.embedding.detach().double(), 1.0, 0.25, 0.0)
+    assert out.loss.item() == pytest.approx(loss.item(), rel=1e-5)
+    assert out.stats["wasserstein"].item() == 0
+
+
+def test_simvq_gradient_reaches_the_map_only_and_decoding_applies_it():
+    quantizer = make("simvq")
+    with torch.no_grad():
+        quantizer.code_map.weight.copy_(torch.randn(6, 6))
+        quantizer.code_map.bias.copy_(torch.randn(6))
+    quantizer(torch.randn(40, 6)).loss.backward()
+    assert quantizer.code_map.weight.grad.abs().sum() > 0
+    assert not quantizer.frozen_codes.requires_grad
+    indices = torch.tensor([[0, 5], [63, 7]])
+    mapped = quantizer.frozen_codes[indices] @ quantizer.code_map.weight.T + quantizer.code_map.bias
+    torch.testing.assert_close(quantizer.indices_to_codes(indices), mapped)
+    assert not torch.allclose(quantizer.indices_to_codes(indices), quantizer.frozen_codes[indices])
+
+
+def test_ema_codebook_moves_to_cluster_means_without_gradient():
+    quantizer = make("ema", decay=0.0)
+    z = torch.randn(200, 6)
+    out = quantizer(z)
+    assert not quantizer.embedding.requires_grad
+    # decay 0: every used code becomes the mean of its rows (up to the Laplace smoothing).
+    used = out.indices.unique()
+    means = torch.stack([z[out.indices == code].mean(0) for code in used])
+    torch.testing.assert_close(quantizer.embedding[used], means, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("sizes", [[30] * 8, [7, 99, 13, 250, 1, 64], [400, 20, 301]])
+def test_queue_moments_equal_moments_recomputed_from_scratch(sizes):
+    queue = FeatureQueue(300, 5, backend="cpu")
+    generator = torch.Generator().manual_seed(0)
+    pushed = []
+    for size in sizes:
+        chunk = torch.randn(size, 5, generator=generator) * 3 + 2
+        queue.push(chunk)
+        pushed.append(chunk)
+        expected = moments(torch.cat(pushed)[-300:].double())
+        assert queue.count.item() == expected.count.item()
+        torch.testing.assert_close(queue.mean, expected.mean, rtol=0, atol=1e-12)
+        torch.testing.assert_close(queue.cov, expected.cov, rtol=0, atol=1e-11)
+
+
+def _saved_and_loaded(state):
+    # Through torch.save, as a real resume does: optimizer.load_state_dict alone would share
+    # the moment tensors between both optimizers.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer)
+
+
+@pytest.mark.parametrize("name", ["wasserstein", "ema", "projected", "simvq"])
+def test_state_dict_round_trip_gives_identical_next_step(name):
+    def train_step(module, optimizer, z):
+        out = module(z)
+        if optimizer is not None:
+            optimizer.zero_grad()
+            out.loss.backward()
+            optimizer.step()
+        return out
+
+    def optimizer_for(module):
+        parameters = list(module.parameters())
+        return torch.optim.Adam(parameters, lr=0.01) if parameters else None
+
+    batches = [torch.randn(50, 6) + step for step in range(6)]
+    original = make(name)
+    optimizer = optimizer_for(original)
+    for z in batches[:5]:
+        train_step(original, optimizer, z)
+    resumed = make(name, seed=123)
+    resumed.load_state_dict(_saved_and_loaded(original.state_dict()))
+    resumed_optimizer = optimizer_for(resumed)
+    if optimizer is not None:
+        resumed_optimizer.load_state_dict(_saved_and_loaded(optimizer.state_dict()))
+    expected = train_step(original, optimizer, batches[5])
+    actual = train_step(resumed, resumed_optimizer, batches[5])
+    assert torch.equal(actual.indices, expected.indices)
+    assert torch.equal(actual.loss, expected.loss)
+    for (key, value), other in zip(original.state_dict().items(), resumed.state_dict().values()):
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, other), key
+
+
+def test_dead_codes_are_refilled_from_recent_features_deterministically():
+    def run():
+        quantizer = make("vanilla", dead_code_threshold=0.6, decay=0.5)
+        quantizer(torch.randn(100, 6, generator=torch.Generator().manual_seed(3)) + 5)
+        return quantizer
+
+    first, second = run(), run()
+    torch.testing.assert_close(first.embedding, second.embedding, rtol=0, atol=0)
+    # Every code sat at the origin, far from the features: all but the winner are dead, and
+    # each refilled code is one of the features.
+    queued = first.queue.rows[:100]
+    moved = first.embedding.abs().sum(1) > 1
+    assert moved.sum() >= 60
+    for code in first.embedding[moved]:
+        assert (queued == code).all(1).any()
+
+
+def test_kmeans_init_fits_the_first_training_batch():
+    quantizer = make("vanilla", kmeans_init=True, codebook_size=16)
+    z = torch.randn(200, 6)
+    quantizer(z)
+    torch.testing.assert_close(quantizer.embedding.detach(), kmeans(z, 16, 10))
+    assert quantizer.get_extra_state()["initialized"]
+    quantizer.embedding.data.zero_()
+    quantizer(z)
+    assert quantizer.embedding.abs().sum() == 0
+
+
+@pytest.mark.parametrize("name", ["vanilla", "wasserstein"])
+def test_forward_under_torch_compile_without_graph_breaks(name):
+    eager = make(name)
+    spread_codebook(eager)
+    compiled_module = make(name)
+    compiled_module.load_state_dict(eager.state_dict())
+    # fullgraph: a host sync (.item(), a data-dependent branch) would be a graph break.
+    compiled = torch.compile(compiled_module, backend="aot_eager", fullgraph=True)
+    for step in range(2):
+        z = torch.randn(40, 6) + step
+        expected, actual = eager(z), compiled(z)
+        assert torch.equal(actual.indices, expected.indices)
+        torch.testing.assert_close(actual.loss, expected.loss)
+        torch.testing.assert_close(actual.quantized, expected.quantized)
+        for key in expected.stats:
+            torch.testing.assert_close(actual.stats[key], expected.stats[key])
+
+
+def _train_utilization(distribution_loss, steps=300, batch=2048, shift=3.0):
+    torch.manual_seed(0)
+    quantizer = VectorQuantizer(8, 1024, distribution_loss=distribution_loss,
+                                feature_queue_size=8192)
+    optimizer = torch.optim.Adam(quantizer.parameters(), lr=0.02, betas=(0.9, 0.95))
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        out = quantizer(torch.randn(batch, 8, generator=generator) + shift)
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+    quantizer.eval()
+    quantizer.reset_usage()
+    out = quantizer(torch.randn(20000, 8, generator=generator) + shift)
+    return out.stats
+
+
+def test_wasserstein_keeps_codes_alive_where_vanilla_collapses():
+    vanilla = _train_utilization(None)
+    wasserstein = _train_utilization("wasserstein")
+    assert vanilla["running_utilization"] < 0.05
+    assert wasserstein["running_utilization"] > 0.8
+    assert wasserstein["quantization_error"] < 0.5 * vanilla["quantization_error"]

@@ -33,7 +33,8 @@ class QuantizerOutput(NamedTuple):
     stats: dict of float32 0-dim tensors on z's device, computed without a host sync:
       ``quantization_error`` (mean over tokens of the squared L2 distance, summed over the
       codebook dimensions), ``utilization`` and ``perplexity`` of this batch,
-      ``running_utilization`` (codes used since the last ``reset_usage()``), ``wasserstein``
+      ``running_utilization`` (codes used by the forwards since the last ``reset_usage()``,
+      training or not), ``wasserstein``
       (W between feature and codebook Gaussians; 0 when not computed), ``commitment`` and
       ``codebook`` (the two loss terms, unweighted).
     """
@@ -133,7 +134,10 @@ class VectorQuantizer(nn.Module):
         if self.training and self.queue is not None:
             self.queue.push(features)
         codes = self._normalize(self.codes())
-        result = assign(features, codes.detach(), histogram=True, backend=self.backend)
+        # No finiteness check: it would sync with the host every step, and a non-finite z
+        # shows anyway, as a non-finite loss.
+        result = assign(features, codes.detach(), histogram=True, backend=self.backend,
+                        check_finite=False)
         quantized_codes = codes[result.indices]
         commitment = F.mse_loss(features, quantized_codes.detach())
         codebook_term = F.mse_loss(quantized_codes, features.detach())
@@ -143,6 +147,8 @@ class VectorQuantizer(nn.Module):
             loss = loss + self.alpha * codebook_term
         if self.distribution_loss is not None:
             loss = loss + self.gamma * wasserstein
+        # Counted in eval mode too: reset_usage() then an evaluation pass gives its utilization.
+        self.usage_counts.add_(result.counts)
         if self.training:
             self._update_codebook_state(features, result.indices, result.counts)
         straight_through = features + (quantized_codes - features).detach()
@@ -173,7 +179,6 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _update_codebook_state(self, features: Tensor, indices: Tensor, counts: Tensor) -> None:
-        self.usage_counts.add_(counts)
         if self.ema:
             counts, sums = code_sums(indices, features, self.codebook_size, backend=self.backend)
             self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)

@@ -71,7 +71,8 @@ class FeatureQueue(nn.Module):
     def sample(self, count: int, generator: torch.Generator | None = None) -> Tensor:
         """``count`` rows drawn uniformly (with replacement) from the filled part; zeros while
         the queue is empty."""
-        uniform = torch.rand(count, generator=generator, device=self.rows.device)
+        # Drawn on the host: the generator is a CPU one, so the draws do not depend on the device.
+        uniform = torch.rand(count, generator=generator).to(self.rows.device)
         slots = (uniform * self.filled).long().clamp_max(self.size - 1)
         return self.rows[slots]
 

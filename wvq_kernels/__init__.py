@@ -4,6 +4,7 @@ Importing works without the compiled extension: the pure-PyTorch reference backe
 there, and ``available_backends()`` says why the others are missing.
 """
 
+from wvq_kernels.losses import gaussian_w2
 from wvq_kernels.ops import (
     Assignment,
     BackendStatus,
@@ -26,6 +27,7 @@ __all__ = [
     "available_backends",
     "code_histogram",
     "code_sums",
+    "gaussian_w2",
     "moments",
     "usage",
     "__version__",

@@ -78,7 +78,6 @@ class VectorQuantizer(nn.Module):
         self.gamma, self.alpha, self.beta = gamma, alpha, beta
         self.ema, self.decay, self.linear_reparam = ema, decay, linear_reparam
         self.dead_code_threshold, self.target_cov_scale = dead_code_threshold, target_cov_scale
-        self.kmeans_init = kmeans_init
         self.initialized = not kmeans_init
         self.project_in = nn.Linear(dim, codebook_dim) if codebook_dim != dim else nn.Identity()
         self.project_out = nn.Linear(codebook_dim, dim) if codebook_dim != dim else nn.Identity()
@@ -90,7 +89,10 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("usage_counts", torch.zeros(codebook_size, dtype=torch.int64))
         needs_queue = distribution_loss is not None or dead_code_threshold > 0
         self.queue = FeatureQueue(feature_queue_size, codebook_dim, backend=backend) if needs_queue else None
-        self.generator = torch.Generator().manual_seed(0)
+        # Seeded from the global generator, so torch.manual_seed before construction fixes the
+        # dead-code draws as it fixes the initial codebook.
+        seed = int(torch.randint(2**62, ()).item())
+        self.generator = torch.Generator().manual_seed(seed)
 
     def _init_codebook(self) -> None:
         size, dim = self.codebook_size, self.codebook_dim

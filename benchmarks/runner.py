@@ -390,7 +390,7 @@ def memory_check(args, settings: Settings) -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="wvq bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help=f"N in {QUICK_ROWS}, D in {QUICK_DIMS} (well under a minute)")
+                        help=f"N in {QUICK_ROWS}, D in {QUICK_DIMS} (about 40 s with every peer)")
     parser.add_argument("--memory-check", action="store_true",
                         help="peak memory of ours at N = K = 65,536, D = 64 instead of the grid")
     parser.add_argument("--codes", type=int, nargs="+", default=DEFAULT_CODES, help="K values")

@@ -542,6 +542,36 @@ def _add_repro_parser(commands) -> None:
     atomic.set_defaults(handler=run_repro)
 
 
+def run_train(args: argparse.Namespace) -> int:
+    from wvq_kernels.train import TrainConfig, train
+
+    config = TrainConfig(name=args.name or args.quantizer, quantizer=args.quantizer,
+                         codebook_size=args.codebook_size, steps=args.steps,
+                         minutes=args.minutes, batch_size=args.batch_size, data=args.data,
+                         seed=args.seed, out_dir=args.out)
+    train(config, resume=args.resume)
+    return 0
+
+
+def _add_train_parser(commands) -> None:
+    from wvq_kernels.train import QUANTIZER_OPTIONS, TrainConfig
+
+    defaults = TrainConfig()
+    train = commands.add_parser("train", help="train the reference VQ-VAE (runs/<name>/)")
+    train.add_argument("--quantizer", choices=tuple(QUANTIZER_OPTIONS), default=defaults.quantizer)
+    train.add_argument("--codebook-size", type=int, default=defaults.codebook_size)
+    train.add_argument("--steps", type=int, default=defaults.steps, help="at most this many steps")
+    train.add_argument("--minutes", type=float, default=defaults.minutes,
+                       help="stop (evaluate, save) after this much wall time")
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    train.add_argument("--name", help="run directory name (default: the quantizer)")
+    train.add_argument("--resume", action="store_true", help="continue from runs/<name>/checkpoint.pt")
+    train.add_argument("--data", help="folder of images or CIFAR-style .npz (default: embedded photographs)")
+    train.add_argument("--seed", type=int, default=defaults.seed)
+    train.add_argument("--out", default=defaults.out_dir)
+    train.set_defaults(handler=run_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wvq", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -553,6 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("bench", help="comparison benchmark (benchmarks/runner.py)",
                         add_help=False).set_defaults(handler=run_bench)
     _add_repro_parser(commands)
+    _add_train_parser(commands)
     return parser
 
 

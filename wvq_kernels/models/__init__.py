@@ -1,0 +1,3 @@
+from wvq_kernels.models.vqvae import VQVAE
+
+__all__ = ["VQVAE"]

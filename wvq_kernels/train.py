@@ -195,6 +195,7 @@ def train(config: TrainConfig, *, resume: bool = False, log=print) -> list[dict]
         progress.update(step, info)
         if step % config.eval_every == 0:
             history.append({"step": step, **evaluate(model, eval_set)})
+            log(f"eval {describe(history[-1])}")
         if step % config.checkpoint_every == 0:
             save_checkpoint(checkpoint, model, optimizer, sampler, step, history)
     progress.close()
@@ -202,9 +203,12 @@ def train(config: TrainConfig, *, resume: bool = False, log=print) -> list[dict]
         history.append({"step": step, **evaluate(model, eval_set)})
     save_checkpoint(checkpoint, model, optimizer, sampler, step, history)
     write_artefacts(run_dir, config, history, model, eval_set)
-    final = history[-1]
-    log(f"final step {step} ({config.quantizer}, K={config.codebook_size}): "
-        f"U={100 * final['utilization']:.2f}% C={final['perplexity']:.0f} "
-        f"E={final['quantization_error']:.4g} PSNR={final['psnr']:.2f} dB; "
+    log(f"final {describe(history[-1])} ({config.quantizer}, K={config.codebook_size}); "
         f"plot {run_dir / 'usage.png'}")
     return history
+
+
+def describe(metrics: dict) -> str:
+    return (f"step {metrics['step']}: U={100 * metrics['utilization']:.2f}% "
+            f"C={metrics['perplexity']:.0f} E={metrics['quantization_error']:.4g} "
+            f"PSNR={metrics['psnr']:.2f} dB")

@@ -19,6 +19,8 @@ TORCH_LIBRARY(wvq, m) {
   m.def("code_sums(Tensor indices, Tensor x, int num_codes) -> (Tensor counts, Tensor sums)");
   m.def("usage(Tensor counts) -> (Tensor utilization, Tensor perplexity)");
   m.def("moments(Tensor x) -> (Tensor count, Tensor mean, Tensor cov)");
+  m.def("soft_assign_stats(Tensor x, Tensor codebook, float tau, float lam) -> (Tensor loss,"
+        " Tensor weight_sums, Tensor weighted_sums, Tensor indices, Tensor distances)");
   m.def("cpu_isa() -> str", &wvq::cpu::cpu_isa);
 }
 
@@ -28,4 +30,5 @@ TORCH_LIBRARY_IMPL(wvq, CPU, m) {
   m.impl("code_sums", &wvq::cpu::code_sums);
   m.impl("usage", &wvq::cpu::usage);
   m.impl("moments", &wvq::cpu::moments);
+  m.impl("soft_assign_stats", &wvq::cpu::soft_assign_stats);
 }

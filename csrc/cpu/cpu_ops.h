@@ -24,6 +24,10 @@ std::tuple<at::Tensor, at::Tensor> usage(const at::Tensor& counts);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> moments(const at::Tensor& x);
 
+// NSVQ's dense loss statistics: (loss, weight_sums, weighted_sums, indices, distances).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> soft_assign_stats(
+    const at::Tensor& x, const at::Tensor& codebook, double tau, double lam);
+
 std::string cpu_isa();
 
 }  // namespace wvq::cpu

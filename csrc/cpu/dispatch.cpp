@@ -1,9 +1,10 @@
-// Run-time choice of the micro-kernel: the widest ISA this CPU supports, overridable with
+// Run-time choice of the kernels: the widest ISA this CPU supports, overridable with
 // WVQ_CPU_ISA=scalar|avx2|avx512 (to test the narrower paths on a wide machine).
 #include <cstdlib>
 #include <cstring>
 
 #include "microkernel.h"
+#include "soft_assign_kernels.h"
 
 namespace wvq::cpu {
 
@@ -42,13 +43,24 @@ const char* isa_name(IsaLevel level) {
   }
 }
 
-const MicroKernel& fp32_kernel() {
+// The entry of a per-ISA family of kernels that this CPU runs.
+template <class Kernels>
+static const Kernels& widest(const Kernels& (*avx512)(), const Kernels& (*avx2)(),
+                             const Kernels& (*scalar)()) {
   switch (detect_isa()) {
     case IsaLevel::kAvx512Bf16:
-    case IsaLevel::kAvx512: return avx512_fp32_kernel();
-    case IsaLevel::kAvx2: return avx2_fp32_kernel();
-    default: return scalar_fp32_kernel();
+    case IsaLevel::kAvx512: return avx512();
+    case IsaLevel::kAvx2: return avx2();
+    default: return scalar();
   }
+}
+
+const MicroKernel& fp32_kernel() {
+  return widest(avx512_fp32_kernel, avx2_fp32_kernel, scalar_fp32_kernel);
+}
+
+const SoftAssignKernels& soft_assign_kernels() {
+  return widest(avx512_soft_assign_kernels, avx2_soft_assign_kernels, scalar_soft_assign_kernels);
 }
 
 const MicroKernel* bf16_kernel() {

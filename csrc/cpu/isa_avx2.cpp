@@ -1,7 +1,9 @@
-// AVX2 + FMA micro-kernel for CPUs without AVX-512. Only this translation unit is compiled for
-// AVX2; dispatch.cpp calls into it only after checking the CPU.
+// AVX2 + FMA micro-kernel and soft-assignment kernels for CPUs without AVX-512. Only this
+// translation unit is compiled for AVX2; dispatch.cpp calls into it only after checking the CPU.
 #pragma GCC target("avx2,fma")
 #include <immintrin.h>
+
+#include <cstdint>
 
 #define WVQ_ISA_NAMESPACE avx2
 
@@ -10,6 +12,7 @@ namespace wvq::cpu::avx2 {
 struct Isa {
   using V = __m256;
   static constexpr int kWidth = 8;
+  typedef int32_t Bits __attribute__((vector_size(32)));  // the lanes' bit patterns
   static V load(const float* p) { return _mm256_loadu_ps(p); }
   static V broadcast(const float* p) { return _mm256_broadcast_ss(p); }
   static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
@@ -28,12 +31,18 @@ struct Fp32Dot {
 }  // namespace wvq::cpu::avx2
 
 #include "scan_impl.h"
+#include "soft_assign_impl.h"
 
 namespace wvq::cpu {
 
 // 4 rows x 3 vectors = 12 accumulators + 3 code vectors + a broadcast fit the 16 registers.
 const MicroKernel& avx2_fp32_kernel() {
   return avx2::make_kernel<avx2::Fp32Dot, 4, 3>("avx2-fp32");
+}
+
+// 2 rows x 4 vectors = 8 accumulators + 4 code vectors + temporaries fit the 16 registers.
+const SoftAssignKernels& avx2_soft_assign_kernels() {
+  return avx2::make_soft_assign_kernels<2, 4>("avx2");
 }
 
 }  // namespace wvq::cpu

@@ -1,7 +1,10 @@
-// AVX-512 micro-kernels: fp32 FMA and bf16 pair dot products (vdpbf16ps). This translation unit
-// alone is compiled for AVX-512; dispatch.cpp calls into it only after checking the CPU.
+// AVX-512 micro-kernels: fp32 FMA and bf16 pair dot products (vdpbf16ps), and the soft-assignment
+// kernels. This translation unit alone is compiled for AVX-512; dispatch.cpp calls into it only
+// after checking the CPU.
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")
 #include <immintrin.h>
+
+#include <cstdint>
 
 #define WVQ_ISA_NAMESPACE avx512
 
@@ -10,6 +13,7 @@ namespace wvq::cpu::avx512 {
 struct Isa {
   using V = __m512;
   static constexpr int kWidth = 16;
+  typedef int32_t Bits __attribute__((vector_size(64)));  // the lanes' bit patterns
   static V load(const float* p) { return _mm512_loadu_ps(p); }
   static V broadcast(const float* p) { return _mm512_set1_ps(*p); }
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
@@ -36,6 +40,7 @@ struct Bf16PairDot {
 }  // namespace wvq::cpu::avx512
 
 #include "scan_impl.h"
+#include "soft_assign_impl.h"
 
 namespace wvq::cpu {
 
@@ -46,6 +51,11 @@ const MicroKernel& avx512_fp32_kernel() {
 
 const MicroKernel& avx512_bf16_kernel() {
   return avx512::make_kernel<avx512::Bf16PairDot, 6, 4>("avx512-bf16");
+}
+
+// 4 rows x 4 vectors of distances = 16 accumulators + 4 code vectors.
+const SoftAssignKernels& avx512_soft_assign_kernels() {
+  return avx512::make_soft_assign_kernels<4, 4>("avx512");
 }
 
 }  // namespace wvq::cpu

@@ -1,0 +1,209 @@
+// NSVQ's dense soft-assignment statistics on the CPU, without an N x K buffer (the
+// flash-attention pattern), in two passes over the distances d_ik = sum_d (x_id - e_kd)^2:
+//
+// 1. parallel over row blocks: per row the running minimum, its first index and the online
+//    log-sum-exp Z_i = sum_k exp(-(d_ik - min_i) / tau), folded in one block of codes at a time;
+// 2. parallel over code blocks: each task owns one block of codes, recomputes its distances to
+//    the rows, turns them into weights w_ik = min(1, lam K exp(-(d_ik - min_i) / tau) / Z_i)
+//    (1 for the winner) and sums w, w x and w d in float64.
+//
+// Nothing depends on the thread count: rows are split into a fixed number of segments only
+// when there are too few code blocks to share out, chosen from N and K alone, and every
+// partial (per segment and per block) is added in a fixed order.
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "cpu_ops.h"
+#include "soft_assign_kernels.h"
+
+namespace wvq::cpu {
+namespace {
+
+constexpr int64_t kScanRowsPerTask = 64;
+// Below this many code blocks pass 2 also splits the rows, into segments of at least
+// kMinSegmentRows rows, so that small codebooks still keep several threads busy.
+constexpr int64_t kMinAccumulateTasks = 16;
+constexpr int64_t kMinSegmentRows = 2048;
+
+struct PackedCodes {
+  at::Tensor values;  // num_chunks x dim x kSoftChunkCodes
+  at::Tensor pad;     // num_chunks x kSoftChunkCodes
+  PackedCodebook view;
+};
+
+PackedCodes pack_codes(const at::Tensor& codebook) {
+  const int64_t num_codes = codebook.size(0), dim = codebook.size(1);
+  const int64_t num_chunks = (num_codes + kSoftChunkCodes - 1) / kSoftChunkCodes;
+  at::Tensor values = at::zeros({num_chunks, dim, kSoftChunkCodes}, at::kFloat);
+  at::Tensor pad = at::full({num_chunks, kSoftChunkCodes}, std::numeric_limits<float>::infinity(),
+                            at::kFloat);
+  const float* src = codebook.data_ptr<float>();
+  float* packed = values.data_ptr<float>();
+  float* pad_out = pad.data_ptr<float>();
+  for (int64_t k = 0; k < num_codes; ++k) {
+    const int64_t chunk = k / kSoftChunkCodes, lane = k % kSoftChunkCodes;
+    for (int64_t d = 0; d < dim; ++d) {
+      packed[(chunk * dim + d) * kSoftChunkCodes + lane] = src[k * dim + d];
+    }
+    pad_out[k] = 0.0f;
+  }
+  return {values, pad, {packed, pad_out, dim, num_chunks}};
+}
+
+struct RowResults {
+  at::Tensor best;        // float32 (N,): the distances output
+  at::Tensor best_index;  // int64 (N,): the indices output
+  at::Tensor bias;        // float32 (N,): log(lam K) - log Z_i
+};
+
+RowResults scan(const SoftAssignKernels& kernels, const float* x, int64_t num_rows,
+                const PackedCodebook& codes, float inv_tau, double log_scale, int threads) {
+  RowResults rows{at::empty({num_rows}, at::kFloat), at::empty({num_rows}, at::kLong),
+                  at::empty({num_rows}, at::kFloat)};
+  float* best = rows.best.data_ptr<float>();
+  int64_t* best_index = rows.best_index.data_ptr<int64_t>();
+  float* bias = rows.bias.data_ptr<float>();
+  const int64_t tasks = (num_rows + kScanRowsPerTask - 1) / kScanRowsPerTask;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t begin = task * kScanRowsPerTask;
+    const int64_t end = std::min(num_rows, begin + kScanRowsPerTask);
+    kernels.scan_rows({x, codes, begin, end, inv_tau, log_scale, best, best_index, bias});
+  }
+  return rows;
+}
+
+// Pass 2 runs one task per (row segment, code block); segments exist only for small codebooks.
+struct Plan {
+  int64_t num_blocks;
+  int64_t segments;
+  int64_t rows_per_segment;
+  int64_t tasks() const { return segments * num_blocks; }
+};
+
+Plan make_plan(int64_t num_rows, int64_t num_chunks) {
+  const int64_t num_blocks = (num_chunks + kSoftBlockChunks - 1) / kSoftBlockChunks;
+  const int64_t wanted = (kMinAccumulateTasks + num_blocks - 1) / num_blocks;
+  const int64_t most = std::max<int64_t>(1, num_rows / kMinSegmentRows);
+  const int64_t segments = std::min(wanted, most);
+  const int64_t rows_per_segment = (num_rows + segments - 1) / segments;
+  return {num_blocks, (num_rows + rows_per_segment - 1) / rows_per_segment, rows_per_segment};
+}
+
+// One task's float64 sums, laid out as kSoftBlockCodes weight sums, dim x kSoftBlockCodes
+// weighted sums (dimension-major, as the kernel adds them) and the loss.
+struct BlockSums {
+  std::vector<double> values;
+  explicit BlockSums(int64_t dim) : values((dim + 1) * kSoftBlockCodes + 1, 0.0) {}
+  static int64_t weight_at(int64_t code) { return code; }
+  static int64_t weighted_at(int64_t d, int64_t code) { return (d + 1) * kSoftBlockCodes + code; }
+  double* data() { return values.data(); }
+  double& loss() { return values.back(); }
+};
+
+std::vector<BlockSums> accumulate(const SoftAssignKernels& kernels, const float* x,
+                                  int64_t num_rows, const PackedCodebook& codes, float inv_tau,
+                                  const RowResults& rows, const Plan& plan, int threads) {
+  std::vector<BlockSums> sums(plan.tasks(), BlockSums(codes.dim));
+  const float* best = rows.best.data_ptr<float>();
+  const int64_t* best_index = rows.best_index.data_ptr<int64_t>();
+  const float* bias = rows.bias.data_ptr<float>();
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (int64_t task = 0; task < plan.tasks(); ++task) {
+    const int64_t first_chunk = (task % plan.num_blocks) * kSoftBlockChunks;
+    const int64_t chunks = std::min(kSoftBlockChunks, codes.num_chunks - first_chunk);
+    const int64_t row_begin = (task / plan.num_blocks) * plan.rows_per_segment;
+    const int64_t row_end = std::min(num_rows, row_begin + plan.rows_per_segment);
+    BlockSums& out = sums[task];
+    kernels.accumulate_codes({x, codes, first_chunk, chunks, row_begin, row_end, inv_tau, best,
+                              best_index, bias, out.data() + BlockSums::weight_at(0),
+                              out.data() + BlockSums::weighted_at(0, 0), &out.loss()});
+  }
+  return sums;
+}
+
+// The sums of one code block at `offset`, added over the segments in order.
+double segment_total(const std::vector<BlockSums>& sums, const Plan& plan, int64_t block,
+                     int64_t offset) {
+  double total = 0.0;
+  for (int64_t segment = 0; segment < plan.segments; ++segment) {
+    total += sums[segment * plan.num_blocks + block].values[offset];
+  }
+  return total;
+}
+
+// The float32 outputs: loss (divided by N D), weight sums (K,) and weighted sums (K, D).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> reduce(const std::vector<BlockSums>& sums,
+                                                      const Plan& plan, int64_t num_rows,
+                                                      int64_t num_codes, int64_t dim) {
+  at::Tensor weight_sums = at::empty({num_codes}, at::kFloat);
+  at::Tensor weighted_sums = at::empty({num_codes, dim}, at::kFloat);
+  float* weight_out = weight_sums.data_ptr<float>();
+  float* weighted_out = weighted_sums.data_ptr<float>();
+  for (int64_t block = 0; block < plan.num_blocks; ++block) {
+    const int64_t first_code = block * kSoftBlockCodes;
+    for (int64_t c = 0; c < std::min(kSoftBlockCodes, num_codes - first_code); ++c) {
+      weight_out[first_code + c] =
+          static_cast<float>(segment_total(sums, plan, block, BlockSums::weight_at(c)));
+      for (int64_t d = 0; d < dim; ++d) {
+        weighted_out[(first_code + c) * dim + d] =
+            static_cast<float>(segment_total(sums, plan, block, BlockSums::weighted_at(d, c)));
+      }
+    }
+  }
+  double loss = 0.0;
+  for (const BlockSums& task : sums) loss += task.values.back();
+  at::Tensor loss_out = at::full({}, loss / (double(num_rows) * dim), at::kFloat);
+  return {loss_out, weight_sums, weighted_sums};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> no_rows(
+    int64_t num_codes, int64_t dim) {
+  return {at::zeros({}, at::kFloat), at::zeros({num_codes}, at::kFloat),
+          at::zeros({num_codes, dim}, at::kFloat), at::empty({0}, at::kLong),
+          at::empty({0}, at::kFloat)};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> soft_assign_stats(
+    const at::Tensor& x_in, const at::Tensor& codebook_in, double tau, double lam) {
+  TORCH_CHECK(x_in.dim() == 2 && codebook_in.dim() == 2,
+              "wvq::soft_assign_stats: x and codebook must be 2-D");
+  TORCH_CHECK(x_in.size(1) == codebook_in.size(1), "wvq::soft_assign_stats: dimension mismatch");
+  TORCH_CHECK(codebook_in.size(0) > 0, "wvq::soft_assign_stats: empty codebook");
+  TORCH_CHECK(at::isFloatingType(x_in.scalar_type()) &&
+                  at::isFloatingType(codebook_in.scalar_type()),
+              "wvq::soft_assign_stats: inputs must be floating point");
+  TORCH_CHECK(std::isfinite(tau) && tau > 0.0, "wvq::soft_assign_stats: tau must be positive");
+  TORCH_CHECK(std::isfinite(lam) && lam >= 0.0, "wvq::soft_assign_stats: lam must be >= 0");
+  // Kernels work on float32 rows; float32 inputs are used in place.
+  const at::Tensor x = x_in.to(at::kFloat).contiguous();
+  const at::Tensor codebook = codebook_in.to(at::kFloat).contiguous();
+  const int64_t num_rows = x.size(0), dim = x.size(1), num_codes = codebook.size(0);
+
+  if (num_rows == 0) return no_rows(num_codes, dim);
+
+  const SoftAssignKernels& kernels = soft_assign_kernels();
+  const PackedCodes codes = pack_codes(codebook);
+  const int threads = at::get_num_threads();
+  const float inv_tau = static_cast<float>(1.0 / tau);
+  const double log_scale = std::log(lam * double(num_codes));  // -inf for lam = 0
+  const RowResults rows =
+      scan(kernels, x.data_ptr<float>(), num_rows, codes.view, inv_tau, log_scale, threads);
+  const Plan plan = make_plan(num_rows, codes.view.num_chunks);
+  const std::vector<BlockSums> sums = accumulate(kernels, x.data_ptr<float>(), num_rows,
+                                                 codes.view, inv_tau, rows, plan, threads);
+  auto [loss, weight_sums, weighted_sums] = reduce(sums, plan, num_rows, num_codes, dim);
+  return {loss, weight_sums, weighted_sums, rows.best_index, rows.best};
+}
+
+}  // namespace wvq::cpu

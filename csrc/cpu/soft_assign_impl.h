@@ -1,0 +1,322 @@
+// The soft-assignment kernels, written once and instantiated per ISA by isa_*.cpp, which define
+// `Isa` (vector type V, its lane-integer type Bits, width, load/store/min/any_less) before
+// including this file. V is a GCC vector type (or float for the scalar ISA), so the arithmetic
+// below uses plain operators and compiles to the ISA's instructions.
+//
+// Distances use the difference form sum_d (x_d - e_d)^2 rather than |x|^2 + |e|^2 - 2 x.e: the
+// weights depend on (d_ik - d_i,min) / tau, and with the expanded form the cancellation error
+// (~u (|x|^2 + |e|^2)) divided by a small tau would dominate them; the difference form errs by
+// ~u d_ik. Both passes compute every distance with the same code, so they see the same values.
+#pragma once
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "soft_assign_kernels.h"
+
+namespace wvq::cpu::WVQ_ISA_NAMESPACE {
+namespace soft {
+
+using V = Isa::V;
+using Bits = Isa::Bits;
+constexpr int kWidth = Isa::kWidth;
+constexpr float kInf = std::numeric_limits<float>::infinity();
+// e^y for y < -104 is below half the smallest subnormal float: it rounds to exactly 0. A vector
+// whose exponents all lie below this is skipped (not an approximation).
+constexpr float kUnderflow = 104.0f;
+// Softmax terms and weights are carried multiplied by 2^26 (exact, a power of two): then e^y
+// for every y >= -104 is a normal float, and so are the loss terms w d for distances above 1/4
+// (smaller distances with y < -87 need tau < 0.003). Arithmetic on subnormals, which cost a
+// third of the run time at tau = 0.1 (measured), is thus avoided; the float64 sums are scaled
+// back. The price: scaled loss terms overflow for distances above 2^97 (|x - e| above ~4e14).
+constexpr int kScaleBits = 26;
+constexpr float kScale = 67108864.0f;
+constexpr float kUnscale = 1.0f / kScale;
+
+static V splat(float value) { return V{} + value; }
+
+static V lane_ids() {
+  alignas(64) float ids[kWidth];
+  for (int lane = 0; lane < kWidth; ++lane) ids[lane] = static_cast<float>(lane);
+  return Isa::load(ids);
+}
+
+// True when some lane of the exponent y is above -kUnderflow, i.e. e^y is not 0 everywhere.
+static bool any_nonzero_exp(V y) { return Isa::any_less(-y, kUnderflow); }
+
+// e^y * kScale for y <= 0 within ~2 ulp, and exactly 0 where e^y rounds to 0 in float32:
+// y = n ln2 + r with |r| <= ln2/2 (ln2 split in two so that n ln2 is exact), e^r by its
+// degree-7 Taylor polynomial (truncation below 1e-8 relative), times 2^(n + kScaleBits), a
+// normal float for every y >= -kUnderflow.
+static V scaled_exp(V y) {
+  constexpr float kLog2e = 1.44269504088896341f;
+  constexpr float kLn2High = 0.693145751953125f;  // 9 trailing zero bits: n * kLn2High is exact
+  constexpr float kLn2Low = 1.42860682030941723e-6f;
+  constexpr float kRoundingShift = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const V clamped = y < -kUnderflow ? splat(-kUnderflow) : y;
+  const V shifted = clamped * kLog2e + kRoundingShift;
+  const V n = shifted - kRoundingShift;
+  const V r = (clamped - n * kLn2High) - n * kLn2Low;
+  V p = splat(1.0f / 5040.0f);
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const Bits exponent = std::bit_cast<Bits>(shifted) - std::bit_cast<Bits>(splat(kRoundingShift));
+  const V scaled = p * std::bit_cast<V>((exponent + (127 + kScaleBits)) << 23);
+  return y < -kUnderflow ? V{} : scaled;
+}
+
+static float horizontal_min(V v) {
+  alignas(64) float lanes[kWidth];
+  Isa::store(lanes, v);
+  float low = lanes[0];
+  for (int lane = 1; lane < kWidth; ++lane) low = lanes[lane] < low ? lanes[lane] : low;
+  return low;
+}
+
+static double horizontal_sum(V v) {
+  alignas(64) float lanes[kWidth];
+  Isa::store(lanes, v);
+  double total = 0.0;
+  for (int lane = 0; lane < kWidth; ++lane) total += lanes[lane];
+  return total;
+}
+
+// Adds the lanes of v, scaled by kScale, to out[0 .. kWidth).
+static void add_unscaled(double* out, V v) {
+  alignas(64) float lanes[kWidth];
+  Isa::store(lanes, v);
+  for (int lane = 0; lane < kWidth; ++lane) out[lane] += double(lanes[lane]) * kUnscale;
+}
+
+// Distances of MR rows to the NR * kWidth codes at `codes` (a slice of a packed chunk),
+// accumulated in registers over all dimensions.
+template <int MR, int NR>
+static void distance_tile(const float* const* rows, int64_t dim, const float* codes,
+                          const float* pad, float* out, int64_t out_stride) {
+  V acc[MR][NR];
+#pragma GCC unroll 16
+  for (int j = 0; j < NR; ++j) {
+    const V start = Isa::load(pad + j * kWidth);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) acc[r][j] = start;
+  }
+  for (int64_t d = 0; d < dim; ++d) {
+    V code[NR];
+#pragma GCC unroll 16
+    for (int j = 0; j < NR; ++j) code[j] = Isa::load(codes + d * kSoftChunkCodes + j * kWidth);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const float value = rows[r][d];
+#pragma GCC unroll 16
+      for (int j = 0; j < NR; ++j) {
+        const V difference = code[j] - value;
+        acc[r][j] += difference * difference;
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 16
+    for (int j = 0; j < NR; ++j) Isa::store(out + r * out_stride + j * kWidth, acc[r][j]);
+  }
+}
+
+// Distances of `rows` rows from row0 (rounded up to MR; rows past last_row repeat it) to the
+// codes of `chunks` chunks from first_chunk, into out (kSoftBlockCodes floats per row).
+template <int MR, int NR>
+static void block_distances(const float* x, int64_t row0, int64_t rows, int64_t last_row,
+                            const PackedCodebook& codes, int64_t first_chunk, int64_t chunks,
+                            float* out) {
+  constexpr int64_t kTileCodes = NR * kWidth;
+  static_assert(kSoftChunkCodes % kTileCodes == 0 && kSoftRowTile % MR == 0);
+  for (int64_t r0 = 0; r0 < rows; r0 += MR) {
+    const float* row_pointers[MR];
+    for (int r = 0; r < MR; ++r) {
+      row_pointers[r] = x + std::min(row0 + r0 + r, last_row) * codes.dim;
+    }
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t chunk = first_chunk + c;
+      for (int64_t t = 0; t < kSoftChunkCodes; t += kTileCodes) {
+        distance_tile<MR, NR>(row_pointers, codes.dim,
+                              codes.values + chunk * codes.dim * kSoftChunkCodes + t,
+                              codes.pad + chunk * kSoftChunkCodes + t,
+                              out + r0 * kSoftBlockCodes + c * kSoftChunkCodes + t,
+                              kSoftBlockCodes);
+      }
+    }
+  }
+}
+
+// ---- pass 1: per row, the nearest code and the online log-sum-exp over all codes ----
+
+struct RowState {
+  float best = kInf;
+  int64_t index = 0;
+  double sum = 0.0;  // sum_k exp(-(d_k - best) / tau) over the codes seen so far (unscaled)
+};
+
+static float block_min(const float* values, int64_t count) {
+  V low = splat(kInf);
+  for (int64_t t = 0; t < count; t += kWidth) {
+    const V v = Isa::load(values + t);
+    low = v < low ? v : low;
+  }
+  return horizontal_min(low);
+}
+
+static int64_t first_index_of(const float* values, int64_t count, float target) {
+  for (int64_t t = 0; t < count; ++t) {
+    if (values[t] == target) return t;
+  }
+  return 0;  // unreachable for finite inputs: target is one of the values
+}
+
+static double exp_sum(const float* values, int64_t count, float best, float inv_tau) {
+  V total{};
+  for (int64_t t = 0; t < count; t += kWidth) {
+    const V y = (best - Isa::load(values + t)) * inv_tau;
+    if (any_nonzero_exp(y)) total += scaled_exp(y);
+  }
+  return horizontal_sum(total) * kUnscale;
+}
+
+// Folds one block of distances into the row's state: a lower minimum rescales the running sum
+// (strict "<": an equal later minimum keeps the earlier, smaller index).
+static void fold_block(const float* values, int64_t count, int64_t first_code, float inv_tau,
+                       RowState& state) {
+  const float low = block_min(values, count);
+  if (low < state.best) {
+    state.sum *= std::exp((double(low) - double(state.best)) * inv_tau);
+    state.index = first_code + first_index_of(values, count, low);
+    state.best = low;
+  }
+  if (state.best < kInf) state.sum += exp_sum(values, count, state.best, inv_tau);
+}
+
+template <int MR, int NR>
+static void scan_rows(const SoftScanArgs& a) {
+  alignas(64) float distances[MR * kSoftBlockCodes];
+  for (int64_t row0 = a.row_begin; row0 < a.row_end; row0 += MR) {
+    const int64_t rows = std::min<int64_t>(MR, a.row_end - row0);
+    RowState states[MR];
+    for (int64_t chunk = 0; chunk < a.codes.num_chunks; chunk += kSoftBlockChunks) {
+      const int64_t chunks = std::min(kSoftBlockChunks, a.codes.num_chunks - chunk);
+      block_distances<MR, NR>(a.x, row0, MR, a.row_end - 1, a.codes, chunk, chunks, distances);
+      for (int64_t r = 0; r < rows; ++r) {
+        fold_block(distances + r * kSoftBlockCodes, chunks * kSoftChunkCodes,
+                   chunk * kSoftChunkCodes, a.inv_tau, states[r]);
+      }
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      a.best[row0 + r] = states[r].best;
+      a.best_index[row0 + r] = states[r].index;
+      a.bias[row0 + r] = static_cast<float>(a.log_scale - std::log(states[r].sum));
+    }
+  }
+}
+
+// ---- pass 2: one block of codes accumulates its weights over all rows ----
+
+// Overwrites a row's distances with its weights times kScale, w = exp(min(0, bias - (d - best)
+// / tau)): min(1, lam K softmax) with the softmax normaliser folded into the exponent, and 1 for
+// the winner (at offset `winner` into the block, possibly outside it). live[j] tells whether
+// vector j may hold a nonzero weight; `lanes` holds 0, 1, ..., kWidth - 1. Returns the lanes of
+// sum w d times kScale, without the 0 * inf of padded codes.
+static V weigh_row(float* values, bool* live, int64_t vectors, float best, float bias,
+                   int64_t winner, float inv_tau, V lanes) {
+  V loss{};
+  for (int64_t j = 0; j < vectors; ++j) {
+    float* slot = values + j * kWidth;
+    const V distance = Isa::load(slot);
+    V y = bias - (distance - best) * inv_tau;
+    y = y < 0.0f ? y : V{};
+    const int64_t winner_lane = winner - j * kWidth;
+    const bool has_winner = winner_lane >= 0 && winner_lane < kWidth;
+    live[j] = has_winner || any_nonzero_exp(y);
+    if (!live[j]) {
+      Isa::store(slot, V{});
+      continue;
+    }
+    V weight = scaled_exp(y);
+    weight = lanes == static_cast<float>(winner_lane) ? splat(kScale) : weight;
+    loss += weight > 0.0f ? weight * distance : V{};
+    Isa::store(slot, weight);
+  }
+  return loss;
+}
+
+// Sums vector j of the tile's weights, and the weights times each dimension of the rows, into
+// the block's float64 sums; rows without a live weight there are passed over.
+static void accumulate_vector(const float* weights, const bool* live, int64_t vectors,
+                              const float* const* rows, int64_t num_rows, int64_t dim, int64_t j,
+                              double* weight_sums, double* weighted_sums) {
+  V total{};
+  for (int64_t r = 0; r < num_rows; ++r) {
+    if (live[r * vectors + j]) total += Isa::load(weights + r * kSoftBlockCodes + j * kWidth);
+  }
+  add_unscaled(weight_sums + j * kWidth, total);
+  constexpr int64_t kGroup = 4;  // dimensions per sweep over the rows: 4 accumulators
+  for (int64_t d0 = 0; d0 < dim; d0 += kGroup) {
+    const int64_t group = std::min(kGroup, dim - d0);
+    V acc[kGroup] = {};
+    for (int64_t r = 0; r < num_rows; ++r) {
+      if (!live[r * vectors + j]) continue;
+      const V w = Isa::load(weights + r * kSoftBlockCodes + j * kWidth);
+      for (int64_t q = 0; q < group; ++q) acc[q] += w * rows[r][d0 + q];
+    }
+    for (int64_t q = 0; q < group; ++q) {
+      add_unscaled(weighted_sums + (d0 + q) * kSoftBlockCodes + j * kWidth, acc[q]);
+    }
+  }
+}
+
+template <int MR, int NR>
+static void accumulate_codes(const SoftAccumulateArgs& a) {
+  alignas(64) float weights[kSoftRowTile * kSoftBlockCodes];
+  constexpr int64_t kMaxVectors = kSoftBlockCodes / kWidth;
+  bool live[kSoftRowTile * kMaxVectors];
+  const int64_t vectors = a.num_chunks * kSoftChunkCodes / kWidth;
+  const int64_t first_code = a.first_chunk * kSoftChunkCodes;
+  const int64_t dim = a.codes.dim;
+  const V lanes = lane_ids();
+  double loss = 0.0;
+  for (int64_t row0 = a.row_begin; row0 < a.row_end; row0 += kSoftRowTile) {
+    const int64_t rows = std::min(kSoftRowTile, a.row_end - row0);
+    block_distances<MR, NR>(a.x, row0, rows, a.row_end - 1, a.codes, a.first_chunk,
+                            a.num_chunks, weights);
+    V tile_loss{};
+    const float* row_pointers[kSoftRowTile];
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t row = row0 + r;
+      row_pointers[r] = a.x + row * dim;
+      tile_loss += weigh_row(weights + r * kSoftBlockCodes, live + r * vectors, vectors,
+                             a.best[row], a.bias[row], a.best_index[row] - first_code,
+                             a.inv_tau, lanes);
+    }
+    loss += horizontal_sum(tile_loss) * kUnscale;
+    for (int64_t j = 0; j < vectors; ++j) {
+      accumulate_vector(weights, live, vectors, row_pointers, rows, dim, j, a.weight_sums,
+                        a.weighted_sums);
+    }
+  }
+  *a.loss += loss;
+}
+
+}  // namespace soft
+
+template <int MR, int NR>
+static const SoftAssignKernels& make_soft_assign_kernels(const char* name) {
+  static const SoftAssignKernels kernels{name, &soft::scan_rows<MR, NR>,
+                                         &soft::accumulate_codes<MR, NR>};
+  return kernels;
+}
+
+}  // namespace wvq::cpu::WVQ_ISA_NAMESPACE

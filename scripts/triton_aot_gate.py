@@ -30,7 +30,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from wvq_kernels.triton import assign, configs, histogram, moments
+from wvq_kernels.triton import assign, configs, histogram, moments, soft_assign
 
 TARGETS = {"sm_80": GPUTarget("cuda", 80, 32), "sm_90": GPUTarget("cuda", 90, 32)}
 # D values of the report; together they reach every row of every assign table.
@@ -269,8 +269,58 @@ def _moments_case(arch, dim):
     )
 
 
+def soft_assign_cases():
+    """The scan kernel does not depend on D (a run-time loop); the accumulate kernel's config and
+    BLOCK_D do, so it is compiled for every D of the report."""
+    for arch in configs.ARCHS:
+        for operand in POINTER_TYPES:
+            yield _soft_assign_case(arch, "scan", operand, max(DIMS))
+            for dim in DIMS:
+                yield _soft_assign_case(arch, "accumulate", operand, dim)
+
+
+def _soft_assign_case(arch, kernel, operand, dim):
+    config = configs.soft_assign_config(kernel, dim, arch)
+    types = {
+        "x_ptr": POINTER_TYPES[operand],
+        "codes_t_ptr": "*fp32",
+        "best_ptr": "*fp32",
+        "index_ptr": "*i64",
+        "bias_ptr": "*fp32",
+        "stride_xn": "i32",
+        "N": "i32",
+        "K": "i32",
+        "D": "i32",
+        "inv_tau": "fp32",
+    }
+    constexprs = {"stride_xd": 1, "BLOCK_N": config.block_n, "BLOCK_K": config.block_k}
+    if kernel == "scan":
+        fn = soft_assign.soft_assign_scan_kernel
+        types["log_scale"] = "fp32"
+        variant = f"{operand} any D"
+    else:
+        fn = soft_assign.soft_assign_accumulate_kernel
+        types.update(weight_sums_ptr="*fp32", weighted_sums_ptr="*fp32", loss_ptr="*fp32",
+                     rows_per_segment="i32")
+        constexprs["BLOCK_D"] = config.block_d
+        variant = f"{operand} D={dim}"
+    divisible = [n for n, t in types.items() if t.startswith("*")]
+    return Case(
+        f"soft_assign_{kernel}",
+        arch,
+        variant,
+        fn,
+        _signature(fn, types, constexprs),
+        constexprs,
+        tuple(divisible),
+        config.num_warps,
+        config.num_stages,
+        tensor_core=False,
+    )
+
+
 def all_cases():
-    return list(assign_cases()) + list(rows_cases())
+    return list(assign_cases()) + list(rows_cases()) + list(soft_assign_cases())
 
 
 def compile_case(index: int) -> Result:
@@ -376,7 +426,8 @@ shipped Triton configuration is compiled with `triton.compile` for sm_80 and sm_
 {version}, no GPU needed); registers and spills come from `ptxas -v` on the generated PTX,
 shared memory from the compiled metadata, the instruction kind from the PTX (`wgmma`,
 `mma.sync`, or `fma` where no tensor-core instruction appears). `assign` is compiled in its
-heaviest form: metric l2 with the fused histogram.
+heaviest form: metric l2 with the fused histogram. `soft_assign_scan` and
+`soft_assign_accumulate` (the two passes of `soft_assign_stats`) run on the FMA units by design.
 
 ## Roofline model (estimated H100 SXM5 time, N = K = 65,536)
 

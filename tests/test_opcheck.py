@@ -56,6 +56,17 @@ def test_usage():
     torch.library.opcheck(torch.ops.wvq.usage.default, (counts,))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_soft_assign_stats(dtype):
+    arguments = (_x(dtype=dtype), _x(70, dtype=dtype), 0.5, 0.01)
+    torch.library.opcheck(torch.ops.wvq.soft_assign_stats.default, arguments)
+
+
+def test_soft_assign_stats_requiring_grad():
+    arguments = (_x(), _x(70).requires_grad_(), 0.5, 0.01)
+    torch.library.opcheck(torch.ops.wvq.soft_assign_stats.default, arguments)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_moments(dtype):
     torch.library.opcheck(torch.ops.wvq.moments.default, (_x(dtype=dtype),))

@@ -45,6 +45,15 @@ def test_opcheck_histogram_sums_usage():
     torch.library.opcheck(ops.usage.default, (counts,), test_utils=CHECKS)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_opcheck_soft_assign_stats(dtype):
+    codebook = _x(70, dtype=dtype)
+    op = torch.ops.wvq_triton.soft_assign_stats.default
+    torch.library.opcheck(op, (_x(dtype=dtype), codebook, 0.5, 0.01), test_utils=CHECKS)
+    codebook.requires_grad_()
+    torch.library.opcheck(op, (_x(dtype=dtype), codebook, 0.5, 0.01), test_utils=CHECKS)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_opcheck_moments(dtype):
     # As in test_opcheck.py, the AOT check is left out with gradients: it adds every output

@@ -36,6 +36,10 @@ def _moments(backend, x=X):
     return wvq.moments(x, backend=backend)
 
 
+def _soft(backend, x=X, codebook=CODEBOOK, tau=1.0, **options):
+    return wvq.soft_assign_stats(x, codebook, tau=tau, backend=backend, **options)
+
+
 def _index_set(position, value):
     return INDICES.clone().index_fill_(0, torch.tensor([position]), value)
 
@@ -117,6 +121,28 @@ BAD_INPUTS = {
     "moments x integer": (_moments, dict(x=X.int()), TypeError, ["x", "float32", "int32"]),
     "moments x 0-dim": (_moments, dict(x=X[0, 0]), ValueError, ["x", "(..., D)", "()"]),
     "moments D = 0": (_moments, dict(x=X[:, :0]), ValueError, ["x", "D >= 1", "(10, 0)"]),
+    "soft x integer": (_soft, dict(x=X.long()), TypeError, ["x", "float32", "int64"]),
+    "soft D mismatch": (
+        _soft, dict(codebook=CODEBOOK[:, :5]), ValueError, ["codebook", "8", "(17, 5)"]
+    ),
+    "soft K = 0": (
+        _soft, dict(codebook=CODEBOOK[:0]), ValueError, ["codebook", "K >= 1", "(0, 8)"]
+    ),
+    "soft devices differ": (
+        _soft, dict(codebook=CODEBOOK.to("meta")), ValueError, ["codebook", "cpu", "meta"]
+    ),
+    "soft nan in codebook": (
+        _soft, dict(codebook=_with_value(CODEBOOK, (3, 0), float("nan"))), ValueError,
+        ["codebook", "finite", "row 3"],
+    ),
+    "tau zero": (_soft, dict(tau=0.0), ValueError, ["tau", "> 0.0", "0.0"]),
+    "tau negative": (_soft, dict(tau=-2), ValueError, ["tau", "> 0.0", "-2.0"]),
+    "tau nan": (_soft, dict(tau=float("nan")), ValueError, ["tau", "finite", "nan"]),
+    "tau inf": (_soft, dict(tau=float("inf")), ValueError, ["tau", "finite", "inf"]),
+    "tau string": (_soft, dict(tau="1"), TypeError, ["tau", "real number", "str"]),
+    "lam negative": (_soft, dict(lam=-0.1), ValueError, ["lam", ">= 0.0", "-0.1"]),
+    "lam inf": (_soft, dict(lam=float("inf")), ValueError, ["lam", "finite", "inf"]),
+    "lam bool": (_soft, dict(lam=True), TypeError, ["lam", "real number", "bool"]),
 }
 
 

@@ -9,11 +9,13 @@ from wvq_kernels.ops import (
     Assignment,
     BackendStatus,
     Moments,
+    SoftAssignStats,
     assign,
     available_backends,
     code_histogram,
     code_sums,
     moments,
+    soft_assign_stats,
     usage,
 )
 
@@ -23,12 +25,14 @@ __all__ = [
     "Assignment",
     "BackendStatus",
     "Moments",
+    "SoftAssignStats",
     "assign",
     "available_backends",
     "code_histogram",
     "code_sums",
     "gaussian_w2",
     "moments",
+    "soft_assign_stats",
     "usage",
     "__version__",
 ]

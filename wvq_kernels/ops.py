@@ -16,6 +16,8 @@ environment variable ``WVQ_BACKEND`` overrides ``auto``.
 
 import importlib
 import importlib.util
+import math
+import numbers
 import operator
 import os
 from typing import NamedTuple
@@ -53,6 +55,18 @@ class Assignment(NamedTuple):
     indices: Tensor
     distances: Tensor
     counts: Tensor | None
+
+
+class SoftAssignStats(NamedTuple):
+    """Result of :func:`soft_assign_stats`: the dense loss (float32 0-dim, differentiable in the
+    codebook), per-code weight sums (K,) and weighted row sums (K, D), float32; the nearest
+    codes' indices int64 and distances float32, both ``x.shape[:-1]``."""
+
+    loss: Tensor
+    weight_sums: Tensor
+    weighted_sums: Tensor
+    indices: Tensor
+    distances: Tensor
 
 
 class Moments(NamedTuple):
@@ -238,27 +252,81 @@ def moments(x: Tensor, *, backend: str = "auto") -> Moments:
     return Moments(*_op(backend, "moments")(rows))
 
 
+def soft_assign_stats(
+    x: Tensor,
+    codebook: Tensor,
+    *,
+    tau: float,
+    lam: float = 0.01,
+    backend: str = "auto",
+    check_finite: bool = True,
+) -> SoftAssignStats:
+    """NSVQ's dense non-stationary embedding loss and its statistics, without an N x K tensor.
+
+    With d_ik = ||x_i - e_k||^2 (x (..., D) flattened to N rows, codebook (K, D)), r_i the
+    nearest code (ties to the smallest index) and weights w_ik = 1 for k = r_i, else
+    min(1, lam K softmax_k(-d_ik / tau)), held constant (no gradient through them):
+
+    - loss = (1/N) sum_i sum_k w_ik d_ik / D (0 for N = 0), differentiable in ``codebook``:
+      dloss/de_k = 2 / (N D) (weight_sums_k e_k - weighted_sums_k). ``x`` is treated as
+      stop-gradient: it never receives a gradient;
+    - weight_sums_k = sum_i w_ik and weighted_sums_k = sum_i w_ik x_i (float32);
+    - indices r_i and distances d_i,r_i, as :func:`assign` (l2) reports them.
+
+    Computed in two passes (an online log-sum-exp per row, then per-code sums), in float32 with
+    float64 sums on the compiled backends, from differences (x - e)^2 so that small ``tau``
+    does not amplify cancellation. ``tau > 0`` and ``lam >= 0`` must be finite numbers.
+    """
+    _check_float_tensor("x", x, FLOAT_DTYPES)
+    _check_rows("x", x)
+    _check_codebook(codebook, x)
+    tau = _check_real("tau", tau, lowest=0.0, inclusive=False)
+    lam = _check_real("lam", lam, lowest=0.0, inclusive=True)
+    backend = _resolve_backend(backend, x.device, op="soft_assign_stats")
+    rows = x.detach().reshape(-1, x.shape[-1])
+    if check_finite:
+        _check_finite("x", rows)
+        _check_finite("codebook", codebook.detach())
+    loss, weight_sums, weighted_sums, indices, distances = _op(backend, "soft_assign_stats")(
+        rows, codebook, tau, lam
+    )
+    batch_shape = x.shape[:-1]
+    return SoftAssignStats(
+        loss, weight_sums, weighted_sums, indices.reshape(batch_shape),
+        distances.reshape(batch_shape),
+    )
+
+
 def _op(backend: str, name: str):
     """The implementation of op ``name`` for a resolved backend. The C++ backends share the
     ``torch.ops.wvq`` entry points, which dispatch on the tensors' device; Triton has its own
     ``torch.ops.wvq_triton`` ones, since it also runs on CPU tensors (interpreter)."""
     if backend == "reference":
+        if name == "soft_assign_stats":  # plain PyTorch, given the registered ops' gradient
+            return _ReferenceSoftAssignStats.apply
         return getattr(reference, name)
     return getattr(torch.ops.wvq_triton if backend == "triton" else torch.ops.wvq, name)
 
 
-def _resolve_backend(backend: str, device: torch.device) -> str:
+def _resolve_backend(backend: str, device: torch.device, op: str | None = None) -> str:
+    """The backend to run on; ``op`` names an op that not every backend has (see
+    :func:`has_kernel`)."""
     argument = "backend"
     if backend == "auto" and os.environ.get(ENV_BACKEND, "auto") not in ("", "auto"):
         backend, argument = os.environ[ENV_BACKEND], ENV_BACKEND
     if backend == "auto":
-        return _auto_backend(device)
+        return _auto_backend(device, op)
     if backend not in _BACKEND_STATUS:
         expected = ", ".join(repr(name) for name in ("auto", *_BACKEND_STATUS))
         raise ValueError(f"{argument}: expected one of {expected}, got {backend!r}")
     status = _BACKEND_STATUS[backend]
     if not status:
         raise ValueError(f"{argument}: backend {backend!r} is not available: {status.reason}")
+    if op is not None and not has_kernel(backend, op):
+        raise ValueError(
+            f"{argument}: backend {backend!r} has no kernel for {op}; on CUDA tensors use "
+            f"'triton' (or 'auto')"
+        )
     if backend == "cpu" and device.type != "cpu":
         raise ValueError(f"{argument}: backend 'cpu' expects CPU tensors, got tensors on {device}")
     if backend == "triton" and device.type != "cuda" and not _triton_interpreted():
@@ -269,15 +337,23 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-def _auto_backend(device: torch.device) -> str:
+def _auto_backend(device: torch.device, op: str | None) -> str:
     if device.type == "cpu":
         return "cpu" if _BACKEND_STATUS["cpu"] else "reference"
     if device.type == "cuda":
-        # The hand-written CUDA kernels when built, else Triton.
+        # The hand-written CUDA kernels when built (and written for this op), else Triton.
         for backend in ("cuda", "triton"):
-            if _BACKEND_STATUS[backend]:
+            if _BACKEND_STATUS[backend] and (op is None or has_kernel(backend, op)):
                 return backend
     return "reference"
+
+
+def has_kernel(backend: str, op: str) -> bool:
+    """Whether an available ``backend`` implements ``op``: the CUDA extension registers its
+    kernels op by op (soft_assign_stats has none yet: CUDA tensors run it on Triton)."""
+    if backend != "cuda":
+        return True
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"wvq::{op}", "CUDA")
 
 
 def _resolve_precision(
@@ -359,6 +435,17 @@ def _check_num_codes(num_codes) -> int:
     return num_codes
 
 
+def _check_real(argument: str, value, lowest: float, inclusive: bool) -> float:
+    """A finite real number above ``lowest`` (or equal to it when ``inclusive``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{argument}: expected a real number, got {type(value).__name__}")
+    value = float(value)
+    bound = f">= {lowest}" if inclusive else f"> {lowest}"
+    if not math.isfinite(value) or value < lowest or (value == lowest and not inclusive):
+        raise ValueError(f"{argument}: expected a finite number {bound}, got {value}")
+    return value
+
+
 def _check_index_range(flat_indices: Tensor, num_codes: int) -> None:
     if flat_indices.numel() == 0:
         return
@@ -436,6 +523,17 @@ def _register_fake_kernels(namespace: str) -> None:
     def _(counts):
         return counts.new_empty((), dtype=torch.float32), counts.new_empty((), dtype=torch.float32)
 
+    @torch.library.register_fake(f"{namespace}::soft_assign_stats")
+    def _(x, codebook, tau, lam):
+        num_codes, dim = codebook.shape
+        return (
+            x.new_empty((), dtype=torch.float32),
+            x.new_empty(num_codes, dtype=torch.float32),
+            x.new_empty(num_codes, dim, dtype=torch.float32),
+            x.new_empty(x.shape[0], dtype=torch.int64),
+            x.new_empty(x.shape[0], dtype=torch.float32),
+        )
+
     @torch.library.register_fake(f"{namespace}::moments")
     def _(x):
         return (
@@ -460,8 +558,39 @@ def _register_moments_autograd(namespace: str) -> None:
     )
 
 
+def _soft_assign_setup_context(ctx, inputs, output):
+    x, codebook, _, _ = inputs
+    _, weight_sums, weighted_sums, indices, distances = output
+    ctx.mark_non_differentiable(weight_sums, weighted_sums, indices, distances)
+    ctx.save_for_backward(codebook, weight_sums, weighted_sums)
+    ctx.num_rows, ctx.dim = x.shape
+
+
+def _soft_assign_backward(ctx, grad_loss, *_):
+    """dloss/de_k = 2 / (N D) (W_k e_k - S_k), the weights held constant; none for x."""
+    codebook, weight_sums, weighted_sums = ctx.saved_tensors
+    scale = grad_loss * (2.0 / (max(ctx.num_rows, 1) * ctx.dim))
+    grad = (weight_sums[:, None] * codebook.to(torch.float32) - weighted_sums) * scale
+    return None, grad.to(codebook.dtype), None, None
+
+
+class _ReferenceSoftAssignStats(torch.autograd.Function):
+    """The reference backend's soft_assign_stats with the registered ops' gradient."""
+
+    @staticmethod
+    def forward(x, codebook, tau, lam):
+        return reference.soft_assign_stats(x, codebook, tau, lam)
+
+    setup_context = staticmethod(_soft_assign_setup_context)
+    backward = staticmethod(_soft_assign_backward)
+
+
 # The same fake kernels and autograd for every namespace that the backends define.
 for _backend, _namespace in (("cpu", "wvq"), ("triton", "wvq_triton")):
     if _BACKEND_STATUS[_backend]:
         _register_fake_kernels(_namespace)
         _register_moments_autograd(_namespace)
+        torch.library.register_autograd(
+            f"{_namespace}::soft_assign_stats", _soft_assign_backward,
+            setup_context=_soft_assign_setup_context,
+        )

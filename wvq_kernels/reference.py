@@ -1,10 +1,14 @@
 """Pure-PyTorch implementations of the ``wvq`` ops: the ground truth for tests and benchmarks.
 
 Each function mirrors the C++ schema in docs/op-contract.md exactly (same arguments, same output
-tuple, dtypes and shapes, 2-D ``x``) and runs on any device. ``assign`` works on blocks of rows
-and codes so that it never holds more than one block of scores: O(N + K*D) extra memory,
-whatever N and K.
+tuple, dtypes and shapes, 2-D ``x``) and runs on any device. ``assign`` and
+``soft_assign_stats`` work on blocks of rows and codes so that they never hold more than one
+block of scores: O(N + K*D) extra memory, whatever N and K. The one exception,
+``soft_assign_stats_materialised``, transcribes the definition with full N x K tensors: the
+float64 oracle of the tests and the PyTorch baseline of the benchmarks.
 """
+
+import math
 
 import torch
 from torch import Tensor
@@ -13,6 +17,8 @@ from torch import Tensor
 # small enough that the reference can run next to the tensors it is checking.
 ROW_BLOCK = 4096
 CODE_BLOCK = 4096
+# soft_assign_stats holds float64 blocks: 1024 x 4096 of them are 32 MiB.
+SOFT_ROW_BLOCK = 1024
 
 
 def assign(
@@ -76,6 +82,97 @@ def moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     mean = rows.mean(dim=0)
     centred = rows - mean
     return count, mean, centred.T @ centred / x.shape[0]
+
+
+def soft_assign_stats(
+    x: Tensor, codebook: Tensor, tau: float, lam: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """NSVQ's dense loss statistics of ``x`` (N, D) against ``codebook`` (K, D), in float64.
+
+    With d_ik = ||x_i - e_k||^2 and weights w_ik = 1 for the nearest code (ties to the smallest
+    index), else min(1, lam K softmax_k(-d_ik / tau)): returns (loss = sum w d / (N D), float32
+    0-dim; weight sums (K,) and weighted row sums (K, D), float32; indices int64 (N,); the
+    nearest distances float32 (N,)). Two passes over blocks of scores, never N x K: the first
+    finds each row's minimum and its softmax normaliser by an online log-sum-exp, the second
+    forms the weights and sums them. Not differentiable (see ops.soft_assign_stats).
+    """
+    rows, codes = x.to(torch.float64), codebook.detach().to(torch.float64)
+    log_scale = math.log(lam * codes.shape[0]) if lam > 0 else -math.inf
+    best = torch.empty(rows.shape[0], dtype=torch.float64, device=x.device)
+    indices = torch.empty(rows.shape[0], dtype=torch.int64, device=x.device)
+    weight_sums = torch.zeros(codes.shape[0], dtype=torch.float64, device=x.device)
+    weighted_sums = torch.zeros_like(codes)
+    loss = torch.zeros((), dtype=torch.float64, device=x.device)
+    for start in range(0, rows.shape[0], SOFT_ROW_BLOCK):
+        block = slice(start, start + SOFT_ROW_BLOCK)
+        best[block], indices[block], log_normaliser = _softmax_normalisers(rows[block], codes, tau)
+        loss += _add_weights(rows[block], codes, tau, best[block], indices[block],
+                             log_scale - log_normaliser, weight_sums, weighted_sums)
+    loss = loss / max(rows.shape[0] * rows.shape[1], 1)
+    return loss.float(), weight_sums.float(), weighted_sums.float(), indices, best.float()
+
+
+def soft_assign_stats_materialised(
+    x: Tensor, codebook: Tensor, tau: float, lam: float, dtype: torch.dtype = torch.float64
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The same statistics, in ``dtype`` and transcribed from the definition with N x K tensors
+    (distances, softmax, weights): the oracle of the tests (float64) and the materialising
+    baseline of the benchmarks (float32). The loss is differentiable in ``codebook`` with the
+    weights detached; outputs stay in ``dtype``."""
+    rows, codes = x.to(dtype), codebook.to(dtype)
+    distances = _exact_sq_distances(rows, codes)
+    best, indices = distances.detach().min(dim=1)
+    softmax = torch.softmax(-distances.detach() / tau, dim=1)
+    weights = (lam * codes.shape[0] * softmax).clamp(max=1)
+    weights[torch.arange(rows.shape[0], device=x.device), indices] = 1.0
+    loss = (weights * distances).sum() / max(rows.shape[0] * rows.shape[1], 1)
+    return loss, weights.sum(dim=0), weights.T @ rows, indices, best
+
+
+def _softmax_normalisers(rows: Tensor, codes: Tensor, tau: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Per row, by an online log-sum-exp over blocks of codes: the minimum distance, its first
+    index and log Z, Z = sum_k exp(-(d_k - min) / tau). A lower minimum in a later block
+    rescales the running sum; an equal one keeps the earlier, smaller index."""
+    best = torch.full((rows.shape[0],), math.inf, dtype=rows.dtype, device=rows.device)
+    indices = torch.zeros(rows.shape[0], dtype=torch.int64, device=rows.device)
+    total = torch.zeros_like(best)
+    for start in range(0, codes.shape[0], CODE_BLOCK):
+        distances = _exact_sq_distances(rows, codes[start : start + CODE_BLOCK])
+        block_best, block_indices = distances.min(dim=1)
+        indices = torch.where(block_best < best, block_indices + start, indices)
+        new_best = torch.minimum(best, block_best)
+        # On the first block best is inf: exp(-inf) = 0 scales the empty sum.
+        total = total * ((new_best - best) / tau).exp()
+        total += ((new_best[:, None] - distances) / tau).exp().sum(dim=1)
+        best = new_best
+    return best, indices, total.log()
+
+
+def _add_weights(rows: Tensor, codes: Tensor, tau: float, best: Tensor, indices: Tensor,
+                 bias: Tensor, weight_sums: Tensor, weighted_sums: Tensor) -> Tensor:
+    """Adds the rows' weights, w = exp(min(0, bias - (d - best) / tau)) with bias = log(lam K)
+    - log Z (that is min(1, lam K softmax)) and 1 for the winner, and the weighted rows into the
+    sums, block of codes by block; returns sum w d."""
+    loss = torch.zeros((), dtype=rows.dtype, device=rows.device)
+    for start in range(0, codes.shape[0], CODE_BLOCK):
+        block = slice(start, start + CODE_BLOCK)
+        distances = _exact_sq_distances(rows, codes[block])
+        weights = (bias[:, None] - (distances - best[:, None]) / tau).clamp(max=0).exp()
+        code_ids = torch.arange(start, start + distances.shape[1], device=rows.device)
+        weights[code_ids == indices[:, None]] = 1.0
+        weight_sums[block] += weights.sum(dim=0)
+        weighted_sums[block] += weights.T @ rows
+        loss += (weights * distances).sum()
+    return loss
+
+
+def _exact_sq_distances(rows: Tensor, codes: Tensor) -> Tensor:
+    """Squared L2 distances from differences (no |x|^2 + |c|^2 - 2 x.c cancellation), so that
+    identical codes tie exactly. cdist has no CPU kernels for half dtypes, which get an
+    N x K x D difference tensor instead (small inputs only: the tests' same-precision runs)."""
+    if rows.dtype in (torch.float16, torch.bfloat16):
+        return (rows[:, None, :] - codes[None, :, :]).square().sum(dim=2)
+    return torch.cdist(rows, codes, compute_mode="donot_use_mm_for_euclid_dist").square()
 
 
 def _score_operand(t: Tensor, metric: str, precision: str) -> Tensor:

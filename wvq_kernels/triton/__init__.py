@@ -6,4 +6,9 @@ under ``TRITON_INTERPRET=1`` these kernels run on CPU tensors too. Importing thi
 triton, and ``TRITON_INTERPRET=1`` must be set before it when there is no GPU.
 """
 
-from wvq_kernels.triton import assign, histogram, moments  # noqa: F401  (registers the ops)
+from wvq_kernels.triton import (  # noqa: F401  (registers the ops)
+    assign,
+    histogram,
+    moments,
+    soft_assign,
+)

@@ -16,6 +16,7 @@ its report. Why these shapes:
   warps, with 64-code tiles once D needs several chunks (64 x 128 spills at D = 256).
 - ieee runs on FMA units, where Triton holds both operand slices in registers per thread:
   64 x 64 x 16 on 4 warps is the largest without spills, for any D.
+- soft_assign (scan and accumulate) runs on FMA units only; see SOFT_ASSIGN_CONFIGS.
 - assign pipelines 3 stages everywhere; shared memory stays below 99 KiB on the sm_80 table
   (which also serves sm_86/89) and far below 227 KiB on sm_90.
 """
@@ -94,6 +95,31 @@ ROWS_CONFIGS = {
 }
 
 
+class SoftAssignConfig(NamedTuple):
+    block_n: int  # rows per tile
+    block_k: int  # codes per tile
+    block_d: int  # columns of the weighted sums per program (accumulate only)
+    num_warps: int
+    num_stages: int
+
+
+# kernel -> [(largest D, config)], first match wins; the same on sm_80 and sm_90, since both
+# kernels run on the FMA units (distances from differences; the weighted sums' tl.dot is fp32
+# ieee). Measured by the gate: the scan's distance tile, its exponentials and its min/argmin
+# spill at 64 x 64 and at 32 x 128 (sm_90) on 4 warps; 16 x 256 takes 96 registers. The
+# accumulate kernel also holds BLOCK_K x BLOCK_D weighted sums: 32 rows x 64 codes x 32 columns
+# needs 8 warps (255 registers on 4), 32 x 32 x 64 fits 4 warps in 170-220; columns beyond
+# BLOCK_D go to further programs, which recompute the distances.
+SOFT_ASSIGN_CONFIGS = {
+    "scan": [(None, SoftAssignConfig(16, 256, 16, 4, 2))],
+    "accumulate": [
+        (32, SoftAssignConfig(32, 64, 32, 8, 2)),
+        (None, SoftAssignConfig(32, 32, 64, 4, 2)),
+    ],
+}
+INTERPRETER_SOFT_ASSIGN = SoftAssignConfig(256, 512, 256, 1, 1)
+
+
 def next_power_of_two(value: int) -> int:
     return 1 << max(0, value - 1).bit_length()
 
@@ -107,7 +133,12 @@ def assign_config(dim: int, kind: str, arch: str | None) -> AssignConfig:
     padded D, so small D does not pay for a 64-wide chunk."""
     if arch is None:
         return INTERPRETER_ASSIGN._replace(block_d=min(256, max(16, next_power_of_two(dim))))
-    for largest_dim, config in ASSIGN_CONFIGS[(arch, kind)]:
+    return _entry_for(ASSIGN_CONFIGS[(arch, kind)], dim)
+
+
+def _entry_for(table, dim: int):
+    """The first config of a [(largest D or None for any, config)] table that admits dim."""
+    for largest_dim, config in table:
         if largest_dim is None or dim <= largest_dim:
             return config
     raise AssertionError("every table ends with a catch-all entry")
@@ -117,6 +148,15 @@ def rows_config(kernel: str, dim: int, arch: str | None) -> RowsConfig:
     """BLOCK_D shrinks to the padded D, but not below 16, the smallest tl.dot."""
     gpu, interpreted = ROWS_CONFIGS[kernel]
     config = interpreted if arch is None else gpu
+    return config._replace(block_d=min(config.block_d, max(16, next_power_of_two(dim))))
+
+
+def soft_assign_config(kernel: str, dim: int, arch: str | None) -> SoftAssignConfig:
+    """The entry for D = dim ("scan" or "accumulate"); arch None means the interpreter. BLOCK_D
+    shrinks to the padded D, but not below 16, the smallest tl.dot."""
+    config = INTERPRETER_SOFT_ASSIGN
+    if arch is not None:
+        config = _entry_for(SOFT_ASSIGN_CONFIGS[kernel], dim)
     return config._replace(block_d=min(config.block_d, max(16, next_power_of_two(dim))))
 
 

@@ -1,0 +1,246 @@
+"""soft_assign_stats (NSVQ's dense loss statistics) on every backend against its definition
+materialised in float64 (reference.soft_assign_stats_materialised): every output, the gradient,
+ties, shapes and layouts, half-precision inputs, and every CPU ISA."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import wvq_kernels as wvq
+from wvq_kernels.reference import soft_assign_stats_materialised
+
+# Relative error allowed on every output and on the gradient, norm-wise per tensor.
+TOLERANCE = 1e-4
+TAUS = [0.1, 1.0, 10.0]
+DIMS = [1, 3, 8, 12, 59]
+SIZES = [(0, 17), (1, 17), (257, 17), (1, 1), (257, 1), (257, 300)]
+
+
+def _data(n, k, d, dtype=torch.float32, device="cpu", seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=generator).to(device=device, dtype=dtype)
+    codebook = torch.randn(k, d, generator=generator).to(device=device, dtype=dtype)
+    return x, codebook
+
+
+def _relative_error(got, expected) -> float:
+    """||got - expected|| / ||expected|| in float64; 0 when both are zero."""
+    got, expected = got.detach().cpu().double(), expected.detach().cpu().double()
+    scale = expected.norm()
+    difference = (got - expected).norm()
+    return float(difference / scale) if scale > 0 else float(difference)
+
+
+def _truth(x, codebook, tau, lam):
+    rows = x.reshape(-1, x.shape[-1]).cpu().double()
+    return soft_assign_stats_materialised(rows, codebook.cpu().double(), tau, lam)
+
+
+def _check_outputs(x, codebook, tau, lam, result, tolerance=TOLERANCE):
+    """Dtypes, shapes, every float output within `tolerance` of float64, and the nearest codes:
+    equal to float64's wherever the best and second-best differ by more than rounding."""
+    num_codes, dim = codebook.shape
+    batch_shape = x.shape[:-1]
+    assert result.loss.shape == () and result.loss.dtype == torch.float32
+    assert result.weight_sums.shape == (num_codes,) and result.weight_sums.dtype == torch.float32
+    assert result.weighted_sums.shape == (num_codes, dim)
+    assert result.weighted_sums.dtype == torch.float32
+    assert result.indices.shape == batch_shape and result.indices.dtype == torch.int64
+    assert result.distances.shape == batch_shape and result.distances.dtype == torch.float32
+    loss, weight_sums, weighted_sums, indices, distances = _truth(x, codebook, tau, lam)
+    for name, got, expected in (
+        ("loss", result.loss, loss),
+        ("weight_sums", result.weight_sums, weight_sums),
+        ("weighted_sums", result.weighted_sums, weighted_sums),
+        ("distances", result.distances.reshape(-1), distances),
+    ):
+        error = _relative_error(got, expected)
+        assert error <= tolerance, f"{name}: relative error {error:.2e} > {tolerance}"
+    _check_nearest(x, codebook, result.indices.reshape(-1).cpu(), indices)
+
+
+def _check_nearest(x, codebook, indices, expected):
+    rows = x.reshape(-1, x.shape[-1]).cpu().double()
+    distances = torch.cdist(rows, codebook.cpu().double()).square()
+    if distances.shape[0] == 0:
+        return
+    lowest = distances.topk(min(2, distances.shape[1]), dim=1, largest=False).values
+    bound = 1e-5 * (1 + lowest[:, 0])
+    regret = distances.gather(1, indices[:, None])[:, 0] - lowest[:, 0]
+    assert (regret <= bound).all()
+    decisive = lowest[:, -1] - lowest[:, 0] > bound
+    assert torch.equal(indices[decisive], expected[decisive])
+
+
+@pytest.mark.parametrize("tau", TAUS)
+@pytest.mark.parametrize("d", DIMS)
+@pytest.mark.parametrize("n, k", SIZES)
+def test_matches_float64_definition(backend, device, n, k, d, tau):
+    x, codebook = _data(n, k, d, device=device, seed=n + k + d)
+    result = wvq.soft_assign_stats(x, codebook, tau=tau, backend=backend)
+    _check_outputs(x, codebook, tau, 0.01, result)
+
+
+@pytest.mark.parametrize("lam", [0.0, 1.0])
+@pytest.mark.parametrize("tau", [0.01, 1.0])
+def test_other_lambdas_and_a_small_tau(backend, device, lam, tau):
+    """lam = 1 clamps many weights at 1; tau = 0.01 makes most weights underflow to 0."""
+    x, codebook = _data(300, 600, 6, device=device, seed=1)
+    result = wvq.soft_assign_stats(x, codebook, tau=tau, lam=lam, backend=backend)
+    _check_outputs(x, codebook, tau, lam, result)
+
+
+def test_lam_zero_gives_nearest_code_statistics(backend, device):
+    """With lam = 0 only winners weigh: weight sums are the histogram, weighted sums the code
+    sums, the loss the mean nearest distance over D."""
+    x, codebook = _data(500, 40, 8, device=device, seed=2)
+    result = wvq.soft_assign_stats(x, codebook, tau=1.0, lam=0.0, backend=backend)
+    counts, sums = wvq.code_sums(result.indices, x, 40, backend="reference")
+    assert torch.equal(result.weight_sums, counts.float())
+    torch.testing.assert_close(result.weighted_sums, sums, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(result.loss, result.distances.mean() / 8, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("tau", TAUS)
+@pytest.mark.parametrize("d", [1, 12, 59])
+def test_gradient_matches_float64_autograd(backend, device, tau, d):
+    x, codebook = _data(257, 300, d, device=device, seed=d)
+    x.requires_grad_()
+    codebook.requires_grad_()
+    result = wvq.soft_assign_stats(x, codebook, tau=tau, backend=backend)
+    (2 * result.loss).backward()
+    codebook64 = codebook.detach().cpu().double().requires_grad_()
+    (2 * _truth(x.detach(), codebook64, tau, 0.01)[0]).backward()
+    assert codebook.grad.dtype == codebook.dtype
+    assert _relative_error(codebook.grad, codebook64.grad) <= TOLERANCE
+    assert x.grad is None  # x is stop-gradient
+
+
+def test_empty_batch_gives_zeros_and_a_zero_gradient(backend, device):
+    x = torch.empty(3, 0, 8, device=device)
+    codebook = torch.randn(17, 8, device=device, requires_grad=True)
+    result = wvq.soft_assign_stats(x, codebook, tau=1.0, backend=backend)
+    assert result.indices.shape == (3, 0) and result.distances.shape == (3, 0)
+    assert result.loss.item() == 0 and not result.weight_sums.any()
+    assert result.weighted_sums.shape == (17, 8) and not result.weighted_sums.any()
+    result.loss.backward()
+    assert torch.equal(codebook.grad, torch.zeros_like(codebook))
+
+
+@pytest.mark.parametrize("k", [40, 600])
+def test_duplicate_codes_go_to_the_smallest_index(backend, device, k):
+    """Copies of one code, on both sides of the CPU's 256-code blocks when K allows: the first
+    copy wins (weight 1), the others get the softmax weight, as in float64."""
+    x, codebook = _data(64, k, 16, device=device, seed=3)
+    winner = 3 * torch.randn(16, generator=torch.Generator().manual_seed(4)).to(device)
+    copies = [5, 11, 23, 39] if k == 40 else [100, 255, 256, 300, 599]
+    codebook[copies] = winner
+    x = winner + 0.05 * x
+    result = wvq.soft_assign_stats(x, codebook, tau=1.0, backend=backend)
+    assert (result.indices == copies[0]).all()
+    _check_outputs(x, codebook, 1.0, 0.01, result)
+
+
+def test_leading_batch_dims_and_strided_inputs_match_flat_ones(backend, device):
+    x, codebook = _data(240, 50, 12, device=device, seed=5)
+    wide = torch.zeros(240, 24, device=device)
+    wide[:, ::2] = x
+    strided_x, transposed_codebook = wide[:, ::2], codebook.T.contiguous().T
+    assert not strided_x.is_contiguous() and not transposed_codebook.is_contiguous()
+    batched = wvq.soft_assign_stats(strided_x.reshape(2, 3, 40, 12), transposed_codebook,
+                                    tau=0.5, backend=backend)
+    flat = wvq.soft_assign_stats(x, codebook, tau=0.5, backend=backend)
+    assert batched.indices.shape == (2, 3, 40) and batched.distances.shape == (2, 3, 40)
+    assert torch.equal(batched.indices.reshape(-1), flat.indices)
+    for got, expected in zip(batched[:3], flat[:3]):
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(batched.distances.reshape(-1), flat.distances, rtol=1e-6, atol=0)
+
+
+def test_many_rows_few_codes(backend, device):
+    """Few code blocks: the CPU and Triton kernels split the rows into segments whose partial
+    sums are added afterwards."""
+    x, codebook = _data(5000, 17, 8, device=device, seed=6)
+    result = wvq.soft_assign_stats(x, codebook, tau=1.0, backend=backend)
+    _check_outputs(x, codebook, 1.0, 0.01, result)
+
+
+def test_deterministic_and_inputs_untouched(backend, device):
+    x, codebook = _data(500, 300, 16, device=device, seed=7)
+    x_before, codebook_before = x.clone(), codebook.clone()
+    first = wvq.soft_assign_stats(x, codebook, tau=0.3, backend=backend)
+    second = wvq.soft_assign_stats(x, codebook, tau=0.3, backend=backend)
+    assert torch.equal(x, x_before) and torch.equal(codebook, codebook_before)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_no_worse_than_pytorch_in_that_precision(backend, device, dtype):
+    """Accumulated in float32: against float64 on the same (rounded) inputs, the error is at
+    most twice that of the definition computed by PyTorch in the inputs' precision."""
+    x, codebook = _data(257, 300, 12, dtype=dtype, device=device, seed=8)
+    result = wvq.soft_assign_stats(x, codebook, tau=1.0, backend=backend)
+    truth = _truth(x, codebook, 1.0, 0.01)
+    same_precision = soft_assign_stats_materialised(x.cpu(), codebook.cpu(), 1.0, 0.01, dtype)
+    for got, baseline, expected in zip(result[:3], same_precision[:3], truth[:3]):
+        baseline_error = _relative_error(baseline, expected)
+        assert baseline_error > 0
+        assert _relative_error(got, expected) <= 2 * baseline_error
+    _check_nearest(x, codebook, result.indices.cpu(), truth[3])
+
+
+def test_backward_under_aot_autograd(fast_backend, fast_device):
+    """The fake kernel and the registered gradient trace with torch.compile (fullgraph;
+    without the finiteness check, a data-dependent branch)."""
+    if fast_device.type == "cpu" and fast_backend == "triton":
+        pytest.skip("the interpreter cannot run kernels on fake tensors (see test_triton_ops.py)")
+
+    def loss(x, codebook):
+        return wvq.soft_assign_stats(x, codebook, tau=1.0, backend=fast_backend,
+                                     check_finite=False).loss
+
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
+    x, codebook = _data(100, 70, 8, device=fast_device, seed=9)
+    codebook.requires_grad_()
+    (eager_grad,) = torch.autograd.grad(loss(x, codebook), codebook)
+    (compiled_grad,) = torch.autograd.grad(compiled(x, codebook), codebook)
+    torch.testing.assert_close(compiled_grad, eager_grad)
+
+
+# Runs in a subprocess per ISA (chosen once per process): largest relative error of every
+# output against float64, and whether the nearest codes match, per shape and tau.
+ISA_CHILD = r"""
+import json, sys, torch
+import wvq_kernels as wvq
+from wvq_kernels.reference import soft_assign_stats_materialised
+out = {"isa": torch.ops.wvq.cpu_isa(), "errors": [], "indices_equal": True}
+for n, k, d, tau, lam in json.loads(sys.argv[1]):
+    g = torch.Generator().manual_seed(n * k + d)
+    x, codebook = torch.randn(n, d, generator=g), torch.randn(k, d, generator=g)
+    got = wvq.soft_assign_stats(x, codebook, tau=tau, lam=lam, backend="cpu")
+    truth = soft_assign_stats_materialised(x.double(), codebook.double(), tau, lam)
+    for a, b in zip(got[:3], truth[:3]):
+        out["errors"].append(float((a.double() - b).norm() / b.norm()))
+    out["indices_equal"] &= bool(torch.equal(got.indices, truth[3]))
+print(json.dumps(out))
+"""
+ISA_CASES = [(257, 1000, 1, 0.1, 0.01), (100, 333, 12, 1.0, 0.01), (50, 700, 59, 10.0, 0.01),
+             (33, 70, 3, 0.05, 1.0), (40, 300, 8, 1.0, 0.0)]
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+def test_every_cpu_isa(isa):
+    if not wvq.available_backends()["cpu"]:
+        pytest.skip("cpu backend not built")
+    environment = dict(os.environ, WVQ_CPU_ISA=isa)
+    done = subprocess.run([sys.executable, "-c", ISA_CHILD, json.dumps(ISA_CASES)],
+                          env=environment, capture_output=True, text=True, check=True)
+    report = json.loads(done.stdout)
+    assert report["isa"].startswith(isa)
+    assert report["indices_equal"]
+    assert max(report["errors"]) <= TOLERANCE, report["errors"]

@@ -179,6 +179,22 @@ def test_deterministic_and_inputs_untouched(backend, device):
         assert torch.equal(a, b)
 
 
+def test_cpu_results_do_not_depend_on_the_thread_count():
+    if not wvq.available_backends()["cpu"]:
+        pytest.skip("cpu backend not built")
+    x, codebook = _data(5000, 700, 8, seed=10)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, max(2, threads)):
+            torch.set_num_threads(count)
+            results.append(wvq.soft_assign_stats(x, codebook, tau=0.5, backend="cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs_no_worse_than_pytorch_in_that_precision(backend, device, dtype):
     """Accumulated in float32: against float64 on the same (rounded) inputs, the error is at

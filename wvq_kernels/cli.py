@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 import wvq_kernels
-from wvq_kernels.ops import ENV_BACKEND, METRICS
+from wvq_kernels.ops import ENV_BACKEND, METRICS, has_kernel
+from wvq_kernels.reference import soft_assign_stats_materialised
 
 RUNNER_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "runner.py"
 CPU_FLAGS_OF_INTEREST = (
@@ -452,6 +453,59 @@ def _compare_moments(label: str, result, truth, x: Tensor, failures: list[str]) 
 
 
 # ---------------------------------------------------------------------------------------------
+# wvq check: soft assignment (NSVQ's dense loss)
+
+
+# (batch shape, K, D, dtype, tau, lam): clear winners and close races, the clamp of the weights
+# at 1 (lam = 1), small and large tau.
+SOFT_ASSIGN_CASES = [
+    ((3, 70), 300, 12, torch.float32, 1.0, 0.01),
+    ((257,), 1000, 8, torch.bfloat16, 0.1, 0.01),
+    ((200,), 64, 59, torch.float32, 10.0, 1.0),
+]
+# Norm-wise relative error allowed on every float output against float64.
+SOFT_ASSIGN_TOLERANCE = 1e-4
+
+
+def check_soft_assign_stats(backend: str, device: torch.device) -> tuple[list[str], str]:
+    if not has_kernel(backend, "soft_assign_stats"):
+        return [], "no kernel on this backend (CUDA tensors run it on triton)"
+    failures: list[str] = []
+    for batch_shape, num_codes, dim, dtype, tau, lam in SOFT_ASSIGN_CASES:
+        generator = torch.Generator().manual_seed(num_codes + dim)
+        x = torch.randn(*batch_shape, dim, generator=generator).to(dtype)
+        codebook = torch.randn(num_codes, dim, generator=generator).to(dtype)
+        label = (f"N={'x'.join(map(str, batch_shape))} K={num_codes} D={dim} "
+                 f"{str(dtype).removeprefix('torch.')} tau={tau} lam={lam}")
+        result = _attempt(label, failures, partial(
+            wvq_kernels.soft_assign_stats, x.to(device), codebook.to(device), tau=tau, lam=lam,
+            backend=backend))
+        if result is not None:
+            rows = x.reshape(-1, dim).double()
+            truth = soft_assign_stats_materialised(rows, codebook.double(), tau, lam)
+            _compare_soft_assign(result, truth, rows, codebook.double(), label, failures)
+    return failures, (f"{len(SOFT_ASSIGN_CASES)} cases (fp32/bf16, tau 0.1-10, lam up to 1): "
+                      f"every output within {SOFT_ASSIGN_TOLERANCE:g} of float64")
+
+
+def _compare_soft_assign(result, truth, rows: Tensor, codebook: Tensor, label: str,
+                         failures: list[str]) -> None:
+    loss, weight_sums, weighted_sums, _, best = truth
+    for name, got, expected in (("loss", result.loss, loss),
+                                ("weight_sums", result.weight_sums, weight_sums),
+                                ("weighted_sums", result.weighted_sums, weighted_sums),
+                                ("distances", result.distances.reshape(-1), best)):
+        got = got.detach().cpu()
+        error = float((got.double() - expected).norm() / expected.norm().clamp_min(1e-300))
+        if got.dtype != torch.float32 or error > SOFT_ASSIGN_TOLERANCE:
+            failures.append(f"{label}: {name} ({got.dtype}) relative error {error:.2g}")
+    # Near-ties may go either way: the chosen code must be as near as the nearest.
+    chosen = (rows - codebook[result.indices.reshape(-1).cpu()]).square().sum(1)
+    if ((chosen - best).abs() > 1e-5 * (1 + best)).any():
+        failures.append(f"{label}: a chosen code is farther than the nearest one")
+
+
+# ---------------------------------------------------------------------------------------------
 # wvq check: driver
 
 
@@ -470,6 +524,7 @@ CHECKS = {
     "code_sums": check_code_sums,
     "usage": check_usage,
     "moments": check_moments,
+    "soft_assign_stats": check_soft_assign_stats,
 }
 
 
@@ -483,12 +538,12 @@ def _device_of(backend: str) -> torch.device:
 def run_check(_: argparse.Namespace) -> int:
     backends = [name for name, status in wvq_kernels.available_backends().items() if status]
     print(f"checking backends {', '.join(backends)} against float64 ground truth")
-    print(f"{'backend':<10} {'op':<15} {'result':<6} checked")
+    print(f"{'backend':<10} {'op':<17} {'result':<6} checked")
     all_failures = []
     for backend in backends:
         for op, check in CHECKS.items():
             failures, summary = check(backend, _device_of(backend))
-            print(f"{backend:<10} {op:<15} {'FAIL' if failures else 'pass':<6} {summary}")
+            print(f"{backend:<10} {op:<17} {'FAIL' if failures else 'pass':<6} {summary}")
             all_failures += [f"{backend} {op}: {failure}" for failure in failures]
     for failure in all_failures:
         print(f"  FAIL {failure}")

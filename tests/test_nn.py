@@ -16,6 +16,7 @@ VARIANTS = {
     "simvq": {"linear_reparam": True},
     "projected": {"codebook_dim": 4, "dead_code_threshold": 0.5},
     "cosine": {"metric": "cosine"},
+    "nsvq": {"codebook_loss": "dense", "reservoir_size": 128, "tau": 0.5},
 }
 
 
@@ -208,6 +209,47 @@ def test_dead_codes_are_refilled_from_recent_features_deterministically():
     assert moved.sum() >= 60
     for code in first.embedding[moved]:
         assert (queued == code).all(1).any()
+
+
+def test_dense_codebook_term_is_nsvqs_loss_in_float64():
+    quantizer = make("nsvq", beta=0.0)
+    spread_codebook(quantizer)
+    z = torch.randn(50, 6)
+    out = quantizer(z)
+    codes = quantizer.embedding.detach().double().requires_grad_()
+    distances = torch.cdist(z.double(), codes).square()
+    winner = torch.nn.functional.one_hot(distances.argmin(1), 64).bool()
+    weights = (0.01 * 64 * torch.softmax(-distances.detach() / 0.5, 1)).clamp_max(1)
+    weights = torch.where(winner, 1.0, weights)
+    expected = (weights * distances).sum() / (50 * 6)
+    torch.testing.assert_close(out.loss.double(), expected.detach(), rtol=1e-4, atol=0)
+    out.loss.backward()
+    expected.backward()
+    torch.testing.assert_close(quantizer.embedding.grad.double(), codes.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_refill_takes_distinct_reservoir_rows_for_the_dead_codes_only():
+    quantizer = make("nsvq", codebook_size=32)
+    spread_codebook(quantizer)
+    features = torch.randn(400, 6) * 0.1 + 3  # near a few codes at most
+    quantizer(features)
+    before = quantizer.embedding.detach().clone()
+    dead = quantizer.cluster_size < 0.001
+    refilled = quantizer.refill_dead_codes(0.001)
+    assert refilled.item() == dead.sum().item() > 20
+    after = quantizer.embedding.detach()
+    assert torch.equal(after[~dead], before[~dead])
+    new_rows = after[dead]
+    assert new_rows.unique(dim=0).shape[0] == new_rows.shape[0]
+    for row in new_rows:
+        assert (features == row).all(1).any()
+    assert quantizer.reservoir.filled.item() == 0  # the next refill draws on newer features
+    assert (quantizer.cluster_size[dead] >= 0.001).all()
+
+
+def test_refill_without_a_reservoir_names_the_option():
+    with pytest.raises(ValueError, match="reservoir_size"):
+        make("vanilla").refill_dead_codes(0.1)
 
 
 def test_kmeans_init_fits_the_first_training_batch():

@@ -35,3 +35,47 @@ def test_resume_matches_uninterrupted_run(tiny_config, tmp_path):
     tiny_config.steps = 40
     resumed = train(tiny_config, resume=True, log=lambda _: None)
     assert resumed == full
+
+
+@pytest.fixture
+def nsvq_config(tiny_config):
+    tiny_config.name, tiny_config.quantizer, tiny_config.strategy = "nsvq", "nsvq", "nsvq"
+    tiny_config.steps, tiny_config.consolidate_steps, tiny_config.adversarial_steps = 24, 12, 12
+    tiny_config.eval_every, tiny_config.checkpoint_every = 12, 6
+    # Unused codes decay from 1 to 0.99**12 = 0.89 tokens per step by the first epoch end.
+    tiny_config.refill_threshold = 0.9
+    return tiny_config
+
+
+def test_nsvq_runs_its_three_stages_and_logs_refills(nsvq_config, tmp_path):
+    pytest.importorskip("matplotlib")
+    history = train(nsvq_config, log=lambda _: None)
+    assert [row["stage"] for row in history] == ["joint", "joint", "consolidate", "adversarial"]
+    assert history[-1]["step"] == 48
+    metrics = json.loads((tmp_path / "runs" / "nsvq" / "metrics.json").read_text())
+    events = metrics["events"]
+    # 192 training images in batches of 16: an epoch every 12 steps, refills in two stages.
+    assert [e["step"] for e in events] == [12, 24, 36]
+    assert {e["stage"] for e in events} == {"joint", "consolidate"}
+    assert events[0]["refilled"] > 0
+    assert events[0]["tau"] > events[-1]["tau"]
+
+
+def test_nsvq_resumes_exactly_inside_a_stage(nsvq_config, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from wvq_kernels import train as train_module
+
+    full = train(nsvq_config, log=lambda _: None)
+    nsvq_config.name = "interrupted"
+    original_step = train_module.Trainer.train_step
+
+    def interrupt_after_step_30(self, images, stage):
+        if self.step == 30:  # inside the consolidation stage, just after a checkpoint
+            raise KeyboardInterrupt
+        return original_step(self, images, stage)
+
+    monkeypatch.setattr(train_module.Trainer, "train_step", interrupt_after_step_30)
+    with pytest.raises(KeyboardInterrupt):
+        train(nsvq_config, log=lambda _: None)
+    monkeypatch.setattr(train_module.Trainer, "train_step", original_step)
+    assert train(nsvq_config, resume=True, log=lambda _: None) == full

@@ -598,26 +598,52 @@ def _add_repro_parser(commands) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from wvq_kernels.train import TrainConfig, train
+    from wvq_kernels.train import compare, train
 
-    config = TrainConfig(name=args.name or args.quantizer, quantizer=args.quantizer,
-                         codebook_size=args.codebook_size, steps=args.steps,
-                         minutes=args.minutes, batch_size=args.batch_size, data=args.data,
-                         seed=args.seed, out_dir=args.out)
-    train(config, resume=args.resume)
+    if args.compare:
+        compare([_train_config(args, quantizer) for quantizer in args.compare], log=print)
+    else:
+        train(_train_config(args, args.quantizer), resume=args.resume)
     return 0
 
 
+def _train_config(args: argparse.Namespace, quantizer: str | None):
+    from wvq_kernels.train import TrainConfig
+
+    # NSVQ's quantizer goes with NSVQ's stages, whichever way it is asked for.
+    quantizer = quantizer or ("nsvq" if args.strategy == "nsvq" else TrainConfig.quantizer)
+    strategy = "nsvq" if quantizer == "nsvq" else args.strategy
+    name = args.name if args.name and not args.compare else quantizer
+    return TrainConfig(name=name, quantizer=quantizer, strategy=strategy,
+                       codebook_size=args.codebook_size, steps=args.steps, minutes=args.minutes,
+                       consolidate_minutes=args.consolidate_minutes,
+                       adversarial_minutes=args.adversarial_minutes,
+                       batch_size=args.batch_size, data=args.data, seed=args.seed,
+                       out_dir=args.out)
+
+
 def _add_train_parser(commands) -> None:
-    from wvq_kernels.train import QUANTIZER_OPTIONS, TrainConfig
+    from wvq_kernels.train import QUANTIZER_OPTIONS, STRATEGIES, TrainConfig
 
     defaults = TrainConfig()
     train = commands.add_parser("train", help="train the reference VQ-VAE (runs/<name>/)")
-    train.add_argument("--quantizer", choices=tuple(QUANTIZER_OPTIONS), default=defaults.quantizer)
+    train.add_argument("--quantizer", choices=tuple(QUANTIZER_OPTIONS),
+                       help=f"default {defaults.quantizer}; nsvq with --strategy nsvq")
+    train.add_argument("--strategy", choices=STRATEGIES, default=defaults.strategy,
+                       help="nsvq: joint training with the dense loss and a decaying tau, then "
+                            "the encoder frozen while the codebook consolidates, then "
+                            "adversarial refinement of the decoder")
+    train.add_argument("--compare", nargs="+", choices=tuple(QUANTIZER_OPTIONS), metavar="QUANTIZER",
+                       help="train each of these in turn (same budget) and print one table, "
+                            "e.g. --compare nsvq simvq wasserstein")
     train.add_argument("--codebook-size", type=int, default=defaults.codebook_size)
     train.add_argument("--steps", type=int, default=defaults.steps, help="at most this many steps")
     train.add_argument("--minutes", type=float, default=defaults.minutes,
-                       help="stop (evaluate, save) after this much wall time")
+                       help="stop (evaluate, save) after this much wall time (joint stage)")
+    train.add_argument("--consolidate-minutes", type=float, default=defaults.consolidate_minutes,
+                       help="nsvq: wall time of the frozen-encoder stage")
+    train.add_argument("--adversarial-minutes", type=float, default=defaults.adversarial_minutes,
+                       help="nsvq: wall time of the adversarial decoder stage")
     train.add_argument("--batch-size", type=int, default=defaults.batch_size)
     train.add_argument("--name", help="run directory name (default: the quantizer)")
     train.add_argument("--resume", action="store_true", help="continue from runs/<name>/checkpoint.pt")

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 import wvq_kernels
 from wvq_kernels.data import load_datasets
-from wvq_kernels.models import VQVAE
+from wvq_kernels.models import (VQVAE, PatchDiscriminator, adaptive_adversarial_weight,
+                                hinge_discriminator_loss, hinge_generator_loss)
 from wvq_kernels.nn import VectorQuantizer
 
 QUANTIZER_OPTIONS = {
@@ -22,27 +23,68 @@ QUANTIZER_OPTIONS = {
     "ema": {"ema": True},
     "wasserstein": {"distribution_loss": "wasserstein"},
     "simvq": {"linear_reparam": True},
+    # NSVQ: dense non-stationary embedding loss and per-epoch refills from a feature reservoir.
+    "nsvq": {"codebook_loss": "dense", "reservoir_size": 16384},
 }
+STRATEGIES = ("standard", "nsvq")
+# Evaluation tokens per code: a single batch caps U near 1 - exp(-N/K), so U is measured over
+# an eval set. 40,960 images x 64 tokens = 40 tokens per code at K = 65,536, the ratio of the
+# W-VQ paper's CIFAR-10 test set (10,000 x 64) at K = 16,384. Even a codebook of 65,536 sampled
+# training features leaves ~10% of the codes unused over 8,192 eval images here, ~4% over 40,960.
+EVAL_IMAGES = 40960
+PSNR_IMAGES = 4096
 
 
 @dataclass
 class TrainConfig:
     name: str = "vqvae"
     quantizer: str = "wasserstein"
+    # "standard": one stage of joint training. "nsvq": joint training with the dense loss and a
+    # decaying tau, then the encoder frozen while the codebook consolidates, then adversarial
+    # refinement of the decoder; each stage ends at its step count or its minutes.
+    strategy: str = "standard"
     codebook_size: int = 65536
     steps: int = 100000
-    minutes: float = 6.0
+    minutes: float = 7.0
     batch_size: int = 128
     lr: float = 1e-3
     codebook_lr: float = 0.02
-    eval_every: int = 500
+    eval_every: int = 1000
     checkpoint_every: int = 500
     train_size: int = 20000
-    eval_size: int = 8192
+    eval_size: int = EVAL_IMAGES
     hidden: int = 64
     data: str | None = None
     seed: int = 0
     out_dir: str = "runs"
+    consolidate_steps: int = 100000
+    consolidate_minutes: float = 3.0
+    adversarial_steps: int = 100000
+    adversarial_minutes: float = 3.0
+    # tau of epoch e (0-based): max(tau_min, tau_start * tau_decay**e), an epoch being one pass
+    # over the training patches.
+    tau_start: float = 10.0
+    tau_decay: float = 0.1
+    tau_min: float = 0.01
+    # Codes whose EMA usage (tokens per step) is below this are refilled at each epoch's end.
+    refill_threshold: float = 0.01
+    discriminator_lr: float = 2e-4
+    adversarial_weight: float = 0.1
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    steps: int
+    minutes: float
+
+
+def stages(config: TrainConfig) -> list[Stage]:
+    joint = Stage("joint", config.steps, config.minutes)
+    if config.strategy == "standard":
+        return [joint]
+    return [joint, Stage("consolidate", config.consolidate_steps, config.consolidate_minutes),
+            Stage("adversarial", config.adversarial_steps, config.adversarial_minutes)]
 
 
 def build_model(config: TrainConfig) -> VQVAE:
@@ -68,50 +110,129 @@ def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: VQVAE, images: torch.Tensor, batch_size: int = 512) -> dict[str, float]:
-    """U, C and E from one fused assignment (with histogram) over the whole eval set; PSNR."""
+def evaluate(model: VQVAE, images: torch.Tensor, batch_size: int = 1024,
+             psnr_images: int = PSNR_IMAGES) -> dict[str, float]:
+    """U, C and E from one fused assignment (with histogram) over the whole eval set; PSNR over
+    its first ``psnr_images`` images (decoding all of them would double the cost)."""
+    was_training = model.training
     model.eval()
     quantizer = model.quantizer
     features = torch.cat([quantizer.project_in(model.encode(images[i:i + batch_size]))
                           for i in range(0, len(images), batch_size)])
     result = wvq_kernels.assign(features, quantizer.codes(), histogram=True)
     utilization, perplexity = wvq_kernels.usage(result.counts)
-    codes = quantizer.indices_to_codes(result.indices)
+    shown = images[:psnr_images]
+    codes = quantizer.indices_to_codes(result.indices[:len(shown)])
     reconstruction = torch.cat([model.decode(codes[i:i + batch_size])
-                                for i in range(0, len(images), batch_size)])
-    model.train()
+                                for i in range(0, len(shown), batch_size)])
+    model.train(was_training)
     return {"utilization": utilization.item(), "perplexity": perplexity.item(),
             "quantization_error": result.distances.mean().item(),
-            "psnr": psnr(reconstruction, images)}
+            "psnr": psnr(reconstruction, shown)}
 
 
-def train_step(model, optimizer, images: torch.Tensor) -> dict[str, float]:
-    reconstruction, out = model(images)
-    loss = F.mse_loss(reconstruction, images) + out.loss
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
-    return {"loss": loss.item(), "batch_utilization": out.stats["utilization"].item()}
+class Trainer:
+    """The model, its optimizers and the position in the stage schedule: everything a
+    checkpoint holds, so that a resumed run continues exactly, in any stage."""
 
+    def __init__(self, config: TrainConfig, train_size: int):
+        self.config = config
+        self.model = build_model(config)
+        self.optimizer = build_optimizer(self.model, config)
+        self.discriminator = PatchDiscriminator()
+        self.discriminator_optimizer = torch.optim.Adam(
+            self.discriminator.parameters(), lr=config.discriminator_lr, betas=(0.5, 0.9))
+        self.sampler = torch.Generator().manual_seed(config.seed)
+        self.step, self.stage, self.stage_start = 0, 0, 0
+        self.history: list[dict] = []
+        self.events: list[dict] = []
+        self.steps_per_epoch = max(1, train_size // config.batch_size)
 
-def save_checkpoint(path: Path, model, optimizer, sampler: torch.Generator, step: int,
-                    history: list[dict]) -> None:
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "sampler": sampler.get_state(), "torch_rng": torch.get_rng_state(),
-             "step": step, "history": history}
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # atomic: an interrupted save never leaves a broken checkpoint
+    def enter_stage(self, stage: Stage) -> None:
+        """Freeze what the stage does not train: the encoder after joint training, the codebook
+        too in the adversarial stage (whose quantizer then only looks codes up)."""
+        model = self.model
+        train_encoder = stage.name == "joint"
+        train_codebook = stage.name != "adversarial"
+        for module in (model.encoder, model.to_latent, model.quantizer.project_in):
+            module.requires_grad_(train_encoder)
+        for parameter in model.quantizer.codebook_parameters():
+            parameter.requires_grad_(train_codebook)
+        model.train()
+        model.quantizer.train(train_codebook)
 
+    def tau(self) -> float:
+        epoch = self.step // self.steps_per_epoch
+        config = self.config
+        return max(config.tau_min, config.tau_start * config.tau_decay ** epoch)
 
-def load_checkpoint(path: Path, model, optimizer, sampler: torch.Generator):
-    state = torch.load(path, weights_only=False)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    sampler.set_state(state["sampler"])
-    torch.set_rng_state(state["torch_rng"])
-    return state["step"], state["history"]
+    def train_step(self, images: torch.Tensor, stage: Stage) -> dict[str, float]:
+        if stage.name == "adversarial":
+            return self.adversarial_step(images)
+        self.model.quantizer.tau = self.tau()
+        reconstruction, out = self.model(images)
+        loss = F.mse_loss(reconstruction, images) + out.loss
+        self.apply(self.optimizer, loss)
+        return {"loss": loss.item(), "batch_utilization": out.stats["utilization"].item()}
+
+    def adversarial_step(self, images: torch.Tensor) -> dict[str, float]:
+        """Decoder: reconstruction + adaptively weighted hinge generator loss; then the
+        discriminator on real images against the detached reconstructions."""
+        reconstruction, _ = self.model(images)
+        reconstruction_loss = F.mse_loss(reconstruction, images)
+        generator_loss = hinge_generator_loss(self.discriminator(reconstruction))
+        weight = adaptive_adversarial_weight(reconstruction_loss, generator_loss,
+                                             self.model.decoder.net[-1].weight)
+        loss = reconstruction_loss + self.config.adversarial_weight * weight * generator_loss
+        self.apply(self.optimizer, loss)
+        discriminator_loss = hinge_discriminator_loss(self.discriminator(images),
+                                                      self.discriminator(reconstruction.detach()))
+        self.apply(self.discriminator_optimizer, discriminator_loss)
+        return {"loss": loss.item(), "discriminator_loss": discriminator_loss.item()}
+
+    @staticmethod
+    def apply(optimizer, loss: torch.Tensor) -> None:
+        """One optimizer step, gradient norms clipped at 1 per parameter group: NSVQ's dense
+        loss gives the codebook gradients orders of magnitude above the model's, which a joint
+        clip would turn into vanishing model updates."""
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for group in optimizer.param_groups:
+            torch.nn.utils.clip_grad_norm_(group["params"], 1.0)
+        optimizer.step()
+
+    def end_of_epoch(self, stage: Stage, log) -> None:
+        """NSVQ: refill the codes that went unused over the epoch from the reservoir."""
+        quantizer = self.model.quantizer
+        if stage.name == "adversarial" or quantizer.reservoir is None:
+            return
+        refilled = int(quantizer.refill_dead_codes(self.config.refill_threshold).item())
+        self.events.append({"step": self.step, "stage": stage.name, "refilled": refilled,
+                            "tau": self.tau()})
+        log(f"refill step {self.step} ({stage.name}): {refilled} codes, tau {self.tau():.3g}")
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "discriminator": self.discriminator.state_dict(),
+                "discriminator_optimizer": self.discriminator_optimizer.state_dict(),
+                "sampler": self.sampler.get_state(), "torch_rng": torch.get_rng_state(),
+                "step": self.step, "stage": self.stage, "stage_start": self.stage_start,
+                "history": self.history, "events": self.events}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.discriminator_optimizer.load_state_dict(state["discriminator_optimizer"])
+        self.sampler.set_state(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step, self.stage, self.stage_start = state["step"], state["stage"], state["stage_start"]
+        self.history, self.events = state["history"], state["events"]
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(path)  # atomic: an interrupted save never leaves a broken checkpoint
 
 
 class Progress:
@@ -137,14 +258,15 @@ class Progress:
             self.bar.close()
 
 
-def write_artefacts(run_dir: Path, config: TrainConfig, history: list[dict], model, images) -> None:
-    (run_dir / "metrics.json").write_text(json.dumps({"config": asdict(config),
-                                                      "history": history}, indent=2))
+def write_artefacts(run_dir: Path, config: TrainConfig, trainer: Trainer, images) -> None:
+    history = trainer.history
+    (run_dir / "metrics.json").write_text(json.dumps(
+        {"config": asdict(config), "history": history, "events": trainer.events}, indent=2))
     with open(run_dir / "metrics.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer = csv.DictWriter(f, fieldnames=list(history[-1]), restval="")
         writer.writeheader()
         writer.writerows(history)
-    write_plots(run_dir, history, model, images[:32])
+    write_plots(run_dir, history, trainer.model, images[:32])
 
 
 def write_plots(run_dir: Path, history: list[dict], model, images: torch.Tensor) -> None:
@@ -174,41 +296,80 @@ def write_plots(run_dir: Path, history: list[dict], model, images: torch.Tensor)
 
 
 def train(config: TrainConfig, *, resume: bool = False, log=print) -> list[dict]:
-    """Train until ``config.steps`` or ``config.minutes``; returns the evaluation history."""
+    """Train through the strategy's stages (each until its steps or minutes); returns the
+    evaluation history."""
+    if config.strategy not in STRATEGIES:
+        raise ValueError(f"strategy: expected one of {STRATEGIES}, got {config.strategy!r}")
     run_dir = Path(config.out_dir) / config.name
     run_dir.mkdir(parents=True, exist_ok=True)
     train_set, eval_set = load_datasets(config.data, train_size=config.train_size,
                                         eval_size=config.eval_size, seed=config.seed)
-    model = build_model(config)
-    optimizer = build_optimizer(model, config)
-    sampler = torch.Generator().manual_seed(config.seed)
+    trainer = Trainer(config, len(train_set))
     checkpoint = run_dir / "checkpoint.pt"
-    step, history = 0, []
     if resume and checkpoint.exists():
-        step, history = load_checkpoint(checkpoint, model, optimizer, sampler)
-    deadline = time.monotonic() + 60 * config.minutes
-    progress = Progress(config.steps, step)
-    while step < config.steps and time.monotonic() < deadline:
-        batch = train_set[torch.randint(len(train_set), (config.batch_size,), generator=sampler)]
-        info = train_step(model, optimizer, batch)
-        step += 1
-        progress.update(step, info)
-        if step % config.eval_every == 0:
-            history.append({"step": step, **evaluate(model, eval_set)})
-            log(f"eval {describe(history[-1])}")
-        if step % config.checkpoint_every == 0:
-            save_checkpoint(checkpoint, model, optimizer, sampler, step, history)
-    progress.close()
-    if not history or history[-1]["step"] != step:
-        history.append({"step": step, **evaluate(model, eval_set)})
-    save_checkpoint(checkpoint, model, optimizer, sampler, step, history)
-    write_artefacts(run_dir, config, history, model, eval_set)
+        trainer.load_state_dict(torch.load(checkpoint, weights_only=False))
+    schedule = stages(config)
+    # The last stage stays current when it ends, so that resuming with more steps extends it.
+    while True:
+        run_stage(trainer, schedule[trainer.stage], train_set, eval_set, checkpoint, log)
+        if trainer.stage == len(schedule) - 1:
+            break
+        trainer.stage += 1
+        trainer.stage_start = trainer.step
+    history = trainer.history
+    if not history or history[-1]["step"] != trainer.step:
+        history.append({"step": trainer.step, "stage": schedule[-1].name,
+                        **evaluate(trainer.model, eval_set)})
+    trainer.save(checkpoint)
+    write_artefacts(run_dir, config, trainer, eval_set)
     log(f"final {describe(history[-1])} ({config.quantizer}, K={config.codebook_size}); "
         f"plot {run_dir / 'usage.png'}")
     return history
+
+
+def run_stage(trainer: Trainer, stage: Stage, train_set, eval_set, checkpoint: Path, log) -> None:
+    config = trainer.config
+    trainer.enter_stage(stage)
+    deadline = time.monotonic() + 60 * stage.minutes
+    progress = Progress(trainer.stage_start + stage.steps, trainer.step)
+    while trainer.step - trainer.stage_start < stage.steps and time.monotonic() < deadline:
+        batch = train_set[torch.randint(len(train_set), (config.batch_size,),
+                                        generator=trainer.sampler)]
+        info = trainer.train_step(batch, stage)
+        trainer.step += 1
+        progress.update(trainer.step, info)
+        if trainer.step % trainer.steps_per_epoch == 0:
+            trainer.end_of_epoch(stage, log)
+        if trainer.step % config.eval_every == 0:
+            trainer.history.append({"step": trainer.step, "stage": stage.name,
+                                    **evaluate(trainer.model, eval_set)})
+            log(f"eval {describe(trainer.history[-1])}")
+        if trainer.step % config.checkpoint_every == 0:
+            trainer.save(checkpoint)
+    progress.close()
 
 
 def describe(metrics: dict) -> str:
     return (f"step {metrics['step']}: U={100 * metrics['utilization']:.2f}% "
             f"C={metrics['perplexity']:.0f} E={metrics['quantization_error']:.4g} "
             f"PSNR={metrics['psnr']:.2f} dB")
+
+
+def compare(configs: list[TrainConfig], *, log=print) -> list[dict]:
+    """Train each configuration in turn and print their final evaluations in one table (also
+    written to <out>/compare.json)."""
+    rows = []
+    for config in configs:
+        final = train(config, log=log)[-1]
+        rows.append({"quantizer": config.quantizer, "strategy": config.strategy, **final})
+    header = f"{'quantizer':<12} {'strategy':<9} {'steps':>6} {'U %':>7} {'C':>7} {'E':>9} {'PSNR':>6}"
+    log(header)
+    log("-" * len(header))
+    for row in rows:
+        log(f"{row['quantizer']:<12} {row['strategy']:<9} {row['step']:>6} "
+            f"{100 * row['utilization']:>7.2f} {row['perplexity']:>7.0f} "
+            f"{row['quantization_error']:>9.4g} {row['psnr']:>6.2f}")
+    out = Path(configs[0].out_dir) / "compare.json"
+    out.write_text(json.dumps(rows, indent=2))
+    log(f"wrote {out}")
+    return rows

@@ -1,3 +1,6 @@
-from wvq_kernels.models.vqvae import VQVAE
+from .discriminator import (PatchDiscriminator, adaptive_adversarial_weight,
+                            hinge_discriminator_loss, hinge_generator_loss)
+from .vqvae import VQVAE
 
-__all__ = ["VQVAE"]
+__all__ = ["PatchDiscriminator", "VQVAE", "adaptive_adversarial_weight",
+           "hinge_discriminator_loss", "hinge_generator_loss"]

@@ -10,12 +10,14 @@ from torch import Tensor, nn
 
 from ..kmeans import kmeans
 from ..losses import gaussian_w2
-from ..ops import assign, code_sums, moments, usage
+from ..ops import Assignment, assign, code_histogram, code_sums, moments, soft_assign_stats, usage
 from .feature_queue import FeatureQueue
+from .reservoir import FeatureReservoir
 
 __all__ = ["QuantizerOutput", "VectorQuantizer"]
 
 DISTRIBUTION_LOSSES = (None, "wasserstein")
+CODEBOOK_LOSSES = ("nearest", "dense")
 METRICS = ("l2", "cosine")
 # Reference VQ-VAE path of Wasserstein VQ: codes start near the origin, N(0, 0.01²).
 INIT_STD = 0.01
@@ -60,6 +62,13 @@ class VectorQuantizer(nn.Module):
     ``kmeans_init`` fits the codebook to the first training batch. ``metric="cosine"``
     quantizes l2-normalised features with l2-normalised codes.
 
+    NSVQ: ``codebook_loss="dense"`` replaces the codebook term by the dense non-stationary
+    embedding loss, which pulls every code toward nearby features with weights
+    min(1, lam·K·softmax(−d/tau)) (1 for the winner; ``tau`` may be changed between steps, as a
+    schedule). ``reservoir_size > 0`` keeps a uniform reservoir sample of the features seen since
+    the last ``refill_dead_codes(threshold)``, which refills codes whose EMA usage fell below
+    ``threshold`` with distinct reservoir rows and returns how many it refilled.
+
     The codebook is ``codebook_parameters()`` (train it with its own, larger learning rate, as
     the W-VQ reference does); ``reset_usage()`` restarts the running usage counters.
     """
@@ -69,26 +78,33 @@ class VectorQuantizer(nn.Module):
                  beta: float = 0.1, ema: bool = False, decay: float = 0.99,
                  linear_reparam: bool = False, dead_code_threshold: float = 0,
                  feature_queue_size: int = 65536, target_cov_scale: float = 1.0,
-                 metric: str = "l2", backend: str = "auto", kmeans_init: bool = False):
+                 metric: str = "l2", backend: str = "auto", kmeans_init: bool = False,
+                 codebook_loss: str = "nearest", tau: float = 1.0, lam: float = 0.01,
+                 reservoir_size: int = 0):
         super().__init__()
         _check_options(distribution_loss, metric, ema, linear_reparam, dead_code_threshold)
+        _check_nsvq_options(codebook_loss, ema, linear_reparam, reservoir_size)
         codebook_dim = codebook_dim or dim
         self.dim, self.codebook_size, self.codebook_dim = dim, codebook_size, codebook_dim
         self.distribution_loss, self.metric, self.backend = distribution_loss, metric, backend
         self.gamma, self.alpha, self.beta = gamma, alpha, beta
         self.ema, self.decay, self.linear_reparam = ema, decay, linear_reparam
         self.dead_code_threshold, self.target_cov_scale = dead_code_threshold, target_cov_scale
+        self.codebook_loss, self.tau, self.lam = codebook_loss, tau, lam
         self.initialized = not kmeans_init
         self.project_in = nn.Linear(dim, codebook_dim) if codebook_dim != dim else nn.Identity()
         self.project_out = nn.Linear(codebook_dim, dim) if codebook_dim != dim else nn.Identity()
         self._init_codebook()
         # EMA token count per code and step: the EMA codebook's cluster sizes, and the usage
         # that dead-code replacement looks at. Ones, so that unused codes neither divide by ~0
-        # nor all count as dead on the first step.
-        self.register_buffer("cluster_size", torch.ones(codebook_size))
+        # nor all count as dead on the first step; zeros with a reservoir, whose refills come at
+        # epoch ends, so that a code nobody used in the first epoch already counts as dead.
+        initial_usage = 0.0 if reservoir_size and not ema else 1.0
+        self.register_buffer("cluster_size", torch.full((codebook_size,), initial_usage))
         self.register_buffer("usage_counts", torch.zeros(codebook_size, dtype=torch.int64))
         needs_queue = distribution_loss is not None or dead_code_threshold > 0
         self.queue = FeatureQueue(feature_queue_size, codebook_dim, backend=backend) if needs_queue else None
+        self.reservoir = FeatureReservoir(reservoir_size, codebook_dim) if reservoir_size else None
         # Seeded from the global generator, so torch.manual_seed before construction fixes the
         # dead-code draws as it fixes the initial codebook.
         seed = int(torch.randint(2**62, ()).item())
@@ -135,14 +151,12 @@ class VectorQuantizer(nn.Module):
             self._kmeans_init(features)
         if self.training and self.queue is not None:
             self.queue.push(features)
+        if self.training and self.reservoir is not None:
+            self.reservoir.push(features, self.generator)
         codes = self._normalize(self.codes())
-        # No finiteness check: it would sync with the host every step, and a non-finite z
-        # shows anyway, as a non-finite loss.
-        result = assign(features, codes.detach(), histogram=True, backend=self.backend,
-                        check_finite=False)
+        result, codebook_term = self._assign(features, codes)
         quantized_codes = codes[result.indices]
         commitment = F.mse_loss(features, quantized_codes.detach())
-        codebook_term = F.mse_loss(quantized_codes, features.detach())
         wasserstein = self._wasserstein(features, codes)
         loss = self.beta * commitment
         if not self.ema:
@@ -157,6 +171,19 @@ class VectorQuantizer(nn.Module):
         quantized = self.project_out(straight_through).to(z.dtype)
         stats = self._stats(result, commitment, codebook_term, wasserstein)
         return QuantizerOutput(quantized, result.indices, loss.float(), stats)
+
+    def _assign(self, features: Tensor, codes: Tensor) -> tuple[Assignment, Tensor]:
+        """The nearest codes (with their histogram) and the unweighted codebook term."""
+        # No finiteness check: it would sync with the host every step, and a non-finite z
+        # shows anyway, as a non-finite loss.
+        if self.codebook_loss == "dense":
+            dense = soft_assign_stats(features.detach(), codes, tau=self.tau, lam=self.lam,
+                                      backend=self.backend, check_finite=False)
+            counts = code_histogram(dense.indices, self.codebook_size)
+            return Assignment(dense.indices, dense.distances, counts), dense.loss
+        result = assign(features, codes.detach(), histogram=True, backend=self.backend,
+                        check_finite=False)
+        return result, F.mse_loss(codes[result.indices], features.detach())
 
     def _normalize(self, vectors: Tensor) -> Tensor:
         return F.normalize(vectors, dim=-1) if self.metric == "cosine" else vectors
@@ -194,12 +221,32 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _replace_dead_codes(self) -> None:
-        # No host sync: every code gets a candidate row, and torch.where keeps the live ones.
         dead = (self.cluster_size < self.dead_code_threshold) & (self.queue.filled > 0)
-        candidates = self.queue.sample(self.codebook_size, self.generator).to(self.embedding.dtype)
+        candidates = self.queue.sample(self.codebook_size, self.generator)
+        self._refill(dead, candidates, self.dead_code_threshold)
+
+    @torch.no_grad()
+    def refill_dead_codes(self, threshold: float) -> Tensor:
+        """Refill every code whose EMA usage (tokens per step) is below ``threshold`` with a
+        distinct row of the reservoir, then empty the reservoir, so that the next refill draws
+        from the features seen after this one. Returns the number refilled (int64 0-dim)."""
+        if self.reservoir is None:
+            raise ValueError("refill_dead_codes: the quantizer has no reservoir; "
+                             "construct it with reservoir_size > 0")
+        dead = (self.cluster_size < threshold) & (self.reservoir.filled > 0)
+        # Dead code j takes the j-th row of one random permutation of the reservoir.
+        rank = (torch.cumsum(dead, 0) - 1).clamp_min(0)
+        candidates = self.reservoir.draw_distinct(self.codebook_size, self.generator)[rank]
+        self._refill(dead, candidates, threshold)
+        self.reservoir.clear()
+        return dead.sum()
+
+    def _refill(self, dead: Tensor, candidates: Tensor, threshold: float) -> None:
+        # No host sync: every code gets a candidate row, and torch.where keeps the live ones.
+        candidates = candidates.to(self.embedding.dtype)
         self.embedding.copy_(torch.where(dead[:, None], candidates, self.embedding))
         # Restarted codes count as average ones, so they are not replaced again at once.
-        restart = self.cluster_size.mean().clamp_min(self.dead_code_threshold)
+        restart = self.cluster_size.mean().clamp_min(threshold)
         self.cluster_size.copy_(torch.where(dead, restart, self.cluster_size))
         if self.ema:
             self.embed_sum.copy_(self.embedding * self.cluster_size[:, None])
@@ -243,6 +290,18 @@ class VectorQuantizer(nn.Module):
         return (f"dim={self.dim}, codebook_size={self.codebook_size}, "
                 f"codebook_dim={self.codebook_dim}, distribution_loss={self.distribution_loss}, "
                 f"ema={self.ema}, linear_reparam={self.linear_reparam}, metric={self.metric!r}")
+
+
+def _check_nsvq_options(codebook_loss, ema, linear_reparam, reservoir_size) -> None:
+    if codebook_loss not in CODEBOOK_LOSSES:
+        raise ValueError(f"codebook_loss: expected one of {CODEBOOK_LOSSES}, got {codebook_loss!r}")
+    if codebook_loss == "dense" and ema:
+        raise ValueError("codebook_loss='dense' needs a learned codebook; got ema=True")
+    if reservoir_size < 0:
+        raise ValueError(f"reservoir_size: expected a size >= 0, got {reservoir_size}")
+    if reservoir_size and linear_reparam:
+        raise ValueError("reservoir_size > 0 with linear_reparam=True: SimVQ codes are moved by "
+                         "the shared map, there is no per-code vector to refill")
 
 
 def _check_options(distribution_loss, metric, ema, linear_reparam, dead_code_threshold) -> None:

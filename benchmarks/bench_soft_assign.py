@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -159,18 +160,11 @@ def main(argv=None) -> int:
     return 0
 
 
-def _benchmark(benchmark, provider: str) -> None:
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_soft_assign(benchmark, provider):
     x, codebook = make_inputs(2048, 16384, 8)
     benchmark.group = "soft-assign N=2048 K=16384 D=8"
     benchmark.pedantic(make_step(provider, x, codebook, 1.0), rounds=3, warmup_rounds=1)
-
-
-def test_soft_assign_ours(benchmark):
-    _benchmark(benchmark, "ours")
-
-
-def test_soft_assign_materialised(benchmark):
-    _benchmark(benchmark, "materialised")
 
 
 if __name__ == "__main__":

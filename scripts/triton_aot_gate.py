@@ -225,19 +225,15 @@ def _code_sums_case(arch, dim):
         "K": "i32",
         "D": "i32",
     }
-    divisible = [n for n, t in types.items() if t.startswith("*")]
-    return Case(
-        "code_sums",
-        arch,
-        f"fp32 D={dim}",
-        fn,
-        _signature(fn, types, constexprs),
-        constexprs,
-        tuple(divisible),
-        config.num_warps,
-        config.num_stages,
-        tensor_core=False,
-    )
+    return _fma_case("code_sums", arch, f"fp32 D={dim}", fn, types, constexprs, config)
+
+
+def _fma_case(kernel, arch, variant, fn, types, constexprs, config):
+    """A case for a kernel without tensor-core dots whose pointers are all 16-byte aligned."""
+    divisible = tuple(n for n, t in types.items() if t.startswith("*"))
+    signature = _signature(fn, types, constexprs)
+    return Case(kernel, arch, variant, fn, signature, constexprs, divisible, config.num_warps,
+                config.num_stages, tensor_core=False)
 
 
 def _moments_case(arch, dim):
@@ -304,19 +300,7 @@ def _soft_assign_case(arch, kernel, operand, dim):
                      rows_per_segment="i32")
         constexprs["BLOCK_D"] = config.block_d
         variant = f"{operand} D={dim}"
-    divisible = [n for n, t in types.items() if t.startswith("*")]
-    return Case(
-        f"soft_assign_{kernel}",
-        arch,
-        variant,
-        fn,
-        _signature(fn, types, constexprs),
-        constexprs,
-        tuple(divisible),
-        config.num_warps,
-        config.num_stages,
-        tensor_core=False,
-    )
+    return _fma_case(f"soft_assign_{kernel}", arch, variant, fn, types, constexprs, config)
 
 
 def all_cases():

@@ -169,6 +169,24 @@ def test_many_rows_few_codes(backend, device):
     _check_outputs(x, codebook, 1.0, 0.01, result)
 
 
+def test_more_than_2_to_the_31_pairs(fast_backend, fast_device):
+    """N * K > 2^31 (64-bit offsets). With lam = 0 only winners weigh, which gives exact
+    checks: the weight sums are the histogram of the indices, the weighted sums the code sums,
+    and sampled rows' codes are the nearest."""
+    if fast_backend == "triton" and fast_device.type == "cpu":
+        pytest.skip("too slow in the Triton interpreter; runs on a GPU")
+    n, k, d = 32_800, 65_536, 4
+    assert n * k > 2**31
+    x, codebook = _data(n, k, d, device=fast_device, seed=11)
+    result = wvq.soft_assign_stats(x, codebook, tau=1.0, lam=0.0, backend=fast_backend)
+    counts, sums = wvq.code_sums(result.indices, x, k, backend="reference")
+    assert torch.equal(result.weight_sums, counts.float())
+    torch.testing.assert_close(result.weighted_sums, sums, rtol=1e-6, atol=1e-5)
+    sample = torch.cat([torch.arange(16), torch.arange(n - 16, n)])
+    _check_nearest(x[sample], codebook, result.indices[sample].cpu(),
+                   wvq.assign(x[sample], codebook, backend="reference").indices.cpu())
+
+
 def test_deterministic_and_inputs_untouched(backend, device):
     x, codebook = _data(500, 300, 16, device=device, seed=7)
     x_before, codebook_before = x.clone(), codebook.clone()

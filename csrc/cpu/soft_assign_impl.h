@@ -253,28 +253,48 @@ static V weigh_row(float* values, bool* live, int64_t vectors, float best, float
   return loss;
 }
 
+// Adds the weights of vector j times dimensions d0 .. d0 + G of the live rows to the block's
+// float64 weighted sums, with G accumulators held in registers over the rows.
+template <int G>
+static void add_weighted_dims(const float* weights, const int64_t* live_rows, int64_t count,
+                              const float* const* rows, int64_t d0, int64_t j,
+                              double* weighted_sums) {
+  V acc[G] = {};
+  for (int64_t t = 0; t < count; ++t) {
+    const int64_t r = live_rows[t];
+    const V w = Isa::load(weights + r * kSoftBlockCodes + j * kWidth);
+#pragma GCC unroll 4
+    for (int q = 0; q < G; ++q) acc[q] += w * rows[r][d0 + q];
+  }
+  for (int q = 0; q < G; ++q) {
+    add_unscaled(weighted_sums + (d0 + q) * kSoftBlockCodes + j * kWidth, acc[q]);
+  }
+}
+
 // Sums vector j of the tile's weights, and the weights times each dimension of the rows, into
-// the block's float64 sums; rows without a live weight there are passed over.
+// the block's float64 sums, over the rows whose weights there are live (listed first, so that
+// the sums run without a branch per row).
 static void accumulate_vector(const float* weights, const bool* live, int64_t vectors,
                               const float* const* rows, int64_t num_rows, int64_t dim, int64_t j,
                               double* weight_sums, double* weighted_sums) {
-  V total{};
+  int64_t live_rows[kSoftRowTile];
+  int64_t count = 0;
   for (int64_t r = 0; r < num_rows; ++r) {
-    if (live[r * vectors + j]) total += Isa::load(weights + r * kSoftBlockCodes + j * kWidth);
+    live_rows[count] = r;
+    count += live[r * vectors + j];
+  }
+  if (count == 0) return;
+  V total{};
+  for (int64_t t = 0; t < count; ++t) {
+    total += Isa::load(weights + live_rows[t] * kSoftBlockCodes + j * kWidth);
   }
   add_unscaled(weight_sums + j * kWidth, total);
-  constexpr int64_t kGroup = 4;  // dimensions per sweep over the rows: 4 accumulators
-  for (int64_t d0 = 0; d0 < dim; d0 += kGroup) {
-    const int64_t group = std::min(kGroup, dim - d0);
-    V acc[kGroup] = {};
-    for (int64_t r = 0; r < num_rows; ++r) {
-      if (!live[r * vectors + j]) continue;
-      const V w = Isa::load(weights + r * kSoftBlockCodes + j * kWidth);
-      for (int64_t q = 0; q < group; ++q) acc[q] += w * rows[r][d0 + q];
-    }
-    for (int64_t q = 0; q < group; ++q) {
-      add_unscaled(weighted_sums + (d0 + q) * kSoftBlockCodes + j * kWidth, acc[q]);
-    }
+  int64_t d0 = 0;
+  for (; d0 + 4 <= dim; d0 += 4) {
+    add_weighted_dims<4>(weights, live_rows, count, rows, d0, j, weighted_sums);
+  }
+  for (; d0 < dim; ++d0) {
+    add_weighted_dims<1>(weights, live_rows, count, rows, d0, j, weighted_sums);
   }
 }
 

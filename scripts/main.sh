@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: set up, describe the machine, check every available backend against the
 # reference, then train the reference VQ-VAE with the defaults (Wasserstein quantizer,
-# K = 65,536, embedded photograph patches, at most ~6 min; artefacts in runs/wasserstein/).
+# K = 65,536, embedded photograph patches, ~8.5 min; artefacts in runs/wasserstein/).
 # Training runs even when the check fails, so that one run shows everything; the exit status
 # is the check's, or training's when the check passed.
 set -euo pipefail

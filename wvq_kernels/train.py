@@ -58,16 +58,21 @@ class TrainConfig:
     seed: int = 0
     out_dir: str = "runs"
     consolidate_steps: int = 100000
-    consolidate_minutes: float = 3.0
+    consolidate_minutes: float = 4.0
+    consolidate_codebook_lr_scale: float = 0.1
     adversarial_steps: int = 100000
-    adversarial_minutes: float = 3.0
+    adversarial_minutes: float = 2.0
     # tau of epoch e (0-based): max(tau_min, tau_start * tau_decay**e), an epoch being one pass
-    # over the training patches.
-    tau_start: float = 10.0
+    # over the training patches. NOTES' schedule starts at 10, but here features have std ~1 and
+    # nearest-code squared distances ~0.01: tau = 10 flattens the softmax over all 65,536 codes
+    # and drags every code to the feature mean. The floor only guards the exponent's range.
+    tau_start: float = 1.0
     tau_decay: float = 0.1
-    tau_min: float = 0.01
-    # Codes whose EMA usage (tokens per step) is below this are refilled at each epoch's end.
-    refill_threshold: float = 0.01
+    tau_min: float = 1e-4
+    # Codes whose EMA usage (tokens per step, decay 0.99) is below this are refilled at each
+    # epoch's end: one hit decays to it in ~230 steps, about the tokens of the eval set. A
+    # larger threshold churns codes that an evaluation would still count as used.
+    refill_threshold: float = 0.001
     discriminator_lr: float = 2e-4
     adversarial_weight: float = 0.1
 
@@ -160,6 +165,13 @@ class Trainer:
             parameter.requires_grad_(train_codebook)
         model.train()
         model.quantizer.train(train_codebook)
+        # Consolidation fine-tunes codes on a fixed latent geometry: steps as large as the ones
+        # that tracked a moving encoder would keep shaking codes out of their cells.
+        codebook_lr = self.config.codebook_lr
+        if stage.name == "consolidate":
+            codebook_lr *= self.config.consolidate_codebook_lr_scale
+        for group in self.optimizer.param_groups[1:]:
+            group["lr"] = codebook_lr
 
     def tau(self) -> float:
         epoch = self.step // self.steps_per_epoch

@@ -1,4 +1,5 @@
-// Helpers shared by the .cu files: input element types and the warp-aggregated histogram.
+// Helpers shared by the .cu files: input element types, the warp-aggregated histogram and a
+// deterministic block sum.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -48,6 +49,21 @@ __device__ __forceinline__ void count_code(int64_t* counts, int64_t code, unsign
     atomicAdd(reinterpret_cast<unsigned long long*>(counts + code),
               static_cast<unsigned long long>(__popc(peers)));
   }
+}
+
+// Fixed-shape tree sum over a block of kThreads threads (a power of two), so that the result is
+// the same on every run. Every thread must call it; scratch holds kThreads doubles.
+template <int kThreads>
+__device__ double block_sum(double value, double* scratch) {
+  scratch[threadIdx.x] = value;
+  __syncthreads();
+  for (int stride = kThreads / 2; stride > 0; stride /= 2) {
+    if (threadIdx.x < stride) scratch[threadIdx.x] += scratch[threadIdx.x + stride];
+    __syncthreads();
+  }
+  const double total = scratch[0];
+  __syncthreads();
+  return total;
 }
 
 }  // namespace wvq::cuda

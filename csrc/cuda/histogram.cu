@@ -28,19 +28,6 @@ __global__ void code_sums_kernel(const int64_t* row_order, const int64_t* code_s
   sums[code * dim + d] = static_cast<float>(total);
 }
 
-// Fixed-shape tree sum over the block, so the result is the same on every run.
-__device__ double block_sum(double value, double* scratch) {
-  scratch[threadIdx.x] = value;
-  __syncthreads();
-  for (int stride = kThreads / 2; stride > 0; stride /= 2) {
-    if (threadIdx.x < stride) scratch[threadIdx.x] += scratch[threadIdx.x + stride];
-    __syncthreads();
-  }
-  const double total = scratch[0];
-  __syncthreads();
-  return total;
-}
-
 __global__ void usage_kernel(const int64_t* counts, int64_t num_codes, float* utilization,
                              float* perplexity) {
   __shared__ double scratch[kThreads];
@@ -49,8 +36,8 @@ __global__ void usage_kernel(const int64_t* counts, int64_t num_codes, float* ut
     tokens += static_cast<double>(counts[k]);
     used += counts[k] > 0 ? 1.0 : 0.0;
   }
-  tokens = block_sum(tokens, scratch);
-  used = block_sum(used, scratch);
+  tokens = block_sum<kThreads>(tokens, scratch);
+  used = block_sum<kThreads>(used, scratch);
   double entropy = 0.0;  // 0 log 0 = 0: empty codes add nothing; no tokens at all gives 1
   for (int64_t k = threadIdx.x; k < num_codes; k += kThreads) {
     if (counts[k] > 0) {
@@ -58,7 +45,7 @@ __global__ void usage_kernel(const int64_t* counts, int64_t num_codes, float* ut
       entropy -= p * log(p);
     }
   }
-  entropy = block_sum(entropy, scratch);
+  entropy = block_sum<kThreads>(entropy, scratch);
   if (threadIdx.x == 0) {
     *utilization = static_cast<float>(used / static_cast<double>(num_codes));
     *perplexity = static_cast<float>(exp(entropy));

@@ -48,4 +48,16 @@ size_t wvq_moments_workspace_bytes(int64_t n, int64_t dim);
 cudaError_t wvq_moments(const void* x, int dtype, int64_t n, int64_t dim, void* workspace,
                         double* mean, double* cov, cudaStream_t stream);
 
+// NSVQ's dense soft-assignment statistics of x (num_rows, dim) against codebook (num_codes, dim),
+// both row-major and of `dtype`, num_codes < 2^31: loss (one float), weight_sums (num_codes),
+// weighted_sums (num_codes, dim), indices and distances (num_rows); the semantics of
+// docs/op-contract.md. `workspace` holds wvq_soft_assign_workspace_bytes(...) bytes (O(N + K D)).
+// num_rows = 0 zeroes the sums and the loss.
+size_t wvq_soft_assign_workspace_bytes(int64_t num_rows, int64_t num_codes, int64_t dim);
+cudaError_t wvq_soft_assign_stats(const void* x, const void* codebook, int dtype,
+                                  int64_t num_rows, int64_t num_codes, int64_t dim, double tau,
+                                  double lam, void* workspace, float* loss, float* weight_sums,
+                                  float* weighted_sums, int64_t* indices, float* distances,
+                                  cudaStream_t stream);
+
 }  // extern "C"

@@ -14,6 +14,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cmath>
+#include <limits>
 #include <string>
 #include <tuple>
 
@@ -71,6 +73,21 @@ at::Tensor workspace(size_t bytes, const at::Tensor& like) {
   return at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
 }
 
+void check_rows_and_codebook(const at::Tensor& x, const at::Tensor& codebook, const char* op) {
+  TORCH_CHECK(codebook.device() == x.device(), "wvq::", op,
+              ": x and codebook on different devices");
+  TORCH_CHECK(codebook.size(0) > 0 && codebook.size(1) == x.size(1), "wvq::", op,
+              ": expected codebook (K, D) with K >= 1 and D = x.size(1)");
+}
+
+// Mixed inputs: both promoted, since the kernels read one element type.
+void promote_to_common_type(at::Tensor& x, at::Tensor& codebook) {
+  if (codebook.scalar_type() == x.scalar_type()) return;
+  const auto common = c10::promoteTypes(x.scalar_type(), codebook.scalar_type());
+  x = x.to(common);
+  codebook = codebook.to(common);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> assign(const at::Tensor& x_in,
                                                       const at::Tensor& codebook_in,
                                                       const std::string& metric,
@@ -78,14 +95,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> assign(const at::Tensor& x_in,
                                                       bool histogram) {
   const c10::cuda::CUDAGuard guard(x_in.device());
   at::Tensor x = float_rows(x_in, "x"), codebook = float_rows(codebook_in, "codebook");
-  TORCH_CHECK(codebook.device() == x.device(), "wvq::assign: x and codebook on different devices");
-  TORCH_CHECK(codebook.size(0) > 0 && codebook.size(1) == x.size(1),
-              "wvq::assign: expected codebook (K, D) with K >= 1 and D = x.size(1)");
-  if (codebook.scalar_type() != x.scalar_type()) {  // mixed inputs: promote both
-    const auto common = c10::promoteTypes(x.scalar_type(), codebook.scalar_type());
-    x = x.to(common);
-    codebook = codebook.to(common);
-  }
+  check_rows_and_codebook(x, codebook, "assign");
+  promote_to_common_type(x, codebook);
   const int64_t n = x.size(0), k = codebook.size(0), d = x.size(1);
   const int mode = precision_code(precision);
   at::Tensor indices = at::empty({n}, x.options().dtype(at::kLong));
@@ -163,6 +174,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> moments(const at::Tensor& x_in) {
   return {count, mean, cov};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> soft_assign_stats(
+    const at::Tensor& x_in, const at::Tensor& codebook_in, double tau, double lam) {
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  at::Tensor x = float_rows(x_in, "x"), codebook = float_rows(codebook_in, "codebook");
+  check_rows_and_codebook(x, codebook, "soft_assign_stats");
+  // The kernels keep code indices in 32 bits.
+  TORCH_CHECK(codebook.size(0) <= std::numeric_limits<int32_t>::max(),
+              "wvq::soft_assign_stats: at most 2^31 - 1 codes, got ", codebook.size(0));
+  TORCH_CHECK(std::isfinite(tau) && tau > 0.0, "wvq::soft_assign_stats: tau must be positive");
+  TORCH_CHECK(std::isfinite(lam) && lam >= 0.0, "wvq::soft_assign_stats: lam must be >= 0");
+  promote_to_common_type(x, codebook);
+  const int64_t n = x.size(0), k = codebook.size(0), d = x.size(1);
+  const auto floats = x.options().dtype(at::kFloat);
+  at::Tensor loss = at::empty({}, floats);
+  at::Tensor weight_sums = at::empty({k}, floats);
+  at::Tensor weighted_sums = at::empty({k, d}, floats);
+  at::Tensor indices = at::empty({n}, x.options().dtype(at::kLong));
+  at::Tensor distances = at::empty({n}, floats);
+  at::Tensor work = workspace(wvq_soft_assign_workspace_bytes(n, k, d), x);
+  C10_CUDA_CHECK(wvq_soft_assign_stats(
+      x.data_ptr(), codebook.data_ptr(), dtype_code(x), n, k, d, tau, lam, work.data_ptr(),
+      loss.data_ptr<float>(), weight_sums.data_ptr<float>(), weighted_sums.data_ptr<float>(),
+      indices.data_ptr<int64_t>(), distances.data_ptr<float>(), current_stream()));
+  return {loss, weight_sums, weighted_sums, indices, distances};
+}
+
 }  // namespace
 }  // namespace wvq::cuda_ops
 
@@ -172,4 +209,5 @@ TORCH_LIBRARY_IMPL(wvq, CUDA, m) {
   m.impl("code_sums", &wvq::cuda_ops::code_sums);
   m.impl("usage", &wvq::cuda_ops::usage);
   m.impl("moments", &wvq::cuda_ops::moments);
+  m.impl("soft_assign_stats", &wvq::cuda_ops::soft_assign_stats);
 }

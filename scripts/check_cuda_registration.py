@@ -10,9 +10,6 @@ import torch
 
 # cpu_isa takes no tensors: a CPU-only helper, not a CUDA op.
 HOST_ONLY_OPS = {"cpu_isa"}
-# Ops whose CUDA tensors run on Triton (wvq_kernels.ops.has_kernel sends them there): no
-# hand-written CUDA kernel yet.
-TRITON_ONLY_OPS = {"soft_assign_stats"}
 
 
 def main(build_dir: str) -> int:
@@ -30,10 +27,10 @@ def main(build_dir: str) -> int:
     print(f"torch {torch.__version__} (CUDA {torch.version.cuda}); wvq ops: {', '.join(ops)}")
     missing = []
     for op in ops:
-        if op in HOST_ONLY_OPS or op in TRITON_ONLY_OPS:
+        if op in HOST_ONLY_OPS:
             continue
         registered = torch._C._dispatch_has_kernel_for_dispatch_key(f"wvq::{op}", "CUDA")
-        print(f"  wvq::{op:<16} CUDA kernel {'registered' if registered else 'MISSING'}")
+        print(f"  wvq::{op:<17} CUDA kernel {'registered' if registered else 'MISSING'}")
         if not registered:
             missing.append(op)
     if missing or not ops:

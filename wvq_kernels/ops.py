@@ -341,7 +341,7 @@ def _auto_backend(device: torch.device, op: str | None) -> str:
     if device.type == "cpu":
         return "cpu" if _BACKEND_STATUS["cpu"] else "reference"
     if device.type == "cuda":
-        # The hand-written CUDA kernels when built (and written for this op), else Triton.
+        # The hand-written CUDA kernels when built (and registered for this op), else Triton.
         for backend in ("cuda", "triton"):
             if _BACKEND_STATUS[backend] and (op is None or has_kernel(backend, op)):
                 return backend
@@ -350,7 +350,8 @@ def _auto_backend(device: torch.device, op: str | None) -> str:
 
 def has_kernel(backend: str, op: str) -> bool:
     """Whether an available ``backend`` implements ``op``: the CUDA extension registers its
-    kernels op by op (soft_assign_stats has none yet: CUDA tensors run it on Triton)."""
+    kernels op by op, so a ``_C_cuda`` built from older sources may lack a newer op's kernel
+    (``auto`` then runs that op's CUDA tensors on Triton)."""
     if backend != "cuda":
         return True
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"wvq::{op}", "CUDA")

@@ -1,4 +1,5 @@
-"""Float64 oracle for assignment and the rounding bounds that the tests allow against it."""
+"""Float64 oracle for assignment, the rounding bounds that the tests allow against it, and the
+norm-wise relative error that the soft-assignment tests measure."""
 
 from typing import NamedTuple
 
@@ -18,6 +19,14 @@ class Oracle(NamedTuple):
     second: Tensor
     best_index: Tensor
     chosen: Tensor
+
+
+def relative_error(got: Tensor, expected: Tensor) -> float:
+    """||got - expected|| / ||expected|| in float64 on the CPU; ||got|| when expected is 0."""
+    got, expected = got.detach().cpu().double(), expected.detach().cpu().double()
+    scale = expected.norm()
+    difference = (got - expected).norm()
+    return float(difference / scale) if scale > 0 else float(difference)
 
 
 def distances64(rows: Tensor, codebook: Tensor, metric: str) -> Tensor:

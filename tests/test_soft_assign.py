@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from oracle import relative_error
 
 import wvq_kernels as wvq
 from wvq_kernels.reference import soft_assign_stats_materialised
@@ -25,14 +26,6 @@ def _data(n, k, d, dtype=torch.float32, device="cpu", seed=0):
     x = torch.randn(n, d, generator=generator).to(device=device, dtype=dtype)
     codebook = torch.randn(k, d, generator=generator).to(device=device, dtype=dtype)
     return x, codebook
-
-
-def _relative_error(got, expected) -> float:
-    """||got - expected|| / ||expected|| in float64; 0 when both are zero."""
-    got, expected = got.detach().cpu().double(), expected.detach().cpu().double()
-    scale = expected.norm()
-    difference = (got - expected).norm()
-    return float(difference / scale) if scale > 0 else float(difference)
 
 
 def _truth(x, codebook, tau, lam):
@@ -58,7 +51,7 @@ def _check_outputs(x, codebook, tau, lam, result, tolerance=TOLERANCE):
         ("weighted_sums", result.weighted_sums, weighted_sums),
         ("distances", result.distances.reshape(-1), distances),
     ):
-        error = _relative_error(got, expected)
+        error = relative_error(got, expected)
         assert error <= tolerance, f"{name}: relative error {error:.2e} > {tolerance}"
     _check_nearest(x, codebook, result.indices.reshape(-1).cpu(), indices)
 
@@ -116,7 +109,7 @@ def test_gradient_matches_float64_autograd(backend, device, tau, d):
     codebook64 = codebook.detach().cpu().double().requires_grad_()
     (2 * _truth(x.detach(), codebook64, tau, 0.01)[0]).backward()
     assert codebook.grad.dtype == codebook.dtype
-    assert _relative_error(codebook.grad, codebook64.grad) <= TOLERANCE
+    assert relative_error(codebook.grad, codebook64.grad) <= TOLERANCE
     assert x.grad is None  # x is stop-gradient
 
 
@@ -222,9 +215,9 @@ def test_half_inputs_no_worse_than_pytorch_in_that_precision(backend, device, dt
     truth = _truth(x, codebook, 1.0, 0.01)
     same_precision = soft_assign_stats_materialised(x.cpu(), codebook.cpu(), 1.0, 0.01, dtype)
     for got, baseline, expected in zip(result[:3], same_precision[:3], truth[:3]):
-        baseline_error = _relative_error(baseline, expected)
+        baseline_error = relative_error(baseline, expected)
         assert baseline_error > 0
-        assert _relative_error(got, expected) <= 2 * baseline_error
+        assert relative_error(got, expected) <= 2 * baseline_error
     _check_nearest(x, codebook, result.indices.cpu(), truth[3])
 
 

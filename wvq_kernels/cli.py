@@ -469,6 +469,7 @@ SOFT_ASSIGN_TOLERANCE = 1e-4
 
 def check_soft_assign_stats(backend: str, device: torch.device) -> tuple[list[str], str]:
     if not has_kernel(backend, "soft_assign_stats"):
+        # Only a _C_cuda built from sources older than its CUDA kernel lacks it.
         return [], "no kernel on this backend (CUDA tensors run it on triton)"
     failures: list[str] = []
     for batch_shape, num_codes, dim, dtype, tau, lam in SOFT_ASSIGN_CASES:
@@ -574,7 +575,7 @@ def run_repro(args: argparse.Namespace) -> int:
     from wvq_kernels import repro
 
     repro.run_grid(args.mu, args.method, distribution=args.distribution, quick=args.quick,
-                   out_dir=args.out, seed=args.seed, backend=args.backend)
+                   out_dir=args.out, seed=args.seed, backend=args.backend, drift=args.drift)
     return 0
 
 
@@ -589,6 +590,8 @@ def _add_repro_parser(commands) -> None:
                         help="feature mean shifts (default 0 2 4)")
     atomic.add_argument("--method", nargs="+", choices=METHODS, default=list(METHODS))
     atomic.add_argument("--distribution", choices=("gaussian", "uniform"), default="gaussian")
+    atomic.add_argument("--drift", action="store_true",
+                        help="the feature mean moves from 0 to mu during training (NSVQ's case)")
     atomic.add_argument("--quick", action="store_true",
                         help="K=1,024, 60 steps of 4,096 samples: seconds, for CI")
     atomic.add_argument("--seed", type=int, default=12)

@@ -16,3 +16,17 @@ def test_quick_atomic_separates_wasserstein_from_vanilla(tmp_path, capsys):
     assert records["wasserstein"]["utilization"] > 0.9
     assert records["vanilla"]["utilization"] < 0.05
     assert records["wasserstein"]["error"] < 0.5 * records["vanilla"]["error"]
+
+
+def test_quick_drifting_mean_keeps_nsvq_and_wasserstein_in_use(tmp_path, capsys):
+    # 60 steps from mean 0 to 3: a far faster drift than the full run's, so NSVQ keeps less.
+    status = main(["repro", "atomic", "--quick", "--drift", "--mu", "3", "--method", "vanilla",
+                   "wasserstein", "nsvq", "--out", str(tmp_path)])
+    assert status == 0
+    assert "0→3" in capsys.readouterr().out
+    records = {r["config"]["method"]: r for r in json.loads((tmp_path / "atomic.json").read_text())}
+    assert all(r["config"]["drift"] and r["published"] is None for r in records.values())
+    final = {method: record["final"] for method, record in records.items()}
+    assert final["nsvq"]["utilization"] > 0.75
+    assert final["wasserstein"]["utilization"] > 0.9
+    assert final["vanilla"]["utilization"] < 0.1

@@ -6,10 +6,17 @@ frozen codes) is the only parameter, trained with SGD, momentum 0.9:
 
 - wasserstein: 0.1·L_code + 10·W, lr 3.0, W from biased covariances of the batch and codebook;
 - vanilla: L_code, lr 1.0;   linear: L_code through the map, lr 0.02;
-- ema: no optimizer, cluster sizes and sums decayed with 0.9, Laplace smoothing 1e-5.
+- ema: no optimizer, cluster sizes and sums decayed with 0.9, Laplace smoothing 1e-5;
+- nsvq (no published row): NSVQ's dense non-stationary loss in L_code's scale (the winner plus
+  every code with weight min(1, λ·K·softmax(−d/τ)), λ = 0.01, τ decaying per epoch), SGD at
+  lr 30, and at each epoch's end codes whose EMA usage fell below 10% of a uniform share
+  refilled from a 16,384-row reservoir of that epoch's features.
 
 L_code = mean_i Σ_d (e_{r_i} − sg(z_i))². Evaluation: quantization error E, utilization U and
 perplexity C over fresh samples.
+
+``drift=True`` is the case NSVQ is about: the feature mean moves linearly from 0 at the first
+step to μ·1 at the last, and evaluation uses the final distribution.
 """
 from __future__ import annotations
 
@@ -21,9 +28,10 @@ from pathlib import Path
 import torch
 
 from .losses import gaussian_w2
+from .nn.quantizer import VectorQuantizer
 from .ops import assign, code_sums, moments, usage
 
-METHODS = ("vanilla", "ema", "linear", "wasserstein")
+METHODS = ("vanilla", "ema", "linear", "wasserstein", "nsvq")
 
 # Published final values (E, U %, C) for Gaussian features, by shift μ.
 PUBLISHED = {
@@ -49,11 +57,20 @@ class AtomicConfig:
     log_every: int = 100
     seed: int = 12
     backend: str = "auto"
+    drift: bool = False
+    # NSVQ: refills and τ steps happen every epoch_steps steps; τ of epoch e (0-based) is
+    # max(tau_min, tau_start·tau_decay^e). Short epochs, so that few codes die between the
+    # last refill and the evaluation (drifting run: 100 steps U 67.2%, 25 steps 80.3%).
+    epoch_steps: int = 25
+    tau_start: float = 1.0
+    tau_decay: float = 0.5
+    tau_min: float = 1e-3
 
     @classmethod
     def quick(cls, **overrides):
         """A few-second variant for CI: same method, fewer codes, steps and samples."""
-        settings = dict(num_codes=1024, steps=60, batch=4096, eval_samples=16384, log_every=20)
+        settings = dict(num_codes=1024, steps=60, batch=4096, eval_samples=16384, log_every=20,
+                        epoch_steps=5)
         settings.update(overrides)
         return cls(**settings)
 
@@ -66,11 +83,18 @@ class Evaluation:
     perplexity: float
 
 
-def sample(config: AtomicConfig, count: int, generator: torch.Generator) -> torch.Tensor:
+def mean_at(config: AtomicConfig, step: int) -> float:
+    """The feature mean (per dimension) at a training step; evaluation uses step = steps."""
+    return config.mu * step / config.steps if config.drift else config.mu
+
+
+def sample(config: AtomicConfig, count: int, generator: torch.Generator,
+           step: int | None = None) -> torch.Tensor:
+    mean = mean_at(config, config.steps if step is None else step)
     if config.distribution == "gaussian":
-        return torch.randn(count, config.dim, generator=generator) + config.mu
+        return torch.randn(count, config.dim, generator=generator) + mean
     if config.distribution == "uniform":
-        return torch.rand(count, config.dim, generator=generator) * 2 - 1 + config.mu
+        return torch.rand(count, config.dim, generator=generator) * 2 - 1 + mean
     raise ValueError(f"distribution must be gaussian or uniform, got {config.distribution!r}")
 
 
@@ -83,12 +107,26 @@ def initial_codebook(config: AtomicConfig, generator: torch.Generator) -> torch.
 class AtomicQuantizer:
     """The trained object of one method: `codebook()` is what features are assigned to."""
 
-    LEARNING_RATES = {"vanilla": 1.0, "linear": 0.02, "wasserstein": 3.0}
+    # NSVQ's rate is ours (no published row): at vanilla's 1.0 a code seen by its ~3 tokens
+    # per step moves 0.1% of the way to them per step and lags any drift; measured on the
+    # drifting run (μ 0→4): lr 1 U 94.0%, 10 95.2%, 30 96.9%.
+    LEARNING_RATES = {"vanilla": 1.0, "linear": 0.02, "wasserstein": 3.0, "nsvq": 30.0}
+    RESERVOIR_SIZE = 16384
+    # Refill threshold, as a share of the uniform usage (batch / K tokens per step), on usage
+    # decayed by 0.9 per step (EMA's decay here), so that a code left behind by the drift falls
+    # below it within an epoch (drifting run at lr 1: share 0.01 U 80.3%, 0.1 94.0%).
+    DEAD_SHARE = 0.1
+    USAGE_DECAY = 0.9
 
     def __init__(self, config: AtomicConfig, generator: torch.Generator):
         self.config = config
+        self.steps_done = 0
         codes = initial_codebook(config, generator)
-        if config.method == "linear":
+        if config.method == "nsvq":
+            self.nsvq = _nsvq_quantizer(config, codes)
+            parameters = self.nsvq.codebook_parameters()
+            self.codes = self.nsvq.embedding
+        elif config.method == "linear":
             self.frozen = codes
             self.weight = torch.eye(config.dim, requires_grad=True)
             self.bias = torch.zeros(config.dim, requires_grad=True)
@@ -111,8 +149,12 @@ class AtomicQuantizer:
         return self.codes
 
     def step(self, features: torch.Tensor) -> None:
+        self.steps_done += 1
         if self.config.method == "ema":
             self._ema_step(features)
+            return
+        if self.config.method == "nsvq":
+            self._nsvq_step(features)
             return
         codebook = self.codebook()
         indices = assign(features, codebook.detach(), backend=self.config.backend).indices
@@ -128,6 +170,17 @@ class AtomicQuantizer:
         loss.backward()
         self.optimizer.step()
 
+    def _nsvq_step(self, features: torch.Tensor) -> None:
+        config = self.config
+        epoch = (self.steps_done - 1) // config.epoch_steps
+        self.nsvq.tau = max(config.tau_min, config.tau_start * config.tau_decay ** epoch)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.nsvq(features).loss.backward()
+        self.optimizer.step()
+        # Not after the last step: the evaluation judges trained codes, not fresh refills.
+        if self.steps_done % config.epoch_steps == 0 and self.steps_done < config.steps:
+            self.nsvq.refill_dead_codes(self.DEAD_SHARE * config.batch / config.num_codes)
+
     @torch.no_grad()
     def _ema_step(self, features: torch.Tensor, decay: float = 0.9, eps: float = 1e-5) -> None:
         indices = assign(features, self.codes, backend=self.config.backend).indices
@@ -137,6 +190,20 @@ class AtomicQuantizer:
         total = self.cluster_size.sum()
         smoothed = (self.cluster_size + eps) / (total + self.config.num_codes * eps) * total
         self.codes.copy_(self.embed_sum / smoothed[:, None])
+
+
+def _nsvq_quantizer(config: AtomicConfig, codes: torch.Tensor) -> VectorQuantizer:
+    """NSVQ's codebook as the modules implement it: the dense loss alone (alpha = d puts its
+    per-element mean in L_code's per-token scale; no commitment, the features are data) and a
+    reservoir for refills, seeded from the experiment's seed."""
+    quantizer = VectorQuantizer(config.dim, config.num_codes, alpha=float(config.dim), beta=0.0,
+                                decay=AtomicQuantizer.USAGE_DECAY, codebook_loss="dense", lam=0.01,
+                                reservoir_size=AtomicQuantizer.RESERVOIR_SIZE,
+                                backend=config.backend)
+    with torch.no_grad():
+        quantizer.embedding.copy_(codes)
+    quantizer.generator.manual_seed(config.seed)
+    return quantizer
 
 
 @torch.no_grad()
@@ -157,7 +224,7 @@ def run_atomic(config: AtomicConfig, progress=None) -> list[Evaluation]:
     eval_features = sample(config, config.eval_samples, torch.Generator().manual_seed(config.seed + 1))
     history = [evaluate(quantizer, eval_features, 0)]
     for step in range(1, config.steps + 1):
-        quantizer.step(sample(config, config.batch, generator))
+        quantizer.step(sample(config, config.batch, generator, step))
         if step % config.log_every == 0 or step == config.steps:
             history.append(evaluate(quantizer, eval_features, step))
             if progress is not None:
@@ -166,7 +233,8 @@ def run_atomic(config: AtomicConfig, progress=None) -> list[Evaluation]:
 
 
 def published(config: AtomicConfig):
-    if config.distribution != "gaussian" or config.num_codes != 16384 or config.dim != 8:
+    if (config.distribution != "gaussian" or config.num_codes != 16384 or config.dim != 8
+            or config.drift):
         return None
     return PUBLISHED.get(int(config.mu), {}).get(config.method) if float(config.mu).is_integer() else None
 
@@ -179,7 +247,8 @@ def format_table(rows: list[tuple[AtomicConfig, Evaluation, float]]) -> str:
         paper = published(config)
         paper_cells = (f"{paper[0]:>8.3f} {paper[1]:>9.2f} {paper[2]:>8.0f}" if paper
                        else f"{'-':>8} {'-':>9} {'-':>8}")
-        lines.append(f"{config.method:<12} {config.mu:>4g} {final.error:>8.3f} "
+        mu = f"0→{config.mu:g}" if config.drift else f"{config.mu:g}"
+        lines.append(f"{config.method:<12} {mu:>4} {final.error:>8.3f} "
                      f"{100 * final.utilization:>8.2f} {final.perplexity:>8.0f}   {paper_cells}  "
                      f"{seconds:>8.1f}")
     return "\n".join(lines)
@@ -209,7 +278,7 @@ def _plot(rows, histories, path: Path):
     figure, axes = plt.subplots(1, 3, figsize=(15, 4))
     for (config, _, _), history in zip(rows, histories):
         steps = [h.step for h in history]
-        label = f"{config.method} μ={config.mu:g}"
+        label = f"{config.method} μ={'0→' if config.drift else ''}{config.mu:g}"
         axes[0].plot(steps, [h.error for h in history], label=label)
         axes[1].plot(steps, [100 * h.utilization for h in history], label=label)
         axes[2].plot(steps, [h.perplexity for h in history], label=label)
@@ -225,13 +294,14 @@ def _plot(rows, histories, path: Path):
 
 
 def run_grid(mus, methods, distribution="gaussian", quick=False, out_dir="runs/atomic",
-             seed=12, backend="auto", echo=print):
+             seed=12, backend="auto", drift=False, echo=print):
     """Runs every (μ, method) pair, prints the table beside the published values and saves
     JSON and a plot. Returns the table rows."""
     rows, histories = [], []
     for mu in mus:
         for method in methods:
-            settings = dict(mu=mu, method=method, distribution=distribution, seed=seed, backend=backend)
+            settings = dict(mu=mu, method=method, distribution=distribution, seed=seed,
+                            backend=backend, drift=drift)
             config = AtomicConfig.quick(**settings) if quick else AtomicConfig(**settings)
             started = time.perf_counter()
             history = run_atomic(config, progress=lambda c, e: echo(

@@ -79,3 +79,27 @@ def test_nsvq_resumes_exactly_inside_a_stage(nsvq_config, monkeypatch):
         train(nsvq_config, log=lambda _: None)
     monkeypatch.setattr(train_module.Trainer, "train_step", original_step)
     assert train(nsvq_config, resume=True, log=lambda _: None) == full
+
+
+def test_compare_prints_one_table_of_the_final_evaluations(nsvq_config, tmp_path):
+    pytest.importorskip("matplotlib")
+    import dataclasses
+
+    from wvq_kernels.train import compare
+
+    standard = [dataclasses.replace(nsvq_config, name=q, quantizer=q, strategy="standard")
+                for q in ("simvq", "wasserstein")]
+    configs = [nsvq_config, *standard]
+    printed = []
+    rows = compare(configs, log=printed.append)
+    table = printed[-len(configs) - 3:-1]
+    assert table[0].split()[:3] == ["quantizer", "strategy", "steps"]
+    assert [line.split()[:2] for line in table[2:]] == [
+        ["nsvq", "nsvq"], ["simvq", "standard"], ["wasserstein", "standard"]]
+    saved = json.loads((tmp_path / "runs" / "compare.json").read_text())
+    assert saved == rows
+    for config, row in zip(configs, rows):
+        metrics = json.loads((tmp_path / "runs" / config.name / "metrics.json").read_text())
+        final = metrics["history"][-1]
+        assert {key: row[key] for key in final} == final
+    assert [row["step"] for row in rows] == [48, 24, 24]

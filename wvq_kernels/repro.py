@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from .losses import gaussian_w2
-from .nn.quantizer import VectorQuantizer
+from .nn.quantizer import VectorQuantizer, nsvq_tau
 from .ops import assign, code_sums, moments, usage
 
 METHODS = ("vanilla", "ema", "linear", "wasserstein", "nsvq")
@@ -172,8 +172,8 @@ class AtomicQuantizer:
 
     def _nsvq_step(self, features: torch.Tensor) -> None:
         config = self.config
-        epoch = (self.steps_done - 1) // config.epoch_steps
-        self.nsvq.tau = max(config.tau_min, config.tau_start * config.tau_decay ** epoch)
+        self.nsvq.tau = nsvq_tau((self.steps_done - 1) // config.epoch_steps, config.tau_start,
+                                 config.tau_decay, config.tau_min)
         self.optimizer.zero_grad(set_to_none=True)
         self.nsvq(features).loss.backward()
         self.optimizer.step()

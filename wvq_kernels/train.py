@@ -17,6 +17,7 @@ from wvq_kernels.data import load_datasets
 from wvq_kernels.models import (VQVAE, PatchDiscriminator, adaptive_adversarial_weight,
                                 hinge_discriminator_loss, hinge_generator_loss)
 from wvq_kernels.nn import VectorQuantizer
+from wvq_kernels.nn.quantizer import nsvq_tau
 
 QUANTIZER_OPTIONS = {
     "vanilla": {},
@@ -174,9 +175,9 @@ class Trainer:
             group["lr"] = codebook_lr
 
     def tau(self) -> float:
-        epoch = self.step // self.steps_per_epoch
         config = self.config
-        return max(config.tau_min, config.tau_start * config.tau_decay ** epoch)
+        return nsvq_tau(self.step // self.steps_per_epoch, config.tau_start, config.tau_decay,
+                        config.tau_min)
 
     def train_step(self, images: torch.Tensor, stage: Stage) -> dict[str, float]:
         if stage.name == "adversarial":

@@ -14,7 +14,7 @@ from ..ops import Assignment, assign, code_histogram, code_sums, moments, soft_a
 from .feature_queue import FeatureQueue
 from .reservoir import FeatureReservoir
 
-__all__ = ["QuantizerOutput", "VectorQuantizer"]
+__all__ = ["QuantizerOutput", "VectorQuantizer", "nsvq_tau"]
 
 DISTRIBUTION_LOSSES = (None, "wasserstein")
 CODEBOOK_LOSSES = ("nearest", "dense")
@@ -290,6 +290,11 @@ class VectorQuantizer(nn.Module):
         return (f"dim={self.dim}, codebook_size={self.codebook_size}, "
                 f"codebook_dim={self.codebook_dim}, distribution_loss={self.distribution_loss}, "
                 f"ema={self.ema}, linear_reparam={self.linear_reparam}, metric={self.metric!r}")
+
+
+def nsvq_tau(epoch: int, start: float, decay: float, minimum: float) -> float:
+    """NSVQ's temperature schedule: ``start·decay^epoch`` (epoch 0-based), floored at ``minimum``."""
+    return max(minimum, start * decay ** epoch)
 
 
 def _check_nsvq_options(codebook_loss, ema, linear_reparam, reservoir_size) -> None:

@@ -103,3 +103,45 @@ def test_compare_prints_one_table_of_the_final_evaluations(nsvq_config, tmp_path
         final = metrics["history"][-1]
         assert {key: row[key] for key in final} == final
     assert [row["step"] for row in rows] == [48, 24, 24]
+
+
+def test_diagnose_reports_the_runs_own_utilization_beside_the_ceilings(tiny_config, tmp_path):
+    pytest.importorskip("matplotlib")
+    from wvq_kernels.cli import main
+    from wvq_kernels.train import diagnose
+
+    final = train(tiny_config, log=lambda _: None)[-1]
+    printed = []
+    rows = diagnose(tmp_path / "runs" / "tiny", log=printed.append)
+    assert [row["codebook"] for row in rows] == [
+        "trained", "gaussian", "gaussian d/(d+2)", "training features"]
+    assert {key: rows[0][key] for key in ("utilization", "perplexity")} == {
+        key: final[key] for key in ("utilization", "perplexity")}
+    assert rows[0]["quantization_error"] == pytest.approx(final["quantization_error"], rel=1e-6)
+    saved = json.loads((tmp_path / "runs" / "tiny" / "ceilings.json").read_text())
+    assert saved == rows
+    assert printed[-1].split()[:2] == ["training", "features"]
+    assert main(["diagnose", str(tmp_path / "runs" / "tiny")]) == 0
+
+
+def test_a_gaussian_codebook_misses_clustered_features_that_a_sample_covers():
+    import torch
+
+    from wvq_kernels.train import utilization_ceilings
+
+    generator = torch.Generator().manual_seed(0)
+    centres = 3 * torch.randn(6, 8, generator=generator)
+
+    def clustered(n):
+        which = torch.randint(6, (n,), generator=generator)
+        return centres[which] + 0.05 * torch.randn(n, 8, generator=generator)
+
+    codes = clustered(512)
+    rows = {row["codebook"]: row for row in
+            utilization_ceilings(clustered(20000), clustered(512 * 40), codes)}
+    # Codes drawn from the features' own density are nearly all hit at 40 tokens per code; the
+    # moment-matched Gaussian spreads its codes between the clusters, where no feature falls.
+    assert rows["training features"]["utilization"] > 0.9
+    assert rows["trained"]["utilization"] > 0.9
+    assert rows["gaussian"]["utilization"] < 0.2
+    assert rows["gaussian d/(d+2)"]["utilization"] < 0.2

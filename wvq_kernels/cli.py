@@ -3,6 +3,9 @@
     wvq info           versions, backends (and why one is missing), CPU ISA, threads
     wvq check          every available backend against a float64 oracle; exit 1 on a failure
     wvq bench [...]    benchmarks/runner.py (``wvq bench --help`` lists its arguments)
+    wvq repro atomic   Wasserstein VQ's synthetic experiment beside the published table
+    wvq train          the reference VQ-VAE on embedded photographs (runs/<name>/)
+    wvq diagnose RUN   a trained run's utilization beside the ceilings its features allow
 """
 
 from __future__ import annotations
@@ -615,6 +618,13 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_diagnose(args: argparse.Namespace) -> int:
+    from wvq_kernels.train import diagnose
+
+    diagnose(args.run)
+    return 0
+
+
 def _train_config(args: argparse.Namespace, quantizer: str | None):
     from wvq_kernels.train import TrainConfig
 
@@ -676,6 +686,11 @@ def build_parser() -> argparse.ArgumentParser:
                         add_help=False).set_defaults(handler=run_bench)
     _add_repro_parser(commands)
     _add_train_parser(commands)
+    diagnose = commands.add_parser(
+        "diagnose", help="a trained run's utilization beside a moment-matched Gaussian codebook "
+                         "and a codebook of training features (runs/<name>/ceilings.json)")
+    diagnose.add_argument("run", help="run directory, e.g. runs/wasserstein")
+    diagnose.set_defaults(handler=run_diagnose)
     return parser
 
 

@@ -19,16 +19,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runner import PeakMemory
+from runner import measured_in_subprocess, metered_steps
 
 import wvq_kernels as wvq
 from wvq_kernels.reference import soft_assign_stats_materialised
@@ -77,18 +75,10 @@ def materialised_skip_reason(rows: int, codes: int, cap_mib: float) -> str | Non
 def measure(provider: str, rows: int, codes: int, dim: int, tau: float, repeats: int) -> dict:
     """Runs in the provider's own process: set-up, warm-up, then the timed, metered steps."""
     x, codebook = make_inputs(rows, codes, dim)
-    step = make_step(provider, x, codebook, tau)
-    step()
-    meter = PeakMemory()
-    meter.reset()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
+    times, peak_delta_mib = metered_steps(make_step(provider, x, codebook, tau), repeats)
     inputs_mib = (x.numel() + codebook.numel()) * 4 / MiB
     return {"provider": provider, "median_ms": 1e3 * statistics.median(times),
-            "peak_delta_mib": meter.peak_delta_mib(), "inputs_mib": inputs_mib}
+            "peak_delta_mib": peak_delta_mib, "inputs_mib": inputs_mib}
 
 
 def run_in_subprocess(provider: str, size: tuple[int, int, int], args) -> dict:
@@ -97,8 +87,7 @@ def run_in_subprocess(provider: str, size: tuple[int, int, int], args) -> dict:
                "--tau", str(args.tau), "--repeats", str(args.repeats)]
     if args.threads:
         command += ["--threads", str(args.threads)]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return json.loads(output.strip().splitlines()[-1])
+    return measured_in_subprocess(command)
 
 
 def report(results: list[tuple[tuple[int, int, int], dict]], args) -> str:

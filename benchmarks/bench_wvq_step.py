@@ -26,9 +26,7 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -36,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runner import PeakMemory
+from runner import measured_in_subprocess, metered_steps
 
 from wvq_kernels.nn import VectorQuantizer
 
@@ -115,26 +113,21 @@ def measure(name: str, repeats: int) -> dict:
     """Runs in the provider's own process: set-up, warm-up, then the timed, metered steps."""
     codebook, queue, z = make_state()
     provider = make_provider(name, codebook, queue)
-    z.grad = None
-    provider.step(z)
-    meter = PeakMemory()
-    meter.reset()
-    times = []
-    for _ in range(repeats):
+
+    def step():
         z.grad = None
-        start = time.perf_counter()
         provider.step(z)
-        times.append(time.perf_counter() - start)
+
+    times, peak_delta_mib = metered_steps(step, repeats)
     return {"provider": name, "median_s": statistics.median(times), "times_s": times,
-            "peak_rss_delta_mib": meter.peak_delta_mib()}
+            "peak_rss_delta_mib": peak_delta_mib}
 
 
 def run_in_subprocess(name: str, repeats: int, threads: int | None) -> dict:
     command = [sys.executable, __file__, "--measure", name, "--repeats", str(repeats)]
     if threads:
         command += ["--threads", str(threads)]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return json.loads(output.strip().splitlines()[-1])
+    return measured_in_subprocess(command)
 
 
 def same_codes_share() -> float:

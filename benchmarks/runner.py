@@ -105,6 +105,29 @@ class PeakMemory:
         raise RuntimeError(f"{key} missing from /proc/self/status")
 
 
+def metered_steps(step, repeats: int) -> tuple[list[float], float | None]:
+    """For the per-op scripts, in their measuring subprocess: one warm-up ``step()``, then
+    ``repeats`` timed ones under a fresh :class:`PeakMemory`. (seconds per step, peak MiB above
+    what was resident before them)."""
+    step()
+    meter = PeakMemory()
+    meter.reset()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return times, meter.peak_delta_mib()
+
+
+def measured_in_subprocess(command: list[str]) -> dict:
+    """Runs one measuring subprocess; its result is the JSON object on its last stdout line."""
+    import subprocess
+
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
 def make_inputs(rows: int, codes: int, dim: int, seed: int) -> tuple[Tensor, Tensor]:
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(rows, dim, generator=generator)

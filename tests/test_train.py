@@ -145,3 +145,27 @@ def test_a_gaussian_codebook_misses_clustered_features_that_a_sample_covers():
     assert rows["trained"]["utilization"] > 0.9
     assert rows["gaussian"]["utilization"] < 0.2
     assert rows["gaussian d/(d+2)"]["utilization"] < 0.2
+
+
+def test_wvq_trains_its_codebook_by_unclipped_sgd_with_a_rate_proportional_to_k(tiny_config):
+    import dataclasses
+
+    import torch
+
+    from wvq_kernels.train import build_model, build_optimizer
+
+    model = build_model(tiny_config)
+    optimizers = build_optimizer(model, tiny_config)
+    model_group, codebook_group = optimizers.param_groups
+    assert [type(o) for o in optimizers.optimizers] == [torch.optim.Adam, torch.optim.SGD]
+    assert codebook_group["params"] == model.quantizer.codebook_parameters()
+    assert codebook_group["lr"] == pytest.approx(3.0 * 64 / 65536)
+    assert codebook_group["momentum"] == 0.9
+    assert codebook_group["max_grad_norm"] is None and model_group["max_grad_norm"] == 1.0
+
+    vanilla = dataclasses.replace(tiny_config, quantizer="vanilla")
+    model = build_model(vanilla)
+    optimizers = build_optimizer(model, vanilla)
+    assert [type(o) for o in optimizers.optimizers] == [torch.optim.Adam]
+    assert [group["lr"] for group in optimizers.param_groups] == [1e-3, 0.02]
+    assert optimizers.param_groups[1]["params"] == model.quantizer.codebook_parameters()

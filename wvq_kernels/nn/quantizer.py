@@ -70,7 +70,10 @@ class VectorQuantizer(nn.Module):
     ``threshold`` with distinct reservoir rows and returns how many it refilled.
 
     The codebook is ``codebook_parameters()`` (train it with its own, larger learning rate, as
-    the W-VQ reference does); ``reset_usage()`` restarts the running usage counters.
+    the W-VQ reference does; with ``distribution_loss="wasserstein"`` by SGD with momentum, not
+    Adam: W moves every code by one affine map, which SGD keeps and Adam's per-coordinate
+    scaling breaks, leaving unused codes behind; ``wvq_kernels.train.codebook_optimizer`` has
+    the settings `wvq train` uses); ``reset_usage()`` restarts the running usage counters.
     """
 
     def __init__(self, dim: int, codebook_size: int, *, codebook_dim: int | None = None,

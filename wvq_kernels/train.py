@@ -253,14 +253,14 @@ def diagnose(run_dir: str | Path, *, log=print) -> list[dict]:
     config = TrainConfig(**json.loads((run_dir / "metrics.json").read_text())["config"])
     train_set, eval_set = load_datasets(config.data, train_size=config.train_size,
                                         eval_size=config.eval_size, seed=config.seed)
-    trainer = Trainer(config, len(train_set))
-    trainer.load_state_dict(torch.load(run_dir / "checkpoint.pt", weights_only=False))
-    model = trainer.model
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    model = build_model(config)
+    model.load_state_dict(state["model"])
     rows = utilization_ceilings(latents(model, train_set).flatten(0, -2),
                                 latents(model, eval_set).flatten(0, -2),
                                 model.quantizer.codes().detach(), seed=config.seed)
     header = f"{'codebook (K = ' + str(config.codebook_size) + ')':<22} {'U %':>7} {'C':>7} {'E':>9}"
-    log(f"{run_dir} ({config.quantizer}, step {trainer.step}), eval set of {len(eval_set)} images")
+    log(f"{run_dir} ({config.quantizer}, step {state['step']}), eval set of {len(eval_set)} images")
     log(header)
     log("-" * len(header))
     for row in rows:

@@ -169,3 +169,18 @@ def test_wvq_trains_its_codebook_by_unclipped_sgd_with_a_rate_proportional_to_k(
     assert [type(o) for o in optimizers.optimizers] == [torch.optim.Adam]
     assert [group["lr"] for group in optimizers.param_groups] == [1e-3, 0.02]
     assert optimizers.param_groups[1]["params"] == model.quantizer.codebook_parameters()
+
+
+def test_cli_codebook_lr_overrides_the_quantizers_rate_and_keeps_its_algorithm():
+    from wvq_kernels.cli import _train_config, build_parser
+    from wvq_kernels.train import codebook_optimizer
+
+    def config(*argv):
+        args = build_parser().parse_args(["train", *argv])
+        return _train_config(args, args.quantizer)
+
+    assert codebook_optimizer(config()) == ("sgd", pytest.approx(3.0))
+    assert codebook_optimizer(config("--codebook-size", "16384")) == ("sgd", pytest.approx(0.75))
+    assert codebook_optimizer(config("--codebook-lr", "0.5")) == ("sgd", 0.5)
+    assert codebook_optimizer(config("--quantizer", "vanilla")) == ("adam", 0.02)
+    assert codebook_optimizer(config("--quantizer", "vanilla", "--codebook-lr", "0.1")) == ("adam", 0.1)

@@ -638,7 +638,8 @@ def _train_config(args: argparse.Namespace, quantizer: str | None):
                                                 else TrainConfig.minutes),
                        consolidate_minutes=args.consolidate_minutes,
                        adversarial_minutes=args.adversarial_minutes,
-                       batch_size=args.batch_size, data=args.data, seed=args.seed,
+                       batch_size=args.batch_size, codebook_lr=args.codebook_lr,
+                       data=args.data, seed=args.seed,
                        out_dir=args.out)
 
 
@@ -666,6 +667,9 @@ def _add_train_parser(commands) -> None:
     train.add_argument("--adversarial-minutes", type=float, default=defaults.adversarial_minutes,
                        help="nsvq: wall time of the adversarial decoder stage")
     train.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    train.add_argument("--codebook-lr", type=float,
+                       help="the codebook's learning rate (default: Adam 0.02; W-VQ: SGD, "
+                            "3.0 x K / 65,536)")
     train.add_argument("--name", help="run directory name (default: the quantizer)")
     train.add_argument("--resume", action="store_true", help="continue from runs/<name>/checkpoint.pt")
     train.add_argument("--data", help="folder of images or CIFAR-style .npz (default: embedded photographs)")

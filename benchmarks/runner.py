@@ -31,6 +31,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -122,8 +123,6 @@ def metered_steps(step, repeats: int) -> tuple[list[float], float | None]:
 
 def measured_in_subprocess(command: list[str]) -> dict:
     """Runs one measuring subprocess; its result is the JSON object on its last stdout line."""
-    import subprocess
-
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 

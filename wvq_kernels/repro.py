@@ -232,6 +232,11 @@ def run_atomic(config: AtomicConfig, progress=None) -> list[Evaluation]:
     return history
 
 
+def mu_label(config: AtomicConfig) -> str:
+    """μ, or 0→μ for a drifting run."""
+    return f"0→{config.mu:g}" if config.drift else f"{config.mu:g}"
+
+
 def published(config: AtomicConfig):
     if (config.distribution != "gaussian" or config.num_codes != 16384 or config.dim != 8
             or config.drift):
@@ -247,8 +252,7 @@ def format_table(rows: list[tuple[AtomicConfig, Evaluation, float]]) -> str:
         paper = published(config)
         paper_cells = (f"{paper[0]:>8.3f} {paper[1]:>9.2f} {paper[2]:>8.0f}" if paper
                        else f"{'-':>8} {'-':>9} {'-':>8}")
-        mu = f"0→{config.mu:g}" if config.drift else f"{config.mu:g}"
-        lines.append(f"{config.method:<12} {mu:>4} {final.error:>8.3f} "
+        lines.append(f"{config.method:<12} {mu_label(config):>4} {final.error:>8.3f} "
                      f"{100 * final.utilization:>8.2f} {final.perplexity:>8.0f}   {paper_cells}  "
                      f"{seconds:>8.1f}")
     return "\n".join(lines)
@@ -278,7 +282,7 @@ def _plot(rows, histories, path: Path):
     figure, axes = plt.subplots(1, 3, figsize=(15, 4))
     for (config, _, _), history in zip(rows, histories):
         steps = [h.step for h in history]
-        label = f"{config.method} μ={'0→' if config.drift else ''}{config.mu:g}"
+        label = f"{config.method} μ={mu_label(config)}"
         axes[0].plot(steps, [h.error for h in history], label=label)
         axes[1].plot(steps, [100 * h.utilization for h in history], label=label)
         axes[2].plot(steps, [h.perplexity for h in history], label=label)

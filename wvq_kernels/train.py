@@ -153,17 +153,16 @@ def build_optimizer(model: VQVAE, config: TrainConfig) -> Optimizers:
     reference), and for W-VQ its own algorithm (see codebook_optimizer)."""
     codebook = model.quantizer.codebook_parameters()
     ids = {id(p) for p in codebook}
-    model_group = {"params": [p for p in model.parameters() if id(p) not in ids],
-                   "lr": config.lr, "max_grad_norm": MAX_GRAD_NORM}
+    adam_groups = [{"params": [p for p in model.parameters() if id(p) not in ids],
+                    "lr": config.lr, "max_grad_norm": MAX_GRAD_NORM}]
     algorithm, lr = codebook_optimizer(config)
-    if not codebook:
-        return Optimizers(torch.optim.Adam([model_group], betas=(0.9, 0.95)))
-    if algorithm == "sgd":
-        return Optimizers(torch.optim.Adam([model_group], betas=(0.9, 0.95)),
-                          torch.optim.SGD([{"params": codebook, "lr": lr, "max_grad_norm": None}],
-                                          momentum=0.9))
-    codebook_group = {"params": codebook, "lr": lr, "max_grad_norm": MAX_GRAD_NORM}
-    return Optimizers(torch.optim.Adam([model_group, codebook_group], betas=(0.9, 0.95)))
+    sgd = []
+    if codebook and algorithm == "adam":
+        adam_groups.append({"params": codebook, "lr": lr, "max_grad_norm": MAX_GRAD_NORM})
+    elif codebook:
+        sgd = [torch.optim.SGD([{"params": codebook, "lr": lr, "max_grad_norm": None}],
+                               momentum=0.9)]
+    return Optimizers(torch.optim.Adam(adam_groups, betas=(0.9, 0.95)), *sgd)
 
 
 def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
@@ -183,6 +182,13 @@ def latents(model: VQVAE, images: torch.Tensor, batch_size: int = 1024) -> torch
     return features
 
 
+def usage_metrics(result: wvq_kernels.Assignment) -> dict[str, float]:
+    """U, C and E of an assignment made with ``histogram=True``."""
+    utilization, perplexity = wvq_kernels.usage(result.counts)
+    return {"utilization": utilization.item(), "perplexity": perplexity.item(),
+            "quantization_error": result.distances.mean().item()}
+
+
 @torch.no_grad()
 def evaluate(model: VQVAE, images: torch.Tensor, batch_size: int = 1024,
              psnr_images: int = PSNR_IMAGES) -> dict[str, float]:
@@ -193,15 +199,12 @@ def evaluate(model: VQVAE, images: torch.Tensor, batch_size: int = 1024,
     quantizer = model.quantizer
     result = wvq_kernels.assign(latents(model, images, batch_size), quantizer.codes(),
                                 histogram=True)
-    utilization, perplexity = wvq_kernels.usage(result.counts)
     shown = images[:psnr_images]
     codes = quantizer.indices_to_codes(result.indices[:len(shown)])
     reconstruction = torch.cat([model.decode(codes[i:i + batch_size])
                                 for i in range(0, len(shown), batch_size)])
     model.train(was_training)
-    return {"utilization": utilization.item(), "perplexity": perplexity.item(),
-            "quantization_error": result.distances.mean().item(),
-            "psnr": psnr(reconstruction, shown)}
+    return {**usage_metrics(result), "psnr": psnr(reconstruction, shown)}
 
 
 def utilization_ceilings(train_features: torch.Tensor, eval_features: torch.Tensor,
@@ -226,7 +229,9 @@ def utilization_ceilings(train_features: torch.Tensor, eval_features: torch.Tens
     if len(train_features) >= size:
         rows.append(("training features",
                      train_features[torch.randperm(len(train_features), generator=generator)[:size]]))
-    return [{"codebook": name, **_usage_of(eval_features, codebook)} for name, codebook in rows]
+    return [{"codebook": name,
+             **usage_metrics(wvq_kernels.assign(eval_features, codebook, histogram=True))}
+            for name, codebook in rows]
 
 
 def _gaussian_codebook(features: torch.Tensor, size: int, scale: float,
@@ -238,11 +243,6 @@ def _gaussian_codebook(features: torch.Tensor, size: int, scale: float,
     return (features.mean(0) + draws @ root.T).float()
 
 
-def _usage_of(features: torch.Tensor, codebook: torch.Tensor) -> dict[str, float]:
-    result = wvq_kernels.assign(features, codebook, histogram=True)
-    utilization, perplexity = wvq_kernels.usage(result.counts)
-    return {"utilization": utilization.item(), "perplexity": perplexity.item(),
-            "quantization_error": result.distances.mean().item()}
 
 
 def diagnose(run_dir: str | Path, *, log=print) -> list[dict]:

@@ -172,12 +172,13 @@ def test_wvq_trains_its_codebook_by_unclipped_sgd_with_a_rate_proportional_to_k(
 
 
 def test_cli_codebook_lr_overrides_the_quantizers_rate_and_keeps_its_algorithm():
-    from wvq_kernels.cli import _train_config, build_parser
+    from wvq_kernels.cli import build_parser
+    from wvq_kernels.cli.train import train_config
     from wvq_kernels.train import codebook_optimizer
 
     def config(*argv):
         args = build_parser().parse_args(["train", *argv])
-        return _train_config(args, args.quantizer)
+        return train_config(args, args.quantizer)
 
     assert codebook_optimizer(config()) == ("sgd", pytest.approx(3.0))
     assert codebook_optimizer(config("--codebook-size", "16384")) == ("sgd", pytest.approx(0.75))

@@ -1,26 +1,14 @@
-"""The ``wvq`` command.
-
-    wvq info           versions, backends (and why one is missing), CPU ISA, threads
-    wvq check          every available backend against a float64 oracle; exit 1 on a failure
-    wvq bench [...]    benchmarks/runner.py (``wvq bench --help`` lists its arguments)
-    wvq repro atomic   Wasserstein VQ's synthetic experiment beside the published table
-    wvq train          the reference VQ-VAE on embedded photographs (runs/<name>/)
-    wvq diagnose RUN   a trained run's utilization beside the ceilings its features allow
-"""
+"""`wvq check`: every available backend against a float64 oracle; exit 1 on a failure."""
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import os
-import platform
-import sys
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -29,70 +17,10 @@ import wvq_kernels
 from wvq_kernels.ops import ENV_BACKEND, METRICS, has_kernel
 from wvq_kernels.reference import soft_assign_stats_materialised
 
-RUNNER_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "runner.py"
-CPU_FLAGS_OF_INTEREST = (
-    "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni", "avx2", "fma",
-)
 
-# ---------------------------------------------------------------------------------------------
-# wvq info
-
-
-def run_info(_: argparse.Namespace) -> int:
-    print(f"wvq_kernels  {wvq_kernels.__version__}")
-    print(f"torch        {torch.__version__} ({_torch_build()})")
-    print(f"python       {platform.python_version()} ({sys.executable})")
-    print(f"cpu          {_processor_name()}")
-    print(f"cpu flags    {' '.join(_cpu_flags()) or 'unknown'}")
-    print(f"cpu ISA      {_kernel_isa()}")
-    print(f"threads      {_threads()}")
-    print("backends")
-    for name, status in wvq_kernels.available_backends().items():
-        state = "available" if status.available else "missing  "
-        print(f"  {name:<10} {state}  {status.reason}")
-    return 0
-
-
-def _torch_build() -> str:
-    cuda = torch.version.cuda
-    return f"CUDA {cuda}" if cuda else "CPU build"
-
-
-def _cpuinfo_field(key: str) -> str | None:
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.exists():
-        return None
-    for line in cpuinfo.read_text().splitlines():
-        if line.split(":", 1)[0].strip() == key:
-            return line.split(":", 1)[1].strip()
-    return None
-
-
-def _processor_name() -> str:
-    return _cpuinfo_field("model name") or platform.processor() or "unknown"
-
-
-def _cpu_flags() -> list[str]:
-    """The vector extensions the OS reports, independent of what the extension selected."""
-    flags = set((_cpuinfo_field("flags") or "").split())
-    return [flag for flag in CPU_FLAGS_OF_INTEREST if flag in flags]
-
-
-def _kernel_isa() -> str:
-    """The code path the C++ kernels dispatch to at run time (torch.ops.wvq.cpu_isa)."""
-    if not wvq_kernels.available_backends()["cpu"].available:
-        return "n/a (the cpu backend is not loaded)"
-    try:
-        return f"{torch.ops.wvq.cpu_isa()} (selected by wvq_kernels._C at run time)"
-    except (AttributeError, RuntimeError) as error:
-        return f"unknown (torch.ops.wvq.cpu_isa is not available: {error})"
-
-
-def _threads() -> str:
-    openmp = "OpenMP" if torch.backends.openmp.is_available() else "no OpenMP"
-    omp_env = os.environ.get("OMP_NUM_THREADS", "unset")
-    return (f"torch intra-op {torch.get_num_threads()} ({openmp}), {os.cpu_count()} CPUs, "
-            f"OMP_NUM_THREADS {omp_env}")
+def add_parser(commands) -> None:
+    check = commands.add_parser("check", help="available backends against float64 ground truth")
+    check.set_defaults(handler=run_check)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -553,159 +481,3 @@ def run_check(_: argparse.Namespace) -> int:
         print(f"  FAIL {failure}")
     print(f"check: {len(all_failures)} failures" if all_failures else "check: all passed")
     return 1 if all_failures else 0
-
-
-# ---------------------------------------------------------------------------------------------
-# wvq bench
-
-
-def run_bench(args: argparse.Namespace) -> int:
-    if not RUNNER_PATH.exists():
-        print(f"wvq bench needs the source checkout: {RUNNER_PATH} not found", file=sys.stderr)
-        return 2
-    spec = importlib.util.spec_from_file_location("wvq_benchmark_runner", RUNNER_PATH)
-    runner = importlib.util.module_from_spec(spec)
-    # Registered before it runs: dataclasses look their module up in sys.modules.
-    sys.modules[spec.name] = runner
-    spec.loader.exec_module(runner)
-    return runner.main(args.runner_args)
-
-
-# wvq repro
-
-
-def run_repro(args: argparse.Namespace) -> int:
-    from wvq_kernels import repro
-
-    repro.run_grid(args.mu, args.method, distribution=args.distribution, quick=args.quick,
-                   out_dir=args.out, seed=args.seed, backend=args.backend, drift=args.drift)
-    return 0
-
-
-def _add_repro_parser(commands) -> None:
-    from wvq_kernels.repro import METHODS
-
-    repro_parser = commands.add_parser("repro", help="reproduce a published experiment")
-    experiments = repro_parser.add_subparsers(dest="experiment", required=True)
-    atomic = experiments.add_parser(
-        "atomic", help="Wasserstein-VQ synthetic experiment (K=16,384, d=8, 2,000 steps)")
-    atomic.add_argument("--mu", type=float, nargs="+", default=[0.0, 2.0, 4.0],
-                        help="feature mean shifts (default 0 2 4)")
-    atomic.add_argument("--method", nargs="+", choices=METHODS, default=list(METHODS))
-    atomic.add_argument("--distribution", choices=("gaussian", "uniform"), default="gaussian")
-    atomic.add_argument("--drift", action="store_true",
-                        help="the feature mean moves from 0 to mu during training (NSVQ's case)")
-    atomic.add_argument("--quick", action="store_true",
-                        help="K=1,024, 60 steps of 4,096 samples: seconds, for CI")
-    atomic.add_argument("--seed", type=int, default=12)
-    atomic.add_argument("--backend", default="auto")
-    atomic.add_argument("--out", default="runs/atomic", help="where JSON and the plot go")
-    atomic.set_defaults(handler=run_repro)
-
-
-# NSVQ's joint stage is shorter than standard training, so that its three stages and their
-# evaluations fit in 15 minutes here.
-NSVQ_JOINT_MINUTES = 6.0
-
-
-def run_train(args: argparse.Namespace) -> int:
-    from wvq_kernels.train import compare, train
-
-    if args.compare:
-        compare([_train_config(args, quantizer) for quantizer in args.compare], log=print)
-    else:
-        train(_train_config(args, args.quantizer), resume=args.resume)
-    return 0
-
-
-def run_diagnose(args: argparse.Namespace) -> int:
-    from wvq_kernels.train import diagnose
-
-    diagnose(args.run)
-    return 0
-
-
-def _train_config(args: argparse.Namespace, quantizer: str | None):
-    from wvq_kernels.train import TrainConfig
-
-    # NSVQ's quantizer goes with NSVQ's stages, whichever way it is asked for.
-    quantizer = quantizer or ("nsvq" if args.strategy == "nsvq" else TrainConfig.quantizer)
-    strategy = "nsvq" if quantizer == "nsvq" else args.strategy
-    name = args.name if args.name and not args.compare else quantizer
-    return TrainConfig(name=name, quantizer=quantizer, strategy=strategy,
-                       codebook_size=args.codebook_size, steps=args.steps,
-                       minutes=args.minutes or (NSVQ_JOINT_MINUTES if strategy == "nsvq"
-                                                else TrainConfig.minutes),
-                       consolidate_minutes=args.consolidate_minutes,
-                       adversarial_minutes=args.adversarial_minutes,
-                       batch_size=args.batch_size, codebook_lr=args.codebook_lr,
-                       data=args.data, seed=args.seed,
-                       out_dir=args.out)
-
-
-def _add_train_parser(commands) -> None:
-    from wvq_kernels.train import QUANTIZER_OPTIONS, STRATEGIES, TrainConfig
-
-    defaults = TrainConfig()
-    train = commands.add_parser("train", help="train the reference VQ-VAE (runs/<name>/)")
-    train.add_argument("--quantizer", choices=tuple(QUANTIZER_OPTIONS),
-                       help=f"default {defaults.quantizer}; nsvq with --strategy nsvq")
-    train.add_argument("--strategy", choices=STRATEGIES, default=defaults.strategy,
-                       help="nsvq: joint training with the dense loss and a decaying tau, then "
-                            "the encoder frozen while the codebook consolidates, then "
-                            "adversarial refinement of the decoder")
-    train.add_argument("--compare", nargs="+", choices=tuple(QUANTIZER_OPTIONS), metavar="QUANTIZER",
-                       help="train each of these in turn (same budget) and print one table, "
-                            "e.g. --compare nsvq simvq wasserstein")
-    train.add_argument("--codebook-size", type=int, default=defaults.codebook_size)
-    train.add_argument("--steps", type=int, default=defaults.steps, help="at most this many steps")
-    train.add_argument("--minutes", type=float,
-                       help=f"stop (evaluate, save) after this much wall time (joint stage; "
-                            f"default {defaults.minutes}, nsvq {NSVQ_JOINT_MINUTES})")
-    train.add_argument("--consolidate-minutes", type=float, default=defaults.consolidate_minutes,
-                       help="nsvq: wall time of the frozen-encoder stage")
-    train.add_argument("--adversarial-minutes", type=float, default=defaults.adversarial_minutes,
-                       help="nsvq: wall time of the adversarial decoder stage")
-    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    train.add_argument("--codebook-lr", type=float,
-                       help="the codebook's learning rate (default: Adam 0.02; W-VQ: SGD, "
-                            "3.0 x K / 65,536)")
-    train.add_argument("--name", help="run directory name (default: the quantizer)")
-    train.add_argument("--resume", action="store_true", help="continue from runs/<name>/checkpoint.pt")
-    train.add_argument("--data", help="folder of images or CIFAR-style .npz (default: embedded photographs)")
-    train.add_argument("--seed", type=int, default=defaults.seed)
-    train.add_argument("--out", default=defaults.out_dir)
-    train.set_defaults(handler=run_train)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wvq", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    info = commands.add_parser("info", help="versions, backends, CPU ISA, threads")
-    info.set_defaults(handler=run_info)
-    check = commands.add_parser("check", help="available backends against float64 ground truth")
-    check.set_defaults(handler=run_check)
-    # Its options belong to the runner, which parses them itself (so --help shows them).
-    commands.add_parser("bench", help="comparison benchmark (benchmarks/runner.py)",
-                        add_help=False).set_defaults(handler=run_bench)
-    _add_repro_parser(commands)
-    _add_train_parser(commands)
-    diagnose = commands.add_parser(
-        "diagnose", help="a trained run's utilization beside a moment-matched Gaussian codebook "
-                         "and a codebook of training features (runs/<name>/ceilings.json)")
-    diagnose.add_argument("run", help="run directory, e.g. runs/wasserstein")
-    diagnose.set_defaults(handler=run_diagnose)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    if args.command != "bench" and rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    args.runner_args = rest
-    return args.handler(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

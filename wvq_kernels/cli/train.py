@@ -1,0 +1,110 @@
+"""`wvq train`: the reference VQ-VAE on embedded photographs (runs/<name>/)."""
+
+from __future__ import annotations
+
+import argparse
+
+# NSVQ's joint stage is shorter than standard training, so that its three stages and their
+# evaluations fit in 15 minutes here.
+NSVQ_JOINT_MINUTES = 6.0
+
+
+def add_parser(commands) -> None:
+    from wvq_kernels.train import QUANTIZER_OPTIONS, STRATEGIES, TrainConfig
+
+    defaults = TrainConfig()
+    quantizers = tuple(QUANTIZER_OPTIONS)
+    train = commands.add_parser("train", help="train the reference VQ-VAE (runs/<name>/)")
+    train.add_argument(
+        "--quantizer",
+        choices=quantizers,
+        help=f"default {defaults.quantizer}; nsvq with --strategy nsvq",
+    )
+    train.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default=defaults.strategy,
+        help="nsvq: joint training with the dense loss and a decaying tau, then "
+        "the encoder frozen while the codebook consolidates, then "
+        "adversarial refinement of the decoder",
+    )
+    train.add_argument(
+        "--compare",
+        nargs="+",
+        choices=quantizers,
+        metavar="QUANTIZER",
+        help="train each of these in turn (same budget) and print one table, "
+        "e.g. --compare nsvq simvq wasserstein",
+    )
+    train.add_argument("--codebook-size", type=int, default=defaults.codebook_size)
+    train.add_argument("--steps", type=int, default=defaults.steps, help="at most this many steps")
+    train.add_argument(
+        "--minutes",
+        type=float,
+        help=f"stop (evaluate, save) after this much wall time (joint stage; "
+        f"default {defaults.minutes}, nsvq {NSVQ_JOINT_MINUTES})",
+    )
+    train.add_argument(
+        "--consolidate-minutes",
+        type=float,
+        default=defaults.consolidate_minutes,
+        help="nsvq: wall time of the frozen-encoder stage",
+    )
+    train.add_argument(
+        "--adversarial-minutes",
+        type=float,
+        default=defaults.adversarial_minutes,
+        help="nsvq: wall time of the adversarial decoder stage",
+    )
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    train.add_argument(
+        "--codebook-lr",
+        type=float,
+        help="the codebook's learning rate (default: Adam 0.02; W-VQ: SGD, 3.0 x K / 65,536)",
+    )
+    train.add_argument("--name", help="run directory name (default: the quantizer)")
+    train.add_argument(
+        "--resume", action="store_true", help="continue from runs/<name>/checkpoint.pt"
+    )
+    train.add_argument(
+        "--data", help="folder of images or CIFAR-style .npz (default: embedded photographs)"
+    )
+    train.add_argument("--seed", type=int, default=defaults.seed)
+    train.add_argument("--out", default=defaults.out_dir)
+    train.set_defaults(handler=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from wvq_kernels.train import compare, train
+
+    if args.compare:
+        compare([train_config(args, quantizer) for quantizer in args.compare], log=print)
+    else:
+        train(train_config(args, args.quantizer), resume=args.resume)
+    return 0
+
+
+def train_config(args: argparse.Namespace, quantizer: str | None):
+    """The TrainConfig of one run: ``quantizer`` (one of --compare's) or --quantizer."""
+    from wvq_kernels.train import TrainConfig
+
+    # NSVQ's quantizer goes with NSVQ's stages, whichever way it is asked for.
+    quantizer = quantizer or ("nsvq" if args.strategy == "nsvq" else TrainConfig.quantizer)
+    strategy = "nsvq" if quantizer == "nsvq" else args.strategy
+    name = args.name if args.name and not args.compare else quantizer
+    default_minutes = NSVQ_JOINT_MINUTES if strategy == "nsvq" else TrainConfig.minutes
+    return TrainConfig(
+        name=name,
+        quantizer=quantizer,
+        strategy=strategy,
+        codebook_size=args.codebook_size,
+        steps=args.steps,
+        minutes=args.minutes or default_minutes,
+        consolidate_minutes=args.consolidate_minutes,
+        adversarial_minutes=args.adversarial_minutes,
+        batch_size=args.batch_size,
+        codebook_lr=args.codebook_lr,
+        data=args.data,
+        seed=args.seed,
+        out_dir=args.out,
+    )

@@ -13,14 +13,16 @@ extern "C" PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(wvq, m) {
+  // Character for character the table in wvq_kernels/_schemas.py, which the Triton namespace
+  // also equals (tests/test_registry.py): unnamed returns and SymInt sizes, as triton_op infers.
   m.def("assign(Tensor x, Tensor codebook, str metric, str precision, bool histogram)"
-        " -> (Tensor indices, Tensor distances, Tensor counts)");
-  m.def("code_histogram(Tensor indices, int num_codes) -> Tensor");
-  m.def("code_sums(Tensor indices, Tensor x, int num_codes) -> (Tensor counts, Tensor sums)");
-  m.def("usage(Tensor counts) -> (Tensor utilization, Tensor perplexity)");
-  m.def("moments(Tensor x) -> (Tensor count, Tensor mean, Tensor cov)");
-  m.def("soft_assign_stats(Tensor x, Tensor codebook, float tau, float lam) -> (Tensor loss,"
-        " Tensor weight_sums, Tensor weighted_sums, Tensor indices, Tensor distances)");
+        " -> (Tensor, Tensor, Tensor)");
+  m.def("code_histogram(Tensor indices, SymInt num_codes) -> Tensor");
+  m.def("code_sums(Tensor indices, Tensor x, SymInt num_codes) -> (Tensor, Tensor)");
+  m.def("usage(Tensor counts) -> (Tensor, Tensor)");
+  m.def("moments(Tensor x) -> (Tensor, Tensor, Tensor)");
+  m.def("soft_assign_stats(Tensor x, Tensor codebook, float tau, float lam)"
+        " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("cpu_isa() -> str", &wvq::cpu::cpu_isa);
 }
 

@@ -4,6 +4,7 @@ Importing works without the compiled extension: the pure-PyTorch reference backe
 there, and ``available_backends()`` says why the others are missing.
 """
 
+from wvq_kernels.kmeans import kmeans
 from wvq_kernels.losses import gaussian_w2
 from wvq_kernels.ops import (
     Assignment,
@@ -15,6 +16,7 @@ from wvq_kernels.ops import (
     code_histogram,
     code_sums,
     moments,
+    resolve_precision,
     soft_assign_stats,
     usage,
 )
@@ -31,7 +33,9 @@ __all__ = [
     "code_histogram",
     "code_sums",
     "gaussian_w2",
+    "kmeans",
     "moments",
+    "resolve_precision",
     "soft_assign_stats",
     "usage",
     "__version__",

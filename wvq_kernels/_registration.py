@@ -1,0 +1,131 @@
+"""What every op namespace needs beyond its kernels: fake (shape-only) kernels, so that the ops
+trace under torch.compile and FakeTensor, and autograd formulas; plus the lookup from a resolved
+backend to the callable that runs an op."""
+
+import torch
+from torch import Tensor
+
+from wvq_kernels import reference
+from wvq_kernels._backends import BACKEND_STATUS
+
+
+def kernel(backend: str, name: str):
+    """The implementation of op ``name`` on a resolved backend. The C++ backends share the
+    ``torch.ops.wvq`` entry points, which dispatch on the tensors' device; Triton has its own
+    ``torch.ops.wvq_triton`` ones, since it also runs on CPU tensors (interpreter)."""
+    if backend == "reference":
+        if name == "soft_assign_stats":  # plain PyTorch, given the registered ops' gradient
+            return ReferenceSoftAssignStats.apply
+        return getattr(reference, name)
+    return getattr(torch.ops.wvq_triton if backend == "triton" else torch.ops.wvq, name)
+
+
+def _register_fake_kernels(namespace: str) -> None:
+    @torch.library.register_fake(f"{namespace}::assign")
+    def _(x, codebook, metric, precision, histogram):
+        num_counts = codebook.shape[0] if histogram else 0
+        return (
+            x.new_empty(x.shape[0], dtype=torch.int64),
+            x.new_empty(x.shape[0], dtype=torch.float32),
+            x.new_empty(num_counts, dtype=torch.int64),
+        )
+
+    @torch.library.register_fake(f"{namespace}::code_histogram")
+    def _(indices, num_codes):
+        return indices.new_empty(num_codes, dtype=torch.int64)
+
+    @torch.library.register_fake(f"{namespace}::code_sums")
+    def _(indices, x, num_codes):
+        return (
+            x.new_empty(num_codes, dtype=torch.int64),
+            x.new_empty(num_codes, x.shape[1], dtype=torch.float32),
+        )
+
+    @torch.library.register_fake(f"{namespace}::usage")
+    def _(counts):
+        return counts.new_empty((), dtype=torch.float32), counts.new_empty((), dtype=torch.float32)
+
+    @torch.library.register_fake(f"{namespace}::soft_assign_stats")
+    def _(x, codebook, tau, lam):
+        num_codes, dim = codebook.shape
+        return (
+            x.new_empty((), dtype=torch.float32),
+            x.new_empty(num_codes, dtype=torch.float32),
+            x.new_empty(num_codes, dim, dtype=torch.float32),
+            x.new_empty(x.shape[0], dtype=torch.int64),
+            x.new_empty(x.shape[0], dtype=torch.float32),
+        )
+
+    @torch.library.register_fake(f"{namespace}::moments")
+    def _(x):
+        return (
+            x.new_empty((), dtype=torch.int64),
+            x.new_empty(x.shape[1], dtype=torch.float64),
+            x.new_empty(x.shape[1], x.shape[1], dtype=torch.float64),
+        )
+
+
+def _moments_input_grad(x: Tensor, mean: Tensor, grad_mean: Tensor, grad_cov: Tensor) -> Tensor:
+    """d/dx of <grad_mean, mean> + <grad_cov, cov> for cov = (1/n) sum (x_i - mu)(x_i - mu)^T:
+    grad_mean / n + (1/n) (G + G^T)(x_i - mu). The path through mu vanishes because the
+    centred rows sum to zero."""
+    n = x.shape[0]
+    centred = x.to(torch.float64) - mean
+    grad = grad_mean / n + centred @ (grad_cov + grad_cov.T) / n
+    return grad.to(x.dtype)
+
+
+def _moments_setup_context(ctx, inputs, output):
+    (x,) = inputs
+    _, mean, _ = output
+    ctx.save_for_backward(x, mean)
+
+
+def _moments_backward(ctx, grad_count, grad_mean, grad_cov):
+    x, mean = ctx.saved_tensors
+    return _moments_input_grad(x, mean, grad_mean, grad_cov)
+
+
+def _soft_assign_setup_context(ctx, inputs, output):
+    x, codebook, _, _ = inputs
+    _, weight_sums, weighted_sums, indices, distances = output
+    ctx.mark_non_differentiable(weight_sums, weighted_sums, indices, distances)
+    ctx.save_for_backward(codebook, weight_sums, weighted_sums)
+    ctx.num_rows, ctx.dim = x.shape
+
+
+def _soft_assign_backward(ctx, grad_loss, *_):
+    """dloss/de_k = 2 / (N D) (W_k e_k - S_k), the weights held constant; none for x."""
+    codebook, weight_sums, weighted_sums = ctx.saved_tensors
+    scale = grad_loss * (2.0 / (max(ctx.num_rows, 1) * ctx.dim))
+    grad = (weight_sums[:, None] * codebook.to(torch.float32) - weighted_sums) * scale
+    return None, grad.to(codebook.dtype), None, None
+
+
+class ReferenceSoftAssignStats(torch.autograd.Function):
+    """The reference backend's soft_assign_stats with the registered ops' gradient."""
+
+    @staticmethod
+    def forward(x, codebook, tau, lam):
+        return reference.soft_assign_stats(x, codebook, tau, lam)
+
+    setup_context = staticmethod(_soft_assign_setup_context)
+    backward = staticmethod(_soft_assign_backward)
+
+
+def _register_autograd(namespace: str) -> None:
+    torch.library.register_autograd(
+        f"{namespace}::moments", _moments_backward, setup_context=_moments_setup_context
+    )
+    torch.library.register_autograd(
+        f"{namespace}::soft_assign_stats",
+        _soft_assign_backward,
+        setup_context=_soft_assign_setup_context,
+    )
+
+
+# The same fake kernels and autograd for every namespace that the backends define.
+for _backend, _namespace in (("cpu", "wvq"), ("triton", "wvq_triton")):
+    if BACKEND_STATUS[_backend]:
+        _register_fake_kernels(_namespace)
+        _register_autograd(_namespace)

@@ -1,0 +1,27 @@
+"""The one table of op schemas, shared by both namespaces.
+
+``torch.ops.wvq`` is defined in C++ (csrc/ops.cpp, ``TORCH_LIBRARY(wvq, m)``) with exactly these
+strings, and ``torch.ops.wvq_triton`` by ``torch.library.triton_op`` from the type hints of the
+functions in wvq_kernels/triton/, which infers unnamed returns and ``SymInt`` sizes: the table is
+written in that form so that both namespaces can equal it. tests/test_registry.py fails when
+either namespace differs from this table, or when an op lacks its reference function, public
+wrapper, test file or benchmark. Adding an op: docs/adding-an-op.md.
+"""
+
+SCHEMAS = {
+    "assign": (
+        "(Tensor x, Tensor codebook, str metric, str precision, bool histogram)"
+        " -> (Tensor, Tensor, Tensor)"
+    ),
+    "code_histogram": "(Tensor indices, SymInt num_codes) -> Tensor",
+    "code_sums": "(Tensor indices, Tensor x, SymInt num_codes) -> (Tensor, Tensor)",
+    "usage": "(Tensor counts) -> (Tensor, Tensor)",
+    "moments": "(Tensor x) -> (Tensor, Tensor, Tensor)",
+    "soft_assign_stats": (
+        "(Tensor x, Tensor codebook, float tau, float lam)"
+        " -> (Tensor, Tensor, Tensor, Tensor, Tensor)"
+    ),
+}
+
+# Ops of the C++ library that take no tensors and exist on the CPU extension only.
+HOST_ONLY_OPS = {"cpu_isa": "() -> str"}

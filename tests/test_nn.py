@@ -263,22 +263,52 @@ def test_kmeans_init_fits_the_first_training_batch():
     assert quantizer.embedding.abs().sum() == 0
 
 
-@pytest.mark.parametrize("name", ["vanilla", "wasserstein"])
-def test_forward_under_torch_compile_without_graph_breaks(name):
+COMPILED_VARIANTS = {
+    "vanilla": "vanilla",
+    "ema": "ema",
+    "wasserstein": "wasserstein",
+    "simvq": "simvq",
+    "dead_codes": "projected",
+    "nsvq": "nsvq",
+}
+
+
+@pytest.mark.parametrize("name", COMPILED_VARIANTS.values(), ids=COMPILED_VARIANTS.keys())
+def test_compiled_training_steps_equal_eager_ones_without_graph_breaks(name):
+    """fullgraph: a host sync (.item(), a data-dependent branch, a torch.Generator call)
+    would be a graph break and fail. Each step runs forward, backward and an optimizer step;
+    afterwards the compiled module holds the same state as the eager one."""
     eager = make(name)
-    spread_codebook(eager)
-    compiled_module = make(name)
-    compiled_module.load_state_dict(eager.state_dict())
-    # fullgraph: a host sync (.item(), a data-dependent branch) would be a graph break.
-    compiled = torch.compile(compiled_module, backend="aot_eager", fullgraph=True)
-    for step in range(2):
+    spread_codebook_of(eager)
+    module = make(name)
+    module.load_state_dict(eager.state_dict())
+    compiled = torch.compile(module, backend="aot_eager", fullgraph=True)
+    # An EMA codebook has no parameters: it learns in forward.
+    optimizers = [torch.optim.SGD(list(m.parameters()) or [torch.zeros(1)], lr=0.1)
+                  for m in (eager, module)]
+    for step in range(3):
         z = torch.randn(40, 6) + step
-        expected, actual = eager(z), compiled(z)
+        # Gradients reach the features too, as they would reach an encoder.
+        z_eager, z_compiled = z.clone().requires_grad_(), z.clone().requires_grad_()
+        expected, actual = eager(z_eager), compiled(z_compiled)
         assert torch.equal(actual.indices, expected.indices)
         torch.testing.assert_close(actual.loss, expected.loss)
         torch.testing.assert_close(actual.quantized, expected.quantized)
         for key in expected.stats:
             torch.testing.assert_close(actual.stats[key], expected.stats[key])
+        for out, optimizer in zip((expected, actual), optimizers):
+            optimizer.zero_grad()
+            (out.loss + out.quantized.square().mean()).backward()
+            optimizer.step()
+        torch.testing.assert_close(z_compiled.grad, z_eager.grad)
+    for key, value in eager.state_dict().items():
+        torch.testing.assert_close(module.state_dict()[key], value, msg=key)
+
+
+def spread_codebook_of(quantizer):
+    """Spread codes (so that many win) where the codebook is a per-code vector."""
+    if not quantizer.linear_reparam:
+        spread_codebook(quantizer)
 
 
 def _train_utilization(distribution_loss, steps=300, batch=2048, shift=3.0):

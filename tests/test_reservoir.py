@@ -2,16 +2,17 @@
 sample is uniform over the stream, and refill draws are distinct rows."""
 import torch
 
+from wvq_kernels.nn.counter_random import CounterRandom
 from wvq_kernels.nn.reservoir import FeatureReservoir
 
 
 def sequential_reservoir(stream: torch.Tensor, size: int, chunk: int, seed: int) -> torch.Tensor:
     """Algorithm R one row at a time, on the uniforms the chunked push draws."""
-    generator = torch.Generator().manual_seed(seed)
+    random = CounterRandom(seed)
     rows = torch.zeros(size, stream.shape[1])
     for start in range(0, len(stream), chunk):
         part = stream[start:start + chunk]
-        uniform = torch.rand(len(part), generator=generator, dtype=torch.float64)
+        uniform = random.uniform(len(part))
         for offset, row in enumerate(part):
             t = start + offset
             slot = t if t < size else int(uniform[offset] * (t + 1))
@@ -23,7 +24,7 @@ def sequential_reservoir(stream: torch.Tensor, size: int, chunk: int, seed: int)
 def test_chunked_push_equals_sequential_algorithm():
     stream = torch.randn(500, 3)
     reservoir = FeatureReservoir(64, 3)
-    generator = torch.Generator().manual_seed(5)
+    generator = CounterRandom(5)
     for part in stream.split(37):
         reservoir.push(part, generator)
     assert torch.equal(reservoir.rows, sequential_reservoir(stream, 64, 37, seed=5))
@@ -35,7 +36,7 @@ def test_every_stream_row_is_equally_likely():
     hits = torch.zeros(stream_length)
     for seed in range(trials):
         reservoir = FeatureReservoir(size, 1)
-        generator = torch.Generator().manual_seed(seed)
+        generator = CounterRandom(seed)
         for part in torch.arange(stream_length, dtype=torch.float32)[:, None].split(29):
             reservoir.push(part, generator)
         kept = reservoir.rows[:, 0].long()
@@ -51,7 +52,7 @@ def test_every_stream_row_is_equally_likely():
 
 def test_draw_distinct_permutes_filled_rows_and_clear_restarts():
     reservoir = FeatureReservoir(16, 1)
-    generator = torch.Generator().manual_seed(0)
+    generator = CounterRandom(0)
     reservoir.push(torch.arange(10, dtype=torch.float32)[:, None], generator)
     drawn = reservoir.draw_distinct(10, generator)[:, 0]
     assert sorted(drawn.tolist()) == list(range(10))

@@ -4,7 +4,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..ops import Moments, moments
+from .. import _trusted as kernels
+from ..ops import Moments
+from .counter_random import CounterRandom
 
 __all__ = ["FeatureQueue", "remove_moments"]
 
@@ -62,24 +64,22 @@ class FeatureQueue(nn.Module):
         slots = (self.position + torch.arange(chunk.shape[0], device=chunk.device)) % self.size
         evicted = self._moments_of_written(slots)
         kept = remove_moments(self.moments(), evicted)
-        updated = kept.merge(moments(chunk, backend=self.backend))
+        updated = kept.merge(kernels.moments(chunk, backend=self.backend))
         self.rows.index_copy_(0, slots, chunk)
         self._store(updated)
         self.position.copy_((self.position + chunk.shape[0]) % self.size)
         self.filled.copy_((self.filled + chunk.shape[0]).clamp_max(self.size))
 
-    def sample(self, count: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, count: int, random: CounterRandom) -> Tensor:
         """``count`` rows drawn uniformly (with replacement) from the filled part; zeros while
         the queue is empty."""
-        # Drawn on the host: the generator is a CPU one, so the draws do not depend on the device.
-        uniform = torch.rand(count, generator=generator).to(self.rows.device)
-        slots = (uniform * self.filled).long().clamp_max(self.size - 1)
+        slots = (random.uniform(count) * self.filled).long().clamp_max(self.size - 1)
         return self.rows[slots]
 
     def _moments_of_written(self, slots: Tensor) -> Moments:
         # Slots at or past the fill level were never written: they hold zeros, which are
         # removed again as a block of zero rows.
-        gathered = moments(self.rows[slots], backend=self.backend)
+        gathered = kernels.moments(self.rows[slots], backend=self.backend)
         unwritten = (slots >= self.filled).sum()
         dim = self.rows.shape[1]
         zeros = Moments(unwritten, self.mean.new_zeros(dim), self.cov.new_zeros(dim, dim))
@@ -87,7 +87,7 @@ class FeatureQueue(nn.Module):
 
     def _reset_to(self, rows: Tensor) -> None:
         self.rows.copy_(rows)
-        self._store(moments(rows, backend=self.backend))
+        self._store(kernels.moments(rows, backend=self.backend))
         self.position.zero_()
         self.filled.fill_(self.size)
 

@@ -8,9 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import _trusted as kernels
 from ..kmeans import kmeans
 from ..losses import gaussian_w2
-from ..ops import Assignment, assign, code_histogram, code_sums, moments, soft_assign_stats, usage
+from ..ops import Assignment
+from .counter_random import CounterRandom
 from .feature_queue import FeatureQueue
 from .reservoir import FeatureReservoir
 
@@ -72,8 +74,8 @@ class VectorQuantizer(nn.Module):
     The codebook is ``codebook_parameters()`` (train it with its own, larger learning rate, as
     the W-VQ reference does; with ``distribution_loss="wasserstein"`` by SGD with momentum, not
     Adam: W moves every code by one affine map, which SGD keeps and Adam's per-coordinate
-    scaling breaks, leaving unused codes behind; ``wvq_kernels.train.codebook_optimizer`` has
-    the settings `wvq train` uses); ``reset_usage()`` restarts the running usage counters.
+    scaling breaks, leaving unused codes behind; ``wvq_kernels.vqvae.config.codebook_optimizer``
+    has the settings `wvq train` uses); ``reset_usage()`` restarts the running usage counters.
     """
 
     def __init__(self, dim: int, codebook_size: int, *, codebook_dim: int | None = None,
@@ -110,8 +112,7 @@ class VectorQuantizer(nn.Module):
         self.reservoir = FeatureReservoir(reservoir_size, codebook_dim) if reservoir_size else None
         # Seeded from the global generator, so torch.manual_seed before construction fixes the
         # dead-code draws as it fixes the initial codebook.
-        seed = int(torch.randint(2**62, ()).item())
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = CounterRandom(int(torch.randint(2**62, ()).item()))
 
     def _init_codebook(self) -> None:
         size, dim = self.codebook_size, self.codebook_dim
@@ -177,15 +178,15 @@ class VectorQuantizer(nn.Module):
 
     def _assign(self, features: Tensor, codes: Tensor) -> tuple[Assignment, Tensor]:
         """The nearest codes (with their histogram) and the unweighted codebook term."""
-        # No finiteness check: it would sync with the host every step, and a non-finite z
-        # shows anyway, as a non-finite loss.
+        # The trusted path: no finiteness check, which would sync with the host every step
+        # (a non-finite z shows anyway, as a non-finite loss).
         if self.codebook_loss == "dense":
-            dense = soft_assign_stats(features.detach(), codes, tau=self.tau, lam=self.lam,
-                                      backend=self.backend, check_finite=False)
-            counts = code_histogram(dense.indices, self.codebook_size)
+            dense = kernels.soft_assign_stats(features.detach(), codes, tau=self.tau,
+                                              lam=self.lam, backend=self.backend)
+            counts = kernels.code_histogram(dense.indices, self.codebook_size,
+                                            backend=self.backend)
             return Assignment(dense.indices, dense.distances, counts), dense.loss
-        result = assign(features, codes.detach(), histogram=True, backend=self.backend,
-                        check_finite=False)
+        result = kernels.assign(features, codes.detach(), histogram=True, backend=self.backend)
         return result, F.mse_loss(codes[result.indices], features.detach())
 
     def _normalize(self, vectors: Tensor) -> Tensor:
@@ -199,11 +200,11 @@ class VectorQuantizer(nn.Module):
         if self.training:
             feature_stats = self.queue.moments()
         else:
-            feature_stats = moments(features.detach(), backend=self.backend)
+            feature_stats = kernels.moments(features.detach(), backend=self.backend)
         feature_cov = feature_stats.sample_cov()
         # Scale-free re-weighting: divide by the (detached) largest per-dimension feature std.
         scale = torch.diagonal(feature_cov).max().clamp_min(1e-12).sqrt()
-        code_stats = moments(codes / scale.to(codes.dtype), backend=self.backend)
+        code_stats = kernels.moments(codes / scale.to(codes.dtype), backend=self.backend)
         distance = gaussian_w2(feature_stats.mean / scale,
                                self.target_cov_scale * feature_cov / scale.square(),
                                code_stats.mean, code_stats.sample_cov())
@@ -212,7 +213,8 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def _update_codebook_state(self, features: Tensor, indices: Tensor, counts: Tensor) -> None:
         if self.ema:
-            counts, sums = code_sums(indices, features, self.codebook_size, backend=self.backend)
+            counts, sums = kernels.code_sums(indices, features, self.codebook_size,
+                                             backend=self.backend)
             self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         self.cluster_size.mul_(self.decay).add_(counts.float(), alpha=1 - self.decay)
         if self.ema:
@@ -270,8 +272,8 @@ class VectorQuantizer(nn.Module):
 
     def _stats(self, result, commitment: Tensor, codebook_term: Tensor,
                wasserstein: Tensor) -> dict[str, Tensor]:
-        utilization, perplexity = usage(result.counts)
-        running_utilization, _ = usage(self.usage_counts)
+        utilization, perplexity = kernels.usage(result.counts, backend=self.backend)
+        running_utilization, _ = kernels.usage(self.usage_counts, backend=self.backend)
         return {
             "quantization_error": result.distances.mean(),
             "utilization": utilization,
@@ -283,11 +285,10 @@ class VectorQuantizer(nn.Module):
         }
 
     def get_extra_state(self) -> dict:
-        return {"initialized": self.initialized, "generator": self.generator.get_state()}
+        return {"initialized": self.initialized}
 
     def set_extra_state(self, state: dict) -> None:
         self.initialized = state["initialized"]
-        self.generator.set_state(state["generator"])
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, codebook_size={self.codebook_size}, "

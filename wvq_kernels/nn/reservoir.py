@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .counter_random import CounterRandom
+
 __all__ = ["FeatureReservoir"]
 
 
@@ -14,8 +16,9 @@ class FeatureReservoir(nn.Module):
     Row t of the stream (0-based) fills slot t while the reservoir is not full; after that it
     replaces slot r, r uniform in [0, t], when r < size. A chunk is processed at once: when
     several of its rows pick the same slot, the last one wins, as in the sequential algorithm.
-    The stream length is a tensor and the random draws come from a host generator, so pushing
-    never syncs with the host and the sample is the same on every device for the same seed.
+    The stream length is a tensor and the random draws are counter-based (``CounterRandom``),
+    so pushing never syncs with the host and the sample is the same on every device for the
+    same seed.
     """
 
     def __init__(self, size: int, dim: int):
@@ -34,15 +37,14 @@ class FeatureReservoir(nn.Module):
         self.seen.zero_()
 
     @torch.no_grad()
-    def push(self, chunk: Tensor, generator: torch.Generator) -> None:
+    def push(self, chunk: Tensor, random: CounterRandom) -> None:
         chunk = chunk.detach().reshape(-1, self.rows.shape[1]).to(self.rows.dtype)
         count = chunk.shape[0]
         if count == 0:
             return
         device = self.rows.device
         stream_index = self.seen + torch.arange(count, device=device)
-        uniform = torch.rand(count, generator=generator, dtype=torch.float64).to(device)
-        drawn = (uniform * (stream_index + 1)).long()
+        drawn = (random.uniform(count) * (stream_index + 1)).long()
         slot = torch.where(stream_index < self.size, stream_index, drawn)
         # The last row of the chunk that picked each slot (-1: none); max is order-independent,
         # so the result is deterministic on every device.
@@ -54,11 +56,11 @@ class FeatureReservoir(nn.Module):
         self.rows.copy_(torch.where((winner >= 0)[:, None], written, self.rows))
         self.seen.add_(count)
 
-    def draw_distinct(self, count: int, generator: torch.Generator) -> Tensor:
+    def draw_distinct(self, count: int, random: CounterRandom) -> Tensor:
         """``count`` rows: a random permutation of the filled slots, repeated cyclically when
         ``count`` exceeds them (zeros while empty). Distinct rows for the first ``filled``
         draws, so refilled codes do not start as exact duplicates of each other."""
-        keys = torch.rand(self.size, generator=generator).to(self.rows.device)
+        keys = random.uniform(self.size)
         slots = torch.arange(self.size, device=self.rows.device)
         # Unfilled slots sort last, so the first `filled` entries permute the filled ones.
         order = torch.argsort(torch.where(slots < self.filled, keys, 2.0))

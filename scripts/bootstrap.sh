@@ -2,7 +2,7 @@
 # Idempotent set-up of .venv: pinned CPU torch, the build requirements, and this package
 # installed editable (which builds the C++ extension wvq_kernels._C).
 #
-#   bash scripts/bootstrap.sh           # runtime + [test] extras
+#   bash scripts/bootstrap.sh           # runtime + [test,vqvae] extras (wvq train needs vqvae)
 #   bash scripts/bootstrap.sh --bench   # also the [bench] extras
 #
 # A second run with nothing changed skips pip entirely (1-2 s instead of ~30 s for a no-op
@@ -16,10 +16,10 @@ readonly TORCH_PIN="torch==2.13.0"
 readonly VENV=.venv
 readonly PY="$VENV/bin/python"
 
-extras=test
+extras=test,vqvae
 case "${1:-}" in
   "") ;;
-  --bench) extras=test,bench ;;
+  --bench) extras=test,vqvae,bench ;;
   *) echo "usage: $0 [--bench]" >&2; exit 2 ;;
 esac
 
@@ -55,7 +55,7 @@ pip_install() {
 
 [[ -x "$PY" ]] || python3 -m venv "$VENV"
 
-stamp="$VENV/.wvq-bootstrap-${extras/,/-}"
+stamp="$VENV/.wvq-bootstrap-${extras//,/-}"
 fingerprint=$(inputs_fingerprint)
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$fingerprint" ]] && "$PY" -c "import wvq_kernels._C" 2>/dev/null; then
   echo "bootstrap: up to date ($VENV, extras [$extras])"

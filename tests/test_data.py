@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from wvq_kernels import data
+from wvq_kernels.vqvae import data
 
 
 def test_npz_loader_splits_and_scales(tmp_path):

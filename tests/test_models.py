@@ -1,6 +1,6 @@
 import torch
 
-from wvq_kernels.models import VQVAE
+from wvq_kernels.vqvae.models import VQVAE
 from wvq_kernels.nn import VectorQuantizer
 
 

@@ -3,9 +3,11 @@ import json
 import numpy as np
 import pytest
 
-from wvq_kernels.train import TrainConfig, train
+from wvq_kernels.vqvae import TrainConfig, train
 
-ARTEFACTS = ("metrics.json", "metrics.csv", "usage.png", "reconstructions.png", "checkpoint.pt")
+ARTEFACTS = (
+    "metrics.json", "metrics.csv", "curve.csv", "usage.png", "reconstructions.png", "checkpoint.pt"
+)
 
 
 @pytest.fixture
@@ -37,6 +39,27 @@ def test_resume_matches_uninterrupted_run(tiny_config, tmp_path):
     assert resumed == full
 
 
+def test_curve_records_loss_and_batch_utilization_every_few_steps_across_a_resume(
+    tiny_config, tmp_path
+):
+    pytest.importorskip("matplotlib")
+    tiny_config.curve_every = 5
+    train(tiny_config, log=lambda _: None)
+    tiny_config.name, tiny_config.steps = "split", 20
+    train(tiny_config, log=lambda _: None)
+    tiny_config.steps = 40
+    train(tiny_config, resume=True, log=lambda _: None)
+    curves = [
+        json.loads((tmp_path / "runs" / name / "metrics.json").read_text())["curve"]
+        for name in ("tiny", "split")
+    ]
+    assert curves[0] == curves[1]
+    assert [row["step"] for row in curves[0]] == list(range(5, 41, 5))
+    assert all(row["loss"] > 0 and 0 < row["batch_utilization"] <= 1 for row in curves[0])
+    csv_lines = (tmp_path / "runs" / "tiny" / "curve.csv").read_text().splitlines()
+    assert csv_lines[0] == "step,stage,loss,batch_utilization" and len(csv_lines) == 9
+
+
 @pytest.fixture
 def nsvq_config(tiny_config):
     tiny_config.name, tiny_config.quantizer, tiny_config.strategy = "nsvq", "nsvq", "nsvq"
@@ -63,21 +86,21 @@ def test_nsvq_runs_its_three_stages_and_logs_refills(nsvq_config, tmp_path):
 
 def test_nsvq_resumes_exactly_inside_a_stage(nsvq_config, monkeypatch):
     pytest.importorskip("matplotlib")
-    from wvq_kernels import train as train_module
+    from wvq_kernels.vqvae import loop
 
     full = train(nsvq_config, log=lambda _: None)
     nsvq_config.name = "interrupted"
-    original_step = train_module.Trainer.train_step
+    original_step = loop.Trainer.train_step
 
     def interrupt_after_step_30(self, images, stage):
         if self.step == 30:  # inside the consolidation stage, just after a checkpoint
             raise KeyboardInterrupt
         return original_step(self, images, stage)
 
-    monkeypatch.setattr(train_module.Trainer, "train_step", interrupt_after_step_30)
+    monkeypatch.setattr(loop.Trainer, "train_step", interrupt_after_step_30)
     with pytest.raises(KeyboardInterrupt):
         train(nsvq_config, log=lambda _: None)
-    monkeypatch.setattr(train_module.Trainer, "train_step", original_step)
+    monkeypatch.setattr(loop.Trainer, "train_step", original_step)
     assert train(nsvq_config, resume=True, log=lambda _: None) == full
 
 
@@ -85,14 +108,14 @@ def test_compare_prints_one_table_of_the_final_evaluations(nsvq_config, tmp_path
     pytest.importorskip("matplotlib")
     import dataclasses
 
-    from wvq_kernels.train import compare
+    from wvq_kernels.vqvae import compare
 
     standard = [dataclasses.replace(nsvq_config, name=q, quantizer=q, strategy="standard")
                 for q in ("simvq", "wasserstein")]
     configs = [nsvq_config, *standard]
     printed = []
     rows = compare(configs, log=printed.append)
-    table = printed[-len(configs) - 3:-1]
+    table = printed[-2].splitlines()
     assert table[0].split()[:3] == ["quantizer", "strategy", "steps"]
     assert [line.split()[:2] for line in table[2:]] == [
         ["nsvq", "nsvq"], ["simvq", "standard"], ["wasserstein", "standard"]]
@@ -108,7 +131,7 @@ def test_compare_prints_one_table_of_the_final_evaluations(nsvq_config, tmp_path
 def test_diagnose_reports_the_runs_own_utilization_beside_the_ceilings(tiny_config, tmp_path):
     pytest.importorskip("matplotlib")
     from wvq_kernels.cli import main
-    from wvq_kernels.train import diagnose
+    from wvq_kernels.vqvae import diagnose
 
     final = train(tiny_config, log=lambda _: None)[-1]
     printed = []
@@ -120,14 +143,14 @@ def test_diagnose_reports_the_runs_own_utilization_beside_the_ceilings(tiny_conf
     assert rows[0]["quantization_error"] == pytest.approx(final["quantization_error"], rel=1e-6)
     saved = json.loads((tmp_path / "runs" / "tiny" / "ceilings.json").read_text())
     assert saved == rows
-    assert printed[-1].split()[:2] == ["training", "features"]
+    assert printed[-1].splitlines()[-1].split()[:2] == ["training", "features"]
     assert main(["diagnose", str(tmp_path / "runs" / "tiny")]) == 0
 
 
 def test_a_gaussian_codebook_misses_clustered_features_that_a_sample_covers():
     import torch
 
-    from wvq_kernels.train import utilization_ceilings
+    from wvq_kernels.vqvae.evaluation import utilization_ceilings
 
     generator = torch.Generator().manual_seed(0)
     centres = 3 * torch.randn(6, 8, generator=generator)
@@ -152,7 +175,8 @@ def test_wvq_trains_its_codebook_by_unclipped_sgd_with_a_rate_proportional_to_k(
 
     import torch
 
-    from wvq_kernels.train import build_model, build_optimizer
+    from wvq_kernels.vqvae.config import build_model
+    from wvq_kernels.vqvae.loop import build_optimizer
 
     model = build_model(tiny_config)
     optimizers = build_optimizer(model, tiny_config)
@@ -174,7 +198,7 @@ def test_wvq_trains_its_codebook_by_unclipped_sgd_with_a_rate_proportional_to_k(
 def test_cli_codebook_lr_overrides_the_quantizers_rate_and_keeps_its_algorithm():
     from wvq_kernels.cli import build_parser
     from wvq_kernels.cli.train import train_config
-    from wvq_kernels.train import codebook_optimizer
+    from wvq_kernels.vqvae.config import codebook_optimizer
 
     def config(*argv):
         args = build_parser().parse_args(["train", *argv])
@@ -185,3 +209,18 @@ def test_cli_codebook_lr_overrides_the_quantizers_rate_and_keeps_its_algorithm()
     assert codebook_optimizer(config("--codebook-lr", "0.5")) == ("sgd", 0.5)
     assert codebook_optimizer(config("--quantizer", "vanilla")) == ("adam", 0.02)
     assert codebook_optimizer(config("--quantizer", "vanilla", "--codebook-lr", "0.1")) == ("adam", 0.1)
+
+
+def test_usage_metrics_turns_an_assignment_into_utilization_perplexity_and_error():
+    import torch
+
+    import wvq_kernels
+    from wvq_kernels.vqvae.evaluation import usage_metrics
+
+    x = torch.tensor([[0.0], [0.0], [1.0], [3.0]])
+    codebook = torch.tensor([[0.0], [1.0], [2.0], [5.0]])
+    metrics = usage_metrics(wvq_kernels.assign(x, codebook, histogram=True))
+    # Codes 0, 0, 1 and 2 (distance 1): three of four codes used, shares 1/2, 1/4, 1/4.
+    assert metrics == pytest.approx(
+        {"utilization": 0.75, "perplexity": 2**1.5, "quantization_error": 0.25}
+    )

@@ -12,6 +12,8 @@ from pathlib import Path
 __all__ = ["Column", "format_table", "line_plots"]
 
 MAX_PANEL_COLUMNS = 3
+# Series this short are drawn with markers: a single evaluation would be invisible as a line.
+MARKERS_BELOW = 50
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,8 @@ def line_plots(
     logy: Sequence[str] = (),
 ) -> Path | None:
     """One figure, one panel per (title, {label: (xs, ys)}); saved to path with the Agg backend;
-    None when matplotlib is missing. Panels whose title is in ``logy`` get a log y-axis."""
+    None when matplotlib is missing. Panels whose title is in ``logy`` get a log y-axis; all
+    panels span the same x range, so that sparse series line up with dense ones."""
     try:
         import matplotlib
 
@@ -72,18 +75,13 @@ def line_plots(
     columns = min(MAX_PANEL_COLUMNS, len(panels))
     rows = math.ceil(len(panels) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 4 * rows), squeeze=False)
-    previous_labels = None
-    for axis, (title, series) in zip(axes.flat, panels):
-        for label, (xs, ys) in series.items():
-            axis.plot(xs, ys, label=label)
-        axis.set_title(title)
-        axis.set_xlabel(xlabel)
-        if title in logy:
-            axis.set_yscale("log")
-        # One legend per distinct set of lines: panels that repeat the previous labels omit it.
-        if len(series) > 1 and list(series) != previous_labels:
-            axis.legend(fontsize=7)
-        previous_labels = list(series)
+    labels = [list(series) for _, series in panels]
+    for index, (axis, (title, series)) in enumerate(zip(axes.flat, panels)):
+        if index > 0:
+            axis.sharex(axes.flat[0])
+        # One legend per run of panels with the same lines, on the last of them.
+        legend = len(series) > 1 and labels[index + 1 : index + 2] != [labels[index]]
+        _draw(axis, title, series, xlabel=xlabel, log=title in logy, legend=legend)
     for axis in axes.flat[len(panels) :]:
         axis.set_visible(False)
     figure.tight_layout()
@@ -91,3 +89,14 @@ def line_plots(
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def _draw(axis, title: str, series: dict, *, xlabel: str, log: bool, legend: bool) -> None:
+    for label, (xs, ys) in series.items():
+        axis.plot(xs, ys, marker="o" if len(xs) < MARKERS_BELOW else None, label=label)
+    axis.set_title(title)
+    axis.set_xlabel(xlabel)
+    if log:
+        axis.set_yscale("log")
+    if legend:
+        axis.legend(fontsize=7)

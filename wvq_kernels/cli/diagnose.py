@@ -16,7 +16,7 @@ def add_parser(commands) -> None:
 
 
 def run_diagnose(args: argparse.Namespace) -> int:
-    from wvq_kernels.train import diagnose
+    from wvq_kernels.vqvae.evaluation import diagnose
 
     diagnose(args.run)
     return 0

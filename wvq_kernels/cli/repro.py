@@ -6,7 +6,7 @@ import argparse
 
 
 def add_parser(commands) -> None:
-    from wvq_kernels.repro import METHODS
+    from wvq_kernels.vqvae.repro import METHODS
 
     repro_parser = commands.add_parser("repro", help="reproduce a published experiment")
     experiments = repro_parser.add_subparsers(dest="experiment", required=True)
@@ -37,7 +37,7 @@ def add_parser(commands) -> None:
 
 
 def run_repro(args: argparse.Namespace) -> int:
-    from wvq_kernels import repro
+    from wvq_kernels.vqvae import repro
 
     repro.run_grid(
         args.mu,

@@ -10,7 +10,7 @@ NSVQ_JOINT_MINUTES = 6.0
 
 
 def add_parser(commands) -> None:
-    from wvq_kernels.train import QUANTIZER_OPTIONS, STRATEGIES, TrainConfig
+    from wvq_kernels.vqvae.config import QUANTIZER_OPTIONS, STRATEGIES, TrainConfig
 
     defaults = TrainConfig()
     quantizers = tuple(QUANTIZER_OPTIONS)
@@ -75,7 +75,7 @@ def add_parser(commands) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from wvq_kernels.train import compare, train
+    from wvq_kernels.vqvae.loop import compare, train
 
     if args.compare:
         compare([train_config(args, quantizer) for quantizer in args.compare], log=print)
@@ -86,7 +86,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def train_config(args: argparse.Namespace, quantizer: str | None):
     """The TrainConfig of one run: ``quantizer`` (one of --compare's) or --quantizer."""
-    from wvq_kernels.train import TrainConfig
+    from wvq_kernels.vqvae.config import TrainConfig
 
     # NSVQ's quantizer goes with NSVQ's stages, whichever way it is asked for.
     quantizer = quantizer or ("nsvq" if args.strategy == "nsvq" else TrainConfig.quantizer)

@@ -6,7 +6,8 @@ frozen codes) is the only parameter, trained with SGD, momentum 0.9:
 
 - wasserstein: 0.1·L_code + 10·W, lr 3.0, W from biased covariances of the batch and codebook;
 - vanilla: L_code, lr 1.0;   linear: L_code through the map, lr 0.02;
-- ema: no optimizer, cluster sizes and sums decayed with 0.9, Laplace smoothing 1e-5;
+- ema: no optimizer, cluster sizes and sums decayed with 0.9, Laplace smoothing 1e-5
+  (``VectorQuantizer(ema=True, decay=0.9)``);
 - nsvq (no published row): NSVQ's dense non-stationary loss in L_code's scale (the winner plus
   every code with weight min(1, λ·K·softmax(−d/τ)), λ = 0.01, τ decaying per epoch), SGD at
   lr 30, and at each epoch's end codes whose EMA usage fell below 10% of a uniform share
@@ -27,9 +28,12 @@ from pathlib import Path
 
 import torch
 
-from .losses import gaussian_w2
-from .nn.quantizer import VectorQuantizer, nsvq_tau
-from .ops import assign, code_sums, moments, usage
+from wvq_kernels import assign, gaussian_w2, moments
+from wvq_kernels.nn import VectorQuantizer
+from wvq_kernels.nn.quantizer import nsvq_tau
+from wvq_kernels.reporting import Column, format_table, line_plots
+
+from .evaluation import usage_metrics
 
 METHODS = ("vanilla", "ema", "linear", "wasserstein", "nsvq")
 
@@ -122,24 +126,19 @@ class AtomicQuantizer:
         self.config = config
         self.steps_done = 0
         codes = initial_codebook(config, generator)
-        if config.method == "nsvq":
-            self.nsvq = _nsvq_quantizer(config, codes)
-            parameters = self.nsvq.codebook_parameters()
-            self.codes = self.nsvq.embedding
+        if config.method in MODULE_QUANTIZERS:
+            self.module = MODULE_QUANTIZERS[config.method](config, codes)
+            parameters = self.module.codebook_parameters()
+            self.codes = self.module.embedding
         elif config.method == "linear":
             self.frozen = codes
             self.weight = torch.eye(config.dim, requires_grad=True)
             self.bias = torch.zeros(config.dim, requires_grad=True)
             parameters = [self.weight, self.bias]
         else:
-            self.codes = codes.requires_grad_(config.method != "ema")
+            self.codes = codes.requires_grad_()
             parameters = [self.codes]
-        if config.method == "ema":
-            # One pseudo-count per code keeps unused codes where they are (embed_sum / cluster_size
-            # stays equal to the code as both decay) instead of blowing up by 1 / eps.
-            self.cluster_size = torch.ones(config.num_codes)
-            self.embed_sum = codes.clone()
-        else:
+        if config.method != "ema":
             lr = self.LEARNING_RATES[config.method]
             self.optimizer = torch.optim.SGD(parameters, lr=lr, momentum=0.9)
 
@@ -151,7 +150,8 @@ class AtomicQuantizer:
     def step(self, features: torch.Tensor) -> None:
         self.steps_done += 1
         if self.config.method == "ema":
-            self._ema_step(features)
+            with torch.no_grad():
+                self.module(features)
             return
         if self.config.method == "nsvq":
             self._nsvq_step(features)
@@ -172,24 +172,28 @@ class AtomicQuantizer:
 
     def _nsvq_step(self, features: torch.Tensor) -> None:
         config = self.config
-        self.nsvq.tau = nsvq_tau((self.steps_done - 1) // config.epoch_steps, config.tau_start,
-                                 config.tau_decay, config.tau_min)
+        epoch = (self.steps_done - 1) // config.epoch_steps
+        self.module.tau = nsvq_tau(epoch, config.tau_start, config.tau_decay, config.tau_min)
         self.optimizer.zero_grad(set_to_none=True)
-        self.nsvq(features).loss.backward()
+        self.module(features).loss.backward()
         self.optimizer.step()
         # Not after the last step: the evaluation judges trained codes, not fresh refills.
         if self.steps_done % config.epoch_steps == 0 and self.steps_done < config.steps:
-            self.nsvq.refill_dead_codes(self.DEAD_SHARE * config.batch / config.num_codes)
+            self.module.refill_dead_codes(self.DEAD_SHARE * config.batch / config.num_codes)
 
-    @torch.no_grad()
-    def _ema_step(self, features: torch.Tensor, decay: float = 0.9, eps: float = 1e-5) -> None:
-        indices = assign(features, self.codes, backend=self.config.backend).indices
-        counts, sums = code_sums(indices, features, self.config.num_codes, backend=self.config.backend)
-        self.cluster_size.mul_(decay).add_(counts.float(), alpha=1 - decay)
-        self.embed_sum.mul_(decay).add_(sums, alpha=1 - decay)
-        total = self.cluster_size.sum()
-        smoothed = (self.cluster_size + eps) / (total + self.config.num_codes * eps) * total
-        self.codes.copy_(self.embed_sum / smoothed[:, None])
+
+def _ema_quantizer(config: AtomicConfig, codes: torch.Tensor) -> VectorQuantizer:
+    """The EMA codebook as the module implements it (decay 0.9, Laplace smoothing 1e-5). Its
+    cluster sizes start at one pseudo-count per code and its sums at the codes, which keeps
+    unused codes where they are (sum / size stays the code as both decay) instead of blowing
+    them up by 1 / eps."""
+    quantizer = VectorQuantizer(
+        config.dim, config.num_codes, ema=True, decay=0.9, backend=config.backend
+    )
+    with torch.no_grad():
+        quantizer.embedding.copy_(codes)
+        quantizer.embed_sum.copy_(codes)
+    return quantizer
 
 
 def _nsvq_quantizer(config: AtomicConfig, codes: torch.Tensor) -> VectorQuantizer:
@@ -206,13 +210,19 @@ def _nsvq_quantizer(config: AtomicConfig, codes: torch.Tensor) -> VectorQuantize
     return quantizer
 
 
+# The methods whose codebook is a wvq_kernels.nn.VectorQuantizer.
+MODULE_QUANTIZERS = {"ema": _ema_quantizer, "nsvq": _nsvq_quantizer}
+
+
 @torch.no_grad()
 def evaluate(quantizer: AtomicQuantizer, features: torch.Tensor, step: int) -> Evaluation:
-    result = assign(features, quantizer.codebook().detach(), histogram=True,
-                    backend=quantizer.config.backend)
-    utilization, perplexity = usage(result.counts)
-    return Evaluation(step, result.distances.double().mean().item(), utilization.item(),
-                      perplexity.item())
+    codebook = quantizer.codebook().detach()
+    metrics = usage_metrics(
+        assign(features, codebook, histogram=True, backend=quantizer.config.backend)
+    )
+    return Evaluation(
+        step, metrics["quantization_error"], metrics["utilization"], metrics["perplexity"]
+    )
 
 
 def run_atomic(config: AtomicConfig, progress=None) -> list[Evaluation]:
@@ -244,18 +254,36 @@ def published(config: AtomicConfig):
     return PUBLISHED.get(int(config.mu), {}).get(config.method) if float(config.mu).is_integer() else None
 
 
-def format_table(rows: list[tuple[AtomicConfig, Evaluation, float]]) -> str:
-    header = (f"{'method':<12} {'mu':>4} {'E':>8} {'U %':>8} {'C':>8}   "
-              f"{'paper E':>8} {'paper U %':>9} {'paper C':>8}  {'seconds':>8}")
-    lines = [header, "-" * len(header)]
-    for config, final, seconds in rows:
-        paper = published(config)
-        paper_cells = (f"{paper[0]:>8.3f} {paper[1]:>9.2f} {paper[2]:>8.0f}" if paper
-                       else f"{'-':>8} {'-':>9} {'-':>8}")
-        lines.append(f"{config.method:<12} {mu_label(config):>4} {final.error:>8.3f} "
-                     f"{100 * final.utilization:>8.2f} {final.perplexity:>8.0f}   {paper_cells}  "
-                     f"{seconds:>8.1f}")
-    return "\n".join(lines)
+# The paper's columns and the seconds are set off by wider columns (more space before them).
+TABLE_COLUMNS = (
+    Column("method", "method", 12, left=True),
+    Column("mu", "mu", 4),
+    Column("E", "error", 8, "{:.3f}"),
+    Column("U %", "utilization %", 8, "{:.2f}"),
+    Column("C", "perplexity", 8, "{:.0f}"),
+    Column("paper E", "paper E", 10, "{:.3f}"),
+    Column("paper U %", "paper U %", 9, "{:.2f}"),
+    Column("paper C", "paper C", 8, "{:.0f}"),
+    Column("seconds", "seconds", 9, "{:.1f}"),
+)
+
+
+def results_table(rows: list[tuple[AtomicConfig, Evaluation, float]]) -> str:
+    """Each run's final E, U and C beside the published values."""
+    return format_table(TABLE_COLUMNS, [_table_row(*row) for row in rows])
+
+
+def _table_row(config: AtomicConfig, final: Evaluation, seconds: float) -> dict:
+    paper = published(config) or (None, None, None)
+    return {
+        "method": config.method,
+        "mu": mu_label(config),
+        "error": final.error,
+        "utilization %": 100 * final.utilization,
+        "perplexity": final.perplexity,
+        **dict(zip(("paper E", "paper U %", "paper C"), paper)),
+        "seconds": seconds,
+    }
 
 
 def save_results(rows, histories, out_dir: Path) -> list[Path]:
@@ -272,29 +300,16 @@ def save_results(rows, histories, out_dir: Path) -> list[Path]:
     return written
 
 
-def _plot(rows, histories, path: Path):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+def _plot(rows, histories, path: Path) -> Path | None:
+    """E, U and C over steps, one line per (method, μ)."""
+    panels = {"quantization error E": {}, "utilization U (%)": {}, "perplexity C": {}}
     for (config, _, _), history in zip(rows, histories):
         steps = [h.step for h in history]
         label = f"{config.method} μ={mu_label(config)}"
-        axes[0].plot(steps, [h.error for h in history], label=label)
-        axes[1].plot(steps, [100 * h.utilization for h in history], label=label)
-        axes[2].plot(steps, [h.perplexity for h in history], label=label)
-    for axis, title in zip(axes, ("quantization error E", "utilization U (%)", "perplexity C")):
-        axis.set_title(title)
-        axis.set_xlabel("step")
-    axes[0].set_yscale("log")
-    axes[2].legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+        panels["quantization error E"][label] = (steps, [h.error for h in history])
+        panels["utilization U (%)"][label] = (steps, [100 * h.utilization for h in history])
+        panels["perplexity C"][label] = (steps, [h.perplexity for h in history])
+    return line_plots(path, list(panels.items()), logy=("quantization error E",))
 
 
 def run_grid(mus, methods, distribution="gaussian", quick=False, out_dir="runs/atomic",
@@ -313,7 +328,7 @@ def run_grid(mus, methods, distribution="gaussian", quick=False, out_dir="runs/a
                 f"U {100 * e.utilization:.2f}% C {e.perplexity:.0f}"))
             rows.append((config, history[-1], time.perf_counter() - started))
             histories.append(history)
-    echo(format_table(rows))
+    echo(results_table(rows))
     for path in save_results(rows, histories, Path(out_dir)):
         echo(f"wrote {path}")
     return rows

@@ -3,14 +3,26 @@ stdin, prints one row per (file, kernel, arch) with registers, shared memory and
 exits 1 on any spill, on shared memory over the arch's opt-in limit, or on a .cu file that was
 not compiled for every required arch."""
 
+import importlib.util
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 REQUIRED_ARCHS = ("sm_80", "sm_90")
-# Opt-in shared memory per block (bytes): A100 and H100.
-SMEM_LIMITS = {"sm_80": 166_912, "sm_90": 232_448, "sm_90a": 232_448}
+
+
+def _load_gpu_limits():
+    """wvq_kernels/_gpu_limits.py by file path: importing the package would need torch, which the
+    Python running this script need not have."""
+    path = Path(__file__).resolve().parent.parent / "wvq_kernels" / "_gpu_limits.py"
+    spec = importlib.util.spec_from_file_location("_gpu_limits", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+gpu_limits = _load_gpu_limits()
 
 SOURCE = re.compile(r"(?:-o |object )\S*?([\w-]+\.cu)\.o")
 ENTRY = re.compile(r"Compiling entry function '(\S+)' for '(sm_\w+)'")
@@ -70,7 +82,7 @@ def main() -> int:
         )
         if row["spill_stores"] or row["spill_loads"]:
             failures.append(f"{row['kernel']} spills on {row['arch']}")
-        if row["smem"] > SMEM_LIMITS.get(row["arch"], 0):
+        if row["smem"] > gpu_limits.shared_memory_limit(row["arch"]):
             failures.append(f"{row['kernel']} uses {row['smem']} B smem on {row['arch']}")
     for source in sorted({row["file"] for row in rows}):
         archs = {row["arch"] for row in rows if row["file"] == source}

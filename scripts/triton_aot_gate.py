@@ -30,6 +30,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from wvq_kernels._gpu_limits import shared_memory_limit
 from wvq_kernels.triton import assign, configs, histogram, moments, soft_assign
 
 TARGETS = {"sm_80": GPUTarget("cuda", 80, 32), "sm_90": GPUTarget("cuda", 90, 32)}
@@ -357,8 +358,8 @@ def problems(case: Case, result: Result) -> list[str]:
     if result.error:
         found.append(f"compile error: {result.error}")
         return found
-    if result.shared > configs.SHARED_MEMORY_LIMIT[case.arch]:
-        found.append(f"shared memory {result.shared} > {configs.SHARED_MEMORY_LIMIT[case.arch]}")
+    if result.shared > shared_memory_limit(case.arch):
+        found.append(f"shared memory {result.shared} > {shared_memory_limit(case.arch)}")
     if result.spill_bytes:
         found.append(f"{result.spill_bytes} bytes of spills")
     if case.tensor_core and result.instruction == "fma":

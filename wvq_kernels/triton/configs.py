@@ -17,8 +17,9 @@ its report. Why these shapes:
 - ieee runs on FMA units, where Triton holds both operand slices in registers per thread:
   64 x 64 x 16 on 4 warps is the largest without spills, for any D.
 - soft_assign (scan and accumulate) runs on FMA units only; see SOFT_ASSIGN_CONFIGS.
-- assign pipelines 3 stages everywhere; shared memory stays below 99 KiB on the sm_80 table
-  (which also serves sm_86/89) and far below 227 KiB on sm_90.
+- assign pipelines 3 stages everywhere; shared memory stays below the opt-in limit of every GPU
+  a table serves (wvq_kernels/_gpu_limits.py; the sm_80 table also serves sm_86/89, whose limit
+  is the smallest), and far below it on sm_90.
 """
 
 import os
@@ -30,8 +31,6 @@ import torch
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 ARCHS = ("sm_80", "sm_90")
-# Opt-in shared memory per block. The sm_80 table serves sm_86/89 too, so it gets their limit.
-SHARED_MEMORY_LIMIT = {"sm_80": 101_376, "sm_90": 232_448}
 # Under TRITON_INTERPRET=1 every program costs Python overhead, so blocks are large. Pretending
 # to have 4 SMs makes small test shapes take the split-K path and larger ones the row-owned one.
 INTERPRETER_SM_COUNT = 4

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from wvq_kernels import assign, gaussian_w2, moments
+from wvq_kernels import _trusted as kernels
+from wvq_kernels import gaussian_w2
 from wvq_kernels.nn import VectorQuantizer
 from wvq_kernels.nn.quantizer import nsvq_tau
 from wvq_kernels.reporting import Column, format_table, line_plots
@@ -157,12 +158,12 @@ class AtomicQuantizer:
             self._nsvq_step(features)
             return
         codebook = self.codebook()
-        indices = assign(features, codebook.detach(), backend=self.config.backend).indices
+        indices = kernels.assign(features, codebook.detach(), backend=self.config.backend).indices
         code_loss = (codebook[indices] - features).square().sum(dim=1).mean()
         loss = code_loss
         if self.config.method == "wasserstein":
-            feature_stats = moments(features, backend=self.config.backend)
-            code_stats = moments(codebook, backend=self.config.backend)
+            feature_stats = kernels.moments(features, backend=self.config.backend)
+            code_stats = kernels.moments(codebook, backend=self.config.backend)
             distance = gaussian_w2(feature_stats.mean, feature_stats.cov,
                                    code_stats.mean, code_stats.cov)
             loss = 0.1 * code_loss + 10.0 * distance
@@ -218,7 +219,7 @@ MODULE_QUANTIZERS = {"ema": _ema_quantizer, "nsvq": _nsvq_quantizer}
 def evaluate(quantizer: AtomicQuantizer, features: torch.Tensor, step: int) -> Evaluation:
     codebook = quantizer.codebook().detach()
     metrics = usage_metrics(
-        assign(features, codebook, histogram=True, backend=quantizer.config.backend)
+        kernels.assign(features, codebook, histogram=True, backend=quantizer.config.backend)
     )
     return Evaluation(
         step, metrics["quantization_error"], metrics["utilization"], metrics["perplexity"]

@@ -188,8 +188,9 @@ def _score_operand(t: Tensor, metric: str, precision: str) -> Tensor:
 
 
 def _normalise_rows(t: Tensor) -> Tensor:
-    """Rows scaled to unit L2 norm in float32; all-zero rows stay zero (no epsilon, which would
-    distort tiny but nonzero rows)."""
+    """Rows scaled to unit L2 norm in their own dtype; all-zero rows stay zero (no epsilon, which
+    would distort tiny but nonzero rows). The one zero-safe normalisation: the float64 oracle
+    (wvq_kernels.testing) and the Triton launcher use it too."""
     norms = t.norm(dim=1, keepdim=True)
     return torch.where(norms > 0, t / norms, torch.zeros_like(t))
 

@@ -1,0 +1,457 @@
+"""The one float64 oracle of the library: what the tests, ``wvq check`` and the benchmarks hold
+every backend to.
+
+- Assignment: :class:`AssignmentTruth` (float64 best distance, expected index, gap to the best
+  *different* code), one rounding model (:func:`score_error_bound`), :func:`check_assignment`
+  (raises, for tests) and :meth:`AssignmentTruth.failures` (returns messages, for ``wvq check``).
+- Statistics: code sums, usage, moments and soft assignment against float64.
+- Inputs: random rows and codebooks, codebooks with exact duplicates, rows near and far from
+  their codes (exact codes and an all-zero row included), skewed indices, strided copies.
+
+Nothing here imports pytest or the application: a failure is an ``AssertionError`` or a list of
+messages.
+
+Rounding model (one score, one row x against one code c, computed in float32):
+
+    error <= (m * gamma(D + 4) + 2 u + u^2) * M
+
+``gamma(n) = n u32 / (1 - n u32)`` bounds a float32 sum of n products in any order (Higham,
+Accuracy and Stability of Numerical Algorithms, section 3.1): D products plus up to four more
+roundings (norms, the difference, the final subtraction). ``u`` is the relative rounding of each
+operand before the products (:data:`INPUT_UNIT`); rounding both operands of a product moves it
+by at most ``(2 u + u^2)`` of its magnitude. ``M`` bounds the magnitudes being summed:
+``(|x| + max|c|)^2`` for l2 (it covers ``|c|^2 + 2|x.c|``, ``|x - c|^2`` and an added
+``|x|^2``, whichever form a kernel computes), ``|x| max|c|`` for dot, 1 for cosine, whose
+operands are unit vectors; ``m`` is 3 for cosine (the normalisation of both operands adds two
+more such errors), else 1. The chosen code's computed score is at most the best code's, and each
+is at most that far from its exact value: the regret is at most twice the bound. A row is
+*decisive* when its best different code is farther than that: there the index must be the
+float64 one. :data:`SAFETY` doubles everything for the second-order terms the first-order bound
+drops; the bound is worst-case, so any blocking or summation order meets it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from wvq_kernels._backends import GPU_BACKENDS
+from wvq_kernels.ops import resolve_precision
+from wvq_kernels.reference import _normalise_rows, soft_assign_stats_materialised
+
+FP32_UNIT = 2.0**-24
+# Relative rounding of an operand before the products, per resolved precision. bf16 keeps 8
+# significant bits (round to nearest: 2^-8). tf32 keeps 11, but tensor cores fed float32 may
+# truncate instead of rounding: 2^-10. tf32x3 splits each operand into two tf32 parts and drops
+# the low x low product: both the dropped term and the low part's truncation are ~2^-20 of a
+# product, so 2^-19 per operand covers them.
+INPUT_UNIT = {"ieee": 0.0, "bf16": 2.0**-8, "tf32": 2.0**-10, "tf32x3": 2.0**-19}
+SAFETY = 2.0
+# Rows per float64 block of scores: 256 x 65,536 codes is 128 MiB.
+ROW_BLOCK = 256
+# Norm-wise relative error allowed on moments against float64. Centred float64 accumulation of
+# float32 rows is ~1e-13 off; an uncentred float32 pass loses ~2^-24 offset^2 / variance.
+MOMENTS_TOLERANCE = 1e-6
+# Relative error allowed on usage's float32 outputs: float32 logarithms summed over K codes.
+USAGE_TOLERANCE = 1e-5
+# Norm-wise relative error allowed on soft_assign_stats' float outputs and gradient: float32
+# distances and exponentials (each ~1e-7 relative) summed in float32 over K codes.
+SOFT_ASSIGN_TOLERANCE = 1e-4
+# Low-precision rule: where the inputs are half precision, an op accumulating in float32 errs
+# against float64 by no more than this many times what plain PyTorch computing the same
+# definition in the inputs' precision errs (both judged on the same rounded inputs).
+LOW_PRECISION_ERROR_FACTOR = 2.0
+
+
+def gamma(terms: int) -> float:
+    """Worst-case relative error of a float32 sum of ``terms`` products (Higham's gamma_n)."""
+    return terms * FP32_UNIT / (1 - terms * FP32_UNIT)
+
+
+def device_for(backend: str) -> torch.device:
+    """Where a backend's inputs live: CUDA for the GPU backends when there is a GPU; Triton
+    without one runs CPU tensors (under TRITON_INTERPRET=1, the only way it is available)."""
+    on_gpu = backend in GPU_BACKENDS and torch.cuda.is_available()
+    return torch.device("cuda" if on_gpu else "cpu")
+
+
+def relative_error(got: Tensor, expected: Tensor) -> float:
+    """||got - expected|| / ||expected|| in float64 on the CPU; ||got|| when expected is 0."""
+    got, expected = got.detach().cpu().double(), expected.detach().cpu().double()
+    scale = expected.norm()
+    difference = (got - expected).norm()
+    return float(difference / scale) if scale > 0 else float(difference)
+
+
+# ---------------------------------------------------------------------------------------------
+# Assignment
+
+
+def distances64(rows: Tensor, codebook: Tensor, metric: str) -> Tensor:
+    """All row-to-code distances (N, K) in float64 from 2-D inputs as given (l2 expanded)."""
+    rows, codebook = rows.double(), codebook.double()
+    if metric == "l2":
+        return rows.square().sum(1, keepdim=True) + codebook.square().sum(1) - 2 * rows @ codebook.T
+    if metric == "cosine":
+        return 1 - _normalise_rows(rows) @ _normalise_rows(codebook).T
+    return -(rows @ codebook.T)
+
+
+def pair_distances64(rows: Tensor, codes: Tensor, metric: str) -> Tensor:
+    """Distance of each row to its own code in float64; l2 as a sum of squares, exact near 0."""
+    rows, codes = rows.double(), codes.double()
+    if metric == "l2":
+        return (rows - codes).square().sum(1)
+    if metric == "cosine":
+        return 1 - (_normalise_rows(rows) * _normalise_rows(codes)).sum(1)
+    return -(rows * codes).sum(1)
+
+
+def first_identical_code(codebook: Tensor) -> Tensor:
+    """For every code, the smallest index of a code equal to it."""
+    _, group = torch.unique(codebook, dim=0, return_inverse=True)
+    first = torch.full((int(group.max()) + 1,), codebook.shape[0], dtype=torch.int64)
+    first.scatter_reduce_(0, group, torch.arange(codebook.shape[0]), reduce="amin")
+    return first[group]
+
+
+def score_error_bound(
+    rows: Tensor, codebook: Tensor, metric: str, precision: str, dtype: torch.dtype
+) -> Tensor:
+    """Per row, the most one float32 score can be off (see the module docstring). Inputs that
+    already are bf16 lose nothing to any precision's rounding, except under cosine, whose
+    normalised operands are rounded afresh."""
+    precision = resolve_precision(precision, dtype)
+    unit = 0.0 if dtype == torch.bfloat16 and metric != "cosine" else INPUT_UNIT[precision]
+    terms = 3 if metric == "cosine" else 1
+    relative = terms * gamma(rows.shape[1] + 4) + 2 * unit + unit**2
+    if metric == "cosine":
+        return torch.full((rows.shape[0],), relative, dtype=torch.float64)
+    row_norms, largest_code = rows.double().norm(dim=1), codebook.double().norm(dim=1).max()
+    if metric == "l2":
+        return relative * (row_norms + largest_code) ** 2
+    return relative * row_norms * largest_code
+
+
+class AssignmentTruth:
+    """Float64 truth for one (x (..., D), codebook (K, D), metric): per row the best distance,
+    the expected index (the first of identical codes; 0 for an all-zero row under cosine and
+    dot, which ties every code) and the gap to the best *different* code. Scores are formed
+    ROW_BLOCK rows at a time and not kept: memory O(ROW_BLOCK K + N)."""
+
+    def __init__(self, x: Tensor, codebook: Tensor, metric: str) -> None:
+        self.metric = metric
+        self.dtype = x.dtype
+        self.rows = x.detach().reshape(-1, x.shape[-1]).cpu().double()
+        self.codebook = codebook.detach().cpu().double()
+        self.expected, self.gap = self._nearest_distinct()
+        self.best = self.distances(self.expected)
+
+    def _nearest_distinct(self) -> tuple[Tensor, Tensor]:
+        first = first_identical_code(self.codebook)
+        expected, gap = [], []
+        for block in self.rows.split(ROW_BLOCK):
+            scores = distances64(block, self.codebook, self.metric)
+            best, index = scores.min(dim=1)
+            expected.append(first[index])
+            same = first[None, :] == first[index][:, None]
+            gap.append(scores.masked_fill(same, math.inf).min(dim=1).values - best)
+        expected, gap = torch.cat(expected), torch.cat(gap)
+        if self.metric != "l2":
+            zero_rows = (self.rows == 0).all(dim=1)
+            expected = torch.where(zero_rows, 0, expected)
+            gap = torch.where(zero_rows, math.inf, gap)
+        return expected, gap
+
+    def distances(self, indices: Tensor) -> Tensor:
+        """Float64 distance of every row to the code ``indices`` names."""
+        return pair_distances64(self.rows, self.codebook[indices.reshape(-1).cpu()], self.metric)
+
+    def regret(self, indices: Tensor) -> Tensor:
+        return self.distances(indices) - self.best
+
+    def regret_bound(self, precision: str) -> Tensor:
+        """Largest regret rounding can explain, per row."""
+        bound = score_error_bound(self.rows, self.codebook, self.metric, precision, self.dtype)
+        return SAFETY * 2 * bound
+
+    def decisive(self, precision: str) -> Tensor:
+        """Rows whose best different code is beyond the regret bound: their index is owed."""
+        return self.gap > self.regret_bound(precision)
+
+    def worst_regret_ratio(self, indices: Tensor, precision: str) -> float:
+        """The largest regret as a share of its row's bound (0 for no rows or no regret)."""
+        regret, bound = self.regret(indices), self.regret_bound(precision)
+        ratio = torch.where(regret > 0, regret / bound, 0.0)
+        return float(ratio.max()) if len(ratio) else 0.0
+
+    def distance_bound(self, indices: Tensor) -> Tensor:
+        """Error allowed on a reported distance, recomputed in float32 from the unrounded
+        inputs: relative for l2 (a sum of squares has no cancellation), absolute for cosine,
+        relative to sum |x_i c_i| for dot. float32's smallest normal is the floor."""
+        relative = SAFETY * gamma(self.rows.shape[1] + 4)
+        if self.metric == "l2":
+            exact = self.distances(indices).abs()
+            return relative * exact + torch.finfo(torch.float32).tiny
+        if self.metric == "cosine":
+            return torch.full((self.rows.shape[0],), 3 * relative, dtype=torch.float64)
+        codes = self.codebook[indices.reshape(-1).cpu()]
+        return relative * (self.rows * codes).abs().sum(1)
+
+    def failures(self, indices: Tensor, distances: Tensor, precision: str) -> list[str]:
+        """What an assignment owes, as messages (empty when it meets all): dtypes and range,
+        regret within the bound, the expected index on decisive rows, the reported distance
+        within its bound and, but for dot, not negative."""
+        indices, distances = indices.reshape(-1).cpu(), distances.reshape(-1).cpu()
+        if indices.dtype != torch.int64 or distances.dtype != torch.float32:
+            return [f"dtypes {indices.dtype}, {distances.dtype} instead of int64, float32"]
+        if not ((indices >= 0) & (indices < self.codebook.shape[0])).all():
+            return [f"indices outside [0, {self.codebook.shape[0]})"]
+        choices = self.choice_failures(indices, precision)
+        return choices + self._distance_failures(indices, distances)
+
+    def choice_failures(self, indices: Tensor, precision: str) -> list[str]:
+        """The chosen codes alone: regret within the bound, the expected index on decisive
+        rows."""
+        indices = indices.reshape(-1).cpu()
+        regret, bound = self.regret(indices), self.regret_bound(precision)
+        problems = []
+        if (regret > bound).any():
+            row = int((regret - bound).argmax())
+            problems.append(
+                f"row {row}: regret {float(regret[row]):.3g} > bound {float(bound[row]):.3g}"
+            )
+        wrong = self.decisive(precision) & (indices != self.expected)
+        if wrong.any():
+            row = int(wrong.nonzero()[0, 0])
+            problems.append(
+                f"{int(wrong.sum())} wrong indices on decisive rows, first row {row}: "
+                f"{int(indices[row])} instead of {int(self.expected[row])}"
+            )
+        return problems
+
+    def _distance_failures(self, indices: Tensor, distances: Tensor) -> list[str]:
+        error = (distances.double() - self.distances(indices)).abs()
+        allowed = self.distance_bound(indices)
+        problems = []
+        if (error > allowed).any():
+            row = int((error - allowed).argmax())
+            problems.append(
+                f"row {row}: distance {float(distances[row]):.6g} vs float64 "
+                f"{float(self.distances(indices)[row]):.6g} (bound {float(allowed[row]):.2g})"
+            )
+        if self.metric != "dot" and (distances < 0).any():
+            problems.append(f"negative {self.metric} distance {float(distances.min()):.3g}")
+        return problems
+
+
+def check_assignment(
+    x: Tensor, codebook: Tensor, indices: Tensor, distances: Tensor, metric: str, precision: str
+) -> AssignmentTruth:
+    """Assert everything an assignment owes (see :meth:`AssignmentTruth.failures`); returns the
+    truth for further checks."""
+    truth = AssignmentTruth(x, codebook, metric)
+    problems = truth.failures(indices, distances, precision)
+    assert not problems, "; ".join(problems)
+    return truth
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics
+
+
+def code_sums_failures(indices: Tensor, x: Tensor, counts: Tensor, sums: Tensor) -> list[str]:
+    """Counts exact; sums float32 within the bound of a float32 summation in any order against
+    float64: (n - 1) u sum |x| for n terms, plus u |sum| for the final rounding."""
+    rows = x.detach().reshape(-1, x.shape[-1]).cpu().double()
+    flat = indices.reshape(-1).cpu().long()
+    counts, sums = counts.cpu(), sums.cpu()
+    num_codes = sums.shape[0]
+    expected_counts = torch.bincount(flat, minlength=num_codes)
+    problems = []
+    if counts.dtype != torch.int64 or not torch.equal(counts, expected_counts):
+        problems.append(f"counts ({counts.dtype}) differ from torch.bincount")
+    expected = torch.zeros(num_codes, rows.shape[1], dtype=torch.float64)
+    magnitudes = torch.zeros_like(expected)
+    expected.index_add_(0, flat, rows)
+    magnitudes.index_add_(0, flat, rows.abs())
+    terms = expected_counts.double()[:, None]
+    allowed = SAFETY * FP32_UNIT * ((terms - 1).clamp_min(0) * magnitudes + expected.abs())
+    error = (sums.double() - expected).abs()
+    if sums.dtype != torch.float32 or (error > allowed).any():
+        problems.append(f"sums ({sums.dtype}) off float64 by {float(error.max()):.3g}")
+    return problems
+
+
+def usage64(counts: Tensor) -> tuple[float, float]:
+    """(utilization, perplexity) of a histogram in float64; an empty one has perplexity 1."""
+    counts = counts.detach().cpu().double()
+    probabilities = counts / max(float(counts.sum()), 1.0)
+    entropy = -float(torch.special.xlogy(probabilities, probabilities).sum())
+    return float((counts > 0).double().mean()), math.exp(entropy)
+
+
+def usage_failures(result, counts: Tensor, tolerance: float = USAGE_TOLERANCE) -> list[str]:
+    """Utilization and perplexity float32 0-dim on the counts' device, each within
+    ``tolerance`` (relative) of float64."""
+    problems = []
+    for name, got, expected in zip(("utilization", "perplexity"), result, usage64(counts)):
+        if got.shape != () or got.dtype != torch.float32 or got.device != counts.device:
+            problems.append(f"{name}: {got.dtype} {tuple(got.shape)} on {got.device}")
+        elif not math.isclose(float(got), expected, rel_tol=tolerance):
+            problems.append(f"{name}: {float(got):.7g} instead of {expected:.7g}")
+    return problems
+
+
+def moments64(x: Tensor) -> tuple[int, Tensor, Tensor]:
+    """(count, mean, population covariance) of the rows of x (..., D), centred, in float64."""
+    rows = x.detach().reshape(-1, x.shape[-1]).cpu().double()
+    mean = rows.mean(0)
+    centred = rows - mean
+    return rows.shape[0], mean, centred.T @ centred / rows.shape[0]
+
+
+def moments_failures(result, x: Tensor, tolerance: float = MOMENTS_TOLERANCE) -> list[str]:
+    """Count exact, mean and covariance float64 and within ``tolerance`` of float64: the mean
+    relative to ||mean|| + sqrt(trace cov) (the rows' scale), the covariance norm-wise."""
+    count, mean, cov = (t.detach().cpu() for t in result)
+    expected_count, expected_mean, expected_cov = moments64(x)
+    problems = []
+    if count.dtype != torch.int64 or count.shape != () or int(count) != expected_count:
+        problems.append(f"count {count} instead of {expected_count} (int64, 0-dim)")
+    if mean.dtype != torch.float64 or cov.dtype != torch.float64:
+        problems.append(f"mean {mean.dtype}, cov {cov.dtype} instead of float64")
+    scale = float(expected_mean.norm() + expected_cov.diagonal().sum().sqrt())
+    mean_error = float((mean.double() - expected_mean).norm())
+    if mean_error > tolerance * scale:
+        problems.append(f"mean off by {mean_error:.3g} > {tolerance:g} x {scale:.3g}")
+    cov_error = relative_error(cov, expected_cov)
+    if cov_error > tolerance:
+        problems.append(f"cov relative error {cov_error:.3g} > {tolerance:g}")
+    return problems
+
+
+def soft_assign_truth(x: Tensor, codebook: Tensor, tau: float, lam: float) -> tuple:
+    """reference.soft_assign_stats_materialised in float64 on the CPU, for rows x (..., D);
+    the loss is differentiable in a float64 CPU codebook."""
+    rows = x.detach().reshape(-1, x.shape[-1]).cpu().double()
+    return soft_assign_stats_materialised(rows, codebook.cpu().double(), tau, lam)
+
+
+def soft_assign_failures(
+    x: Tensor,
+    codebook: Tensor,
+    tau: float,
+    lam: float,
+    result,
+    tolerance: float = SOFT_ASSIGN_TOLERANCE,
+) -> list[str]:
+    """Dtypes and shapes, the loss, weight sums, weighted sums and nearest distances within
+    ``tolerance`` (norm-wise relative) of float64, and the nearest codes as assign owes them
+    (bounded regret, the expected index on decisive rows)."""
+    num_codes, dim = codebook.shape
+    batch = tuple(x.shape[:-1])
+    shapes = {
+        "loss": ((), torch.float32),
+        "weight_sums": ((num_codes,), torch.float32),
+        "weighted_sums": ((num_codes, dim), torch.float32),
+        "indices": (batch, torch.int64),
+        "distances": (batch, torch.float32),
+    }
+    problems = [
+        f"{name}: {tuple(got.shape)} {got.dtype} instead of {shape} {dtype}"
+        for name, got, (shape, dtype) in zip(shapes, result, shapes.values(), strict=True)
+        if tuple(got.shape) != shape or got.dtype != dtype
+    ]
+    loss, weight_sums, weighted_sums, _, best = soft_assign_truth(x, codebook, tau, lam)
+    for name, got, expected in (
+        ("loss", result.loss, loss),
+        ("weight_sums", result.weight_sums, weight_sums),
+        ("weighted_sums", result.weighted_sums, weighted_sums),
+        ("distances", result.distances.reshape(-1), best),
+    ):
+        error = relative_error(got, expected)
+        if error > tolerance:
+            problems.append(f"{name}: relative error {error:.2e} > {tolerance:g}")
+    return problems + AssignmentTruth(x, codebook, "l2").choice_failures(result.indices, "ieee")
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+def random_rows(
+    n: int, d: int, *, dtype=torch.float32, device="cpu", seed: int | None = None
+) -> Tensor:
+    """N(0, 1) rows (n, d); by default seeded by the shape, so one shape gives one tensor."""
+    generator = torch.Generator().manual_seed(n + d if seed is None else seed)
+    return torch.randn(n, d, generator=generator).to(device=device, dtype=dtype)
+
+
+def random_inputs(
+    n: int, k: int, d: int, *, dtype=torch.float32, device="cpu", seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """N(0, 1) rows (n, d) and codebook (k, d), from one generator."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=generator)
+    codebook = torch.randn(k, d, generator=generator)
+    return x.to(device=device, dtype=dtype), codebook.to(device=device, dtype=dtype)
+
+
+def codebook_with_duplicates(num_codes: int, dim: int, generator: torch.Generator) -> Tensor:
+    """Random codes where some later codes (the last one included) copy earlier ones, so that
+    exact ties occur and must go to the smallest index."""
+    codebook = torch.randn(num_codes, dim, generator=generator)
+    copies = torch.cat(
+        [torch.arange(num_codes // 2, num_codes - 1, 7), torch.tensor([num_codes - 1])]
+    )
+    originals = (torch.rand(len(copies), generator=generator) * (num_codes // 2)).long()
+    codebook[copies] = codebook[originals]
+    return codebook
+
+
+def rows_near_and_far(codebook: Tensor, rows: int, generator: torch.Generator) -> Tensor:
+    """A mix of rows: exact codes, codes plus small noise (clear winners), random rows (close
+    races), scaled-up random rows, and a last all-zero row (every cosine/dot score ties)."""
+    picks = (torch.rand(rows, generator=generator) * codebook.shape[0]).long()
+    noise = torch.randn(rows, codebook.shape[1], generator=generator)
+    x = codebook[picks] + 0.05 * noise
+    quarter = rows // 4
+    x[:quarter] = codebook[picks[:quarter]]
+    x[2 * quarter : 3 * quarter] = noise[2 * quarter : 3 * quarter]
+    x[3 * quarter :] = 4 * noise[3 * quarter :]
+    x[-1] = 0
+    return x
+
+
+def strided(x: Tensor) -> Tensor:
+    """The same values in a non-contiguous layout: every second column of a wider tensor."""
+    wide = x.new_zeros(*x.shape[:-1], 2 * x.shape[-1])
+    wide[..., ::2] = x
+    return wide[..., ::2]
+
+
+def hard_inputs(
+    batch_shape: tuple[int, ...],
+    num_codes: int,
+    dim: int,
+    dtype: torch.dtype = torch.float32,
+    *,
+    layout_strided: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """x (*batch_shape, dim) from :func:`rows_near_and_far` against a
+    :func:`codebook_with_duplicates`, seeded by the sizes; optionally :func:`strided`."""
+    generator = torch.Generator().manual_seed(num_codes * 31 + dim)
+    codebook = codebook_with_duplicates(num_codes, dim, generator)
+    x = rows_near_and_far(codebook, math.prod(batch_shape), generator)
+    x = x.reshape(*batch_shape, dim).to(dtype)
+    return strided(x) if layout_strided else x, codebook.to(dtype)
+
+
+def skewed_indices(shape, num_codes: int, *, dtype=torch.int64, device="cpu", seed: int = 0):
+    """Indices crowded onto the first codes (as in a collapsing codebook), many codes unused."""
+    generator = torch.Generator().manual_seed(seed)
+    values = (torch.rand(shape, generator=generator) ** 3 * num_codes).long()
+    return values.clamp_max(num_codes - 1).to(device=device, dtype=dtype)

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -9,13 +11,27 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from wvq_kernels import available_backends  # noqa: E402
+from wvq_kernels.testing import device_for  # noqa: E402
 
 BACKENDS = list(available_backends())
-GPU_BACKENDS = ("triton", "cuda")
+# The CPU kernels' ISA levels, narrowest first (WVQ_CPU_ISA values).
+CPU_ISAS = ("scalar", "avx2", "avx512")
+ISA_CHILD = """
+import sys, torch, wvq_kernels
+calls = torch.load(sys.argv[1])
+results = [tuple(getattr(wvq_kernels, op)(*args, **kwargs)) for op, args, kwargs in calls]
+torch.save(results, sys.argv[2])
+print(torch.ops.wvq.cpu_isa())
+"""
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA device; skipped without one")
+    config.addinivalue_line(
+        "markers",
+        "slow: seconds per test (Triton interpreter at N = 1000, subprocesses); the default run "
+        "includes them, -m 'not slow' leaves them out",
+    )
 
 
 def pytest_collection_modifyitems(config, items):
@@ -46,17 +62,52 @@ def fast_backend(request) -> str:
     return _require(request.param)
 
 
-def _device_for(backend: str) -> torch.device:
-    """Where a backend's inputs live. Triton runs on CPU tensors under TRITON_INTERPRET=1."""
-    on_gpu = backend in GPU_BACKENDS and torch.cuda.is_available()
-    return torch.device("cuda" if on_gpu else "cpu")
-
-
 @pytest.fixture
 def device(backend) -> torch.device:
-    return _device_for(backend)
+    return device_for(backend)
 
 
 @pytest.fixture
 def fast_device(fast_backend) -> torch.device:
-    return _device_for(fast_backend)
+    return device_for(fast_backend)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch (and OpenMP) thread for the test: the machine is shared, and OpenMP threads
+    fighting for two cores make small steps 30x slower than one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(params=CPU_ISAS)
+def cpu_isa(request) -> str:
+    """Every ISA level of the CPU kernels that this CPU offers; wider ones are skipped with the
+    reason. The extension reports the widest it dispatches to (torch.ops.wvq.cpu_isa)."""
+    _require("cpu")
+    widest = torch.ops.wvq.cpu_isa()
+    offered = [isa for isa in CPU_ISAS if widest.startswith(isa)][-1]
+    if CPU_ISAS.index(request.param) > CPU_ISAS.index(offered):
+        pytest.skip(f"the CPU kernels here go up to {widest}, not {request.param}")
+    return request.param
+
+
+@pytest.fixture
+def run_on_isa(cpu_isa, tmp_path):
+    """run(calls) -> [tuple(result) per call]: each (op, args, kwargs) called as
+    ``wvq_kernels.<op>(*args, **kwargs)`` in a subprocess whose CPU kernels are forced to
+    ``cpu_isa`` (the ISA is chosen once per process); tensors travel through torch.save."""
+
+    def run(calls: list[tuple[str, tuple, dict]]) -> list[tuple]:
+        inputs, outputs = tmp_path / "calls.pt", tmp_path / "results.pt"
+        torch.save(calls, inputs)
+        environment = dict(os.environ, WVQ_CPU_ISA=cpu_isa)
+        command = [sys.executable, "-c", ISA_CHILD, str(inputs), str(outputs)]
+        done = subprocess.run(command, env=environment, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip().startswith(cpu_isa), done.stdout
+        return torch.load(outputs)
+
+    return run

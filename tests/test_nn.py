@@ -20,14 +20,7 @@ VARIANTS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The machine is shared: OpenMP threads fighting for two cores make these small steps
-    # 30x slower than one thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(name, dim=6, codebook_size=64, seed=0, **overrides):

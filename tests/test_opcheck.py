@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import wvq_kernels as wvq
+from wvq_kernels.testing import random_rows
 
 pytestmark = pytest.mark.skipif(
     not wvq.available_backends()["cpu"], reason=wvq.available_backends()["cpu"].reason
@@ -12,7 +13,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def _x(n=33, d=12, dtype=torch.float32):
-    return torch.randn(n, d, generator=torch.Generator().manual_seed(n + d)).to(dtype)
+    return random_rows(n, d, dtype=dtype)
 
 
 PRECISION_DTYPES = [

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import wvq_kernels as wvq
+from wvq_kernels.testing import random_rows
 
 pytestmark = pytest.mark.skipif(
     not wvq.available_backends()["triton"], reason=wvq.available_backends()["triton"].reason
@@ -24,8 +25,7 @@ CHECKS = (
 
 
 def _x(n=33, d=12, dtype=torch.float32):
-    generator = torch.Generator().manual_seed(n + d)
-    return torch.randn(n, d, generator=generator).to(device=DEVICE, dtype=dtype)
+    return random_rows(n, d, dtype=dtype, device=DEVICE)
 
 
 @pytest.mark.parametrize("metric", ["l2", "cosine", "dot"])

@@ -2,87 +2,51 @@
 materialised in float64 (reference.soft_assign_stats_materialised): every output, the gradient,
 ties, shapes and layouts, half-precision inputs, and every CPU ISA."""
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
-from oracle import relative_error
 
 import wvq_kernels as wvq
 from wvq_kernels.reference import soft_assign_stats_materialised
+from wvq_kernels.testing import (
+    LOW_PRECISION_ERROR_FACTOR,
+    SOFT_ASSIGN_TOLERANCE,
+    AssignmentTruth,
+    random_inputs,
+    relative_error,
+    soft_assign_failures,
+    soft_assign_truth,
+)
 
-# Relative error allowed on every output and on the gradient, norm-wise per tensor.
-TOLERANCE = 1e-4
 TAUS = [0.1, 1.0, 10.0]
 DIMS = [1, 3, 8, 12, 59]
 SIZES = [(0, 17), (1, 17), (257, 17), (1, 1), (257, 1), (257, 300)]
 
 
-def _data(n, k, d, dtype=torch.float32, device="cpu", seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=generator).to(device=device, dtype=dtype)
-    codebook = torch.randn(k, d, generator=generator).to(device=device, dtype=dtype)
-    return x, codebook
+
+def _check_outputs(x, codebook, tau, lam, result):
+    problems = soft_assign_failures(x, codebook, tau, lam, result)
+    assert not problems, "; ".join(problems)
 
 
-def _truth(x, codebook, tau, lam):
-    rows = x.reshape(-1, x.shape[-1]).cpu().double()
-    return soft_assign_stats_materialised(rows, codebook.cpu().double(), tau, lam)
-
-
-def _check_outputs(x, codebook, tau, lam, result, tolerance=TOLERANCE):
-    """Dtypes, shapes, every float output within `tolerance` of float64, and the nearest codes:
-    equal to float64's wherever the best and second-best differ by more than rounding."""
-    num_codes, dim = codebook.shape
-    batch_shape = x.shape[:-1]
-    assert result.loss.shape == () and result.loss.dtype == torch.float32
-    assert result.weight_sums.shape == (num_codes,) and result.weight_sums.dtype == torch.float32
-    assert result.weighted_sums.shape == (num_codes, dim)
-    assert result.weighted_sums.dtype == torch.float32
-    assert result.indices.shape == batch_shape and result.indices.dtype == torch.int64
-    assert result.distances.shape == batch_shape and result.distances.dtype == torch.float32
-    loss, weight_sums, weighted_sums, indices, distances = _truth(x, codebook, tau, lam)
-    for name, got, expected in (
-        ("loss", result.loss, loss),
-        ("weight_sums", result.weight_sums, weight_sums),
-        ("weighted_sums", result.weighted_sums, weighted_sums),
-        ("distances", result.distances.reshape(-1), distances),
-    ):
-        error = relative_error(got, expected)
-        assert error <= tolerance, f"{name}: relative error {error:.2e} > {tolerance}"
-    _check_nearest(x, codebook, result.indices.reshape(-1).cpu(), indices)
-
-
-def _check_nearest(x, codebook, indices, expected):
-    rows = x.reshape(-1, x.shape[-1]).cpu().double()
-    distances = torch.cdist(rows, codebook.cpu().double()).square()
-    if distances.shape[0] == 0:
-        return
-    lowest = distances.topk(min(2, distances.shape[1]), dim=1, largest=False).values
-    bound = 1e-5 * (1 + lowest[:, 0])
-    regret = distances.gather(1, indices[:, None])[:, 0] - lowest[:, 0]
-    assert (regret <= bound).all()
-    decisive = lowest[:, -1] - lowest[:, 0] > bound
-    assert torch.equal(indices[decisive], expected[decisive])
+def _check_nearest(x, codebook, indices):
+    problems = AssignmentTruth(x, codebook, "l2").choice_failures(indices, "ieee")
+    assert not problems, "; ".join(problems)
 
 
 @pytest.mark.parametrize("tau", TAUS)
 @pytest.mark.parametrize("d", DIMS)
 @pytest.mark.parametrize("n, k", SIZES)
 def test_matches_float64_definition(backend, device, n, k, d, tau):
-    x, codebook = _data(n, k, d, device=device, seed=n + k + d)
+    x, codebook = random_inputs(n, k, d, device=device, seed=n + k + d)
     result = wvq.soft_assign_stats(x, codebook, tau=tau, backend=backend)
     _check_outputs(x, codebook, tau, 0.01, result)
 
 
 @pytest.mark.parametrize("lam", [0.0, 1.0])
 @pytest.mark.parametrize("tau", [0.01, 1.0])
-def test_other_lambdas_and_a_small_tau(backend, device, lam, tau):
+def test_other_lambdas_and_a_small_tau_match_float64(backend, device, lam, tau):
     """lam = 1 clamps many weights at 1; tau = 0.01 makes most weights underflow to 0."""
-    x, codebook = _data(300, 600, 6, device=device, seed=1)
+    x, codebook = random_inputs(300, 600, 6, device=device, seed=1)
     result = wvq.soft_assign_stats(x, codebook, tau=tau, lam=lam, backend=backend)
     _check_outputs(x, codebook, tau, lam, result)
 
@@ -90,7 +54,7 @@ def test_other_lambdas_and_a_small_tau(backend, device, lam, tau):
 def test_lam_zero_gives_nearest_code_statistics(backend, device):
     """With lam = 0 only winners weigh: weight sums are the histogram, weighted sums the code
     sums, the loss the mean nearest distance over D."""
-    x, codebook = _data(500, 40, 8, device=device, seed=2)
+    x, codebook = random_inputs(500, 40, 8, device=device, seed=2)
     result = wvq.soft_assign_stats(x, codebook, tau=1.0, lam=0.0, backend=backend)
     counts, sums = wvq.code_sums(result.indices, x, 40, backend="reference")
     assert torch.equal(result.weight_sums, counts.float())
@@ -101,15 +65,15 @@ def test_lam_zero_gives_nearest_code_statistics(backend, device):
 @pytest.mark.parametrize("tau", TAUS)
 @pytest.mark.parametrize("d", [1, 12, 59])
 def test_gradient_matches_float64_autograd(backend, device, tau, d):
-    x, codebook = _data(257, 300, d, device=device, seed=d)
+    x, codebook = random_inputs(257, 300, d, device=device, seed=d)
     x.requires_grad_()
     codebook.requires_grad_()
     result = wvq.soft_assign_stats(x, codebook, tau=tau, backend=backend)
     (2 * result.loss).backward()
     codebook64 = codebook.detach().cpu().double().requires_grad_()
-    (2 * _truth(x.detach(), codebook64, tau, 0.01)[0]).backward()
+    (2 * soft_assign_truth(x, codebook64, tau, 0.01)[0]).backward()
     assert codebook.grad.dtype == codebook.dtype
-    assert relative_error(codebook.grad, codebook64.grad) <= TOLERANCE
+    assert relative_error(codebook.grad, codebook64.grad) <= SOFT_ASSIGN_TOLERANCE
     assert x.grad is None  # x is stop-gradient
 
 
@@ -128,7 +92,7 @@ def test_empty_batch_gives_zeros_and_a_zero_gradient(backend, device):
 def test_duplicate_codes_go_to_the_smallest_index(backend, device, k):
     """Copies of one code, on both sides of the CPU's 256-code blocks when K allows: the first
     copy wins (weight 1), the others get the softmax weight, as in float64."""
-    x, codebook = _data(64, k, 16, device=device, seed=3)
+    x, codebook = random_inputs(64, k, 16, device=device, seed=3)
     winner = 3 * torch.randn(16, generator=torch.Generator().manual_seed(4)).to(device)
     copies = [5, 11, 23, 39] if k == 40 else [100, 255, 256, 300, 599]
     codebook[copies] = winner
@@ -139,7 +103,7 @@ def test_duplicate_codes_go_to_the_smallest_index(backend, device, k):
 
 
 def test_leading_batch_dims_and_strided_inputs_match_flat_ones(backend, device):
-    x, codebook = _data(240, 50, 12, device=device, seed=5)
+    x, codebook = random_inputs(240, 50, 12, device=device, seed=5)
     wide = torch.zeros(240, 24, device=device)
     wide[:, ::2] = x
     strided_x, transposed_codebook = wide[:, ::2], codebook.T.contiguous().T
@@ -154,15 +118,15 @@ def test_leading_batch_dims_and_strided_inputs_match_flat_ones(backend, device):
     torch.testing.assert_close(batched.distances.reshape(-1), flat.distances, rtol=1e-6, atol=0)
 
 
-def test_many_rows_few_codes(backend, device):
+def test_many_rows_few_codes_match_float64(backend, device):
     """Few code blocks: the CPU and Triton kernels split the rows into segments whose partial
     sums are added afterwards."""
-    x, codebook = _data(5000, 17, 8, device=device, seed=6)
+    x, codebook = random_inputs(5000, 17, 8, device=device, seed=6)
     result = wvq.soft_assign_stats(x, codebook, tau=1.0, backend=backend)
     _check_outputs(x, codebook, 1.0, 0.01, result)
 
 
-def test_more_than_2_to_the_31_pairs(fast_backend, fast_device):
+def test_more_than_2_to_the_31_pairs_give_exact_winner_statistics(fast_backend, fast_device):
     """N * K > 2^31 (64-bit offsets). With lam = 0 only winners weigh, which gives exact
     checks: the weight sums are the histogram of the indices, the weighted sums the code sums,
     and sampled rows' codes are the nearest."""
@@ -170,18 +134,17 @@ def test_more_than_2_to_the_31_pairs(fast_backend, fast_device):
         pytest.skip("too slow in the Triton interpreter; runs on a GPU")
     n, k, d = 32_800, 65_536, 4
     assert n * k > 2**31
-    x, codebook = _data(n, k, d, device=fast_device, seed=11)
+    x, codebook = random_inputs(n, k, d, device=fast_device, seed=11)
     result = wvq.soft_assign_stats(x, codebook, tau=1.0, lam=0.0, backend=fast_backend)
     counts, sums = wvq.code_sums(result.indices, x, k, backend="reference")
     assert torch.equal(result.weight_sums, counts.float())
     torch.testing.assert_close(result.weighted_sums, sums, rtol=1e-6, atol=1e-5)
     sample = torch.cat([torch.arange(16), torch.arange(n - 16, n)])
-    _check_nearest(x[sample], codebook, result.indices[sample].cpu(),
-                   wvq.assign(x[sample], codebook, backend="reference").indices.cpu())
+    _check_nearest(x[sample], codebook, result.indices[sample])
 
 
 def test_deterministic_and_inputs_untouched(backend, device):
-    x, codebook = _data(500, 300, 16, device=device, seed=7)
+    x, codebook = random_inputs(500, 300, 16, device=device, seed=7)
     x_before, codebook_before = x.clone(), codebook.clone()
     first = wvq.soft_assign_stats(x, codebook, tau=0.3, backend=backend)
     second = wvq.soft_assign_stats(x, codebook, tau=0.3, backend=backend)
@@ -193,7 +156,7 @@ def test_deterministic_and_inputs_untouched(backend, device):
 def test_cpu_results_do_not_depend_on_the_thread_count():
     if not wvq.available_backends()["cpu"]:
         pytest.skip("cpu backend not built")
-    x, codebook = _data(5000, 700, 8, seed=10)
+    x, codebook = random_inputs(5000, 700, 8, seed=10)
     threads = torch.get_num_threads()
     results = []
     try:
@@ -207,18 +170,19 @@ def test_cpu_results_do_not_depend_on_the_thread_count():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_inputs_no_worse_than_pytorch_in_that_precision(backend, device, dtype):
-    """Accumulated in float32: against float64 on the same (rounded) inputs, the error is at
-    most twice that of the definition computed by PyTorch in the inputs' precision."""
-    x, codebook = _data(257, 300, 12, dtype=dtype, device=device, seed=8)
+def test_half_inputs_within_the_low_precision_rule(backend, device, dtype):
+    """The project's low-precision rule (testing.LOW_PRECISION_ERROR_FACTOR): accumulated in
+    float32, the error against float64 on the same (rounded) inputs is at most twice that of
+    the definition computed by PyTorch in the inputs' precision."""
+    x, codebook = random_inputs(257, 300, 12, dtype=dtype, device=device, seed=8)
     result = wvq.soft_assign_stats(x, codebook, tau=1.0, backend=backend)
-    truth = _truth(x, codebook, 1.0, 0.01)
+    truth = soft_assign_truth(x, codebook, 1.0, 0.01)
     same_precision = soft_assign_stats_materialised(x.cpu(), codebook.cpu(), 1.0, 0.01, dtype)
     for got, baseline, expected in zip(result[:3], same_precision[:3], truth[:3]):
         baseline_error = relative_error(baseline, expected)
         assert baseline_error > 0
-        assert relative_error(got, expected) <= 2 * baseline_error
-    _check_nearest(x, codebook, result.indices.cpu(), truth[3])
+        assert relative_error(got, expected) <= LOW_PRECISION_ERROR_FACTOR * baseline_error
+    _check_nearest(x, codebook, result.indices)
 
 
 def test_backward_under_aot_autograd(fast_backend, fast_device):
@@ -232,42 +196,31 @@ def test_backward_under_aot_autograd(fast_backend, fast_device):
                                      check_finite=False).loss
 
     compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
-    x, codebook = _data(100, 70, 8, device=fast_device, seed=9)
+    x, codebook = random_inputs(100, 70, 8, device=fast_device, seed=9)
     codebook.requires_grad_()
     (eager_grad,) = torch.autograd.grad(loss(x, codebook), codebook)
     (compiled_grad,) = torch.autograd.grad(compiled(x, codebook), codebook)
     torch.testing.assert_close(compiled_grad, eager_grad)
 
 
-# Runs in a subprocess per ISA (chosen once per process): largest relative error of every
-# output against float64, and whether the nearest codes match, per shape and tau.
-ISA_CHILD = r"""
-import json, sys, torch
-import wvq_kernels as wvq
-from wvq_kernels.reference import soft_assign_stats_materialised
-out = {"isa": torch.ops.wvq.cpu_isa(), "errors": [], "indices_equal": True}
-for n, k, d, tau, lam in json.loads(sys.argv[1]):
-    g = torch.Generator().manual_seed(n * k + d)
-    x, codebook = torch.randn(n, d, generator=g), torch.randn(k, d, generator=g)
-    got = wvq.soft_assign_stats(x, codebook, tau=tau, lam=lam, backend="cpu")
-    truth = soft_assign_stats_materialised(x.double(), codebook.double(), tau, lam)
-    for a, b in zip(got[:3], truth[:3]):
-        out["errors"].append(float((a.double() - b).norm() / b.norm()))
-    out["indices_equal"] &= bool(torch.equal(got.indices, truth[3]))
-print(json.dumps(out))
-"""
-ISA_CASES = [(257, 1000, 1, 0.1, 0.01), (100, 333, 12, 1.0, 0.01), (50, 700, 59, 10.0, 0.01),
-             (33, 70, 3, 0.05, 1.0), (40, 300, 8, 1.0, 0.0)]
+# (N, K, D, tau, lam) per ISA: one chunk of dimensions and several, weights clamped at 1, and
+# lam = 0 (winners only).
+ISA_CASES = [
+    (257, 1000, 1, 0.1, 0.01),
+    (100, 333, 12, 1.0, 0.01),
+    (50, 700, 59, 10.0, 0.01),
+    (33, 70, 3, 0.05, 1.0),
+    (40, 300, 8, 1.0, 0.0),
+]
 
 
-@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
-def test_every_cpu_isa(isa):
-    if not wvq.available_backends()["cpu"]:
-        pytest.skip("cpu backend not built")
-    environment = dict(os.environ, WVQ_CPU_ISA=isa)
-    done = subprocess.run([sys.executable, "-c", ISA_CHILD, json.dumps(ISA_CASES)],
-                          env=environment, capture_output=True, text=True, check=True)
-    report = json.loads(done.stdout)
-    assert report["isa"].startswith(isa)
-    assert report["indices_equal"]
-    assert max(report["errors"]) <= TOLERANCE, report["errors"]
+@pytest.mark.slow
+def test_every_cpu_isa_matches_float64(run_on_isa):
+    inputs = [random_inputs(n, k, d, seed=n * k + d) for n, k, d, _, _ in ISA_CASES]
+    calls = [
+        ("soft_assign_stats", (x, codebook), {"tau": tau, "lam": lam, "backend": "cpu"})
+        for (x, codebook), (_, _, _, tau, lam) in zip(inputs, ISA_CASES, strict=True)
+    ]
+    results = run_on_isa(calls)
+    for (x, codebook), (*_, tau, lam), result in zip(inputs, ISA_CASES, results, strict=True):
+        _check_outputs(x, codebook, tau, lam, wvq.SoftAssignStats(*result))

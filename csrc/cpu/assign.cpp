@@ -9,7 +9,6 @@
 // order, so results never depend on the thread count. Within a task, code blocks sized for L2
 // are the outer loop and row tiles sized for registers the inner one.
 #include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/zeros.h>
@@ -23,6 +22,7 @@
 
 #include "cpu_ops.h"
 #include "microkernel.h"
+#include "parallel.h"
 
 namespace wvq::cpu {
 namespace {
@@ -117,7 +117,7 @@ PackedCodes pack_codes(const at::Tensor& codebook, Metric metric, const Encoding
   const scalar_t* src = codebook.data_ptr<scalar_t>();
   float* packed = values.data_ptr<float>();
   float* bias_out = bias.data_ptr<float>();
-  at::parallel_for(0, num_chunks, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(0, num_chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> code(e.dim), operands(units);
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       for (int lane = 0; lane < chunk_codes; ++lane) {
@@ -196,12 +196,12 @@ struct Partials {
 template <typename scalar_t>
 void scan_task(const scalar_t* x, int64_t num_rows, int64_t block, int64_t segment,
                Metric metric, const Encoding& e, const PackedCodes& codes,
-               const MicroKernel& kernel, const Plan& plan, std::vector<float>& rows,
-               std::vector<float>& scratch, Partials& partials) {
+               const MicroKernel& kernel, const Plan& plan, Partials& partials) {
   const int64_t units = e.units(), chunk_codes = kernel.chunk_codes;
   const int64_t first_row = block * plan.row_block;
   const int64_t count = std::min(plan.row_block, num_rows - first_row);
-  std::fill(rows.begin(), rows.end(), 0.0f);
+  // Rows past `count` stay zero: the last tile may extend beyond the block's rows.
+  std::vector<float> rows(plan.row_block * units), scratch(e.dim);
   for (int64_t r = 0; r < count; ++r) {
     to_float(x + (first_row + r) * e.dim, e.dim, scratch.data());
     encode(scratch.data(), row_scale(metric, scratch.data(), e.dim), e, rows.data() + r * units);
@@ -229,17 +229,11 @@ void scan_task(const scalar_t* x, int64_t num_rows, int64_t block, int64_t segme
 template <typename scalar_t>
 void scan_all(const scalar_t* x, int64_t num_rows, Metric metric, const Encoding& e,
               const PackedCodes& codes, const MicroKernel& kernel, const Plan& plan,
-              int threads, Partials& partials) {
-  const int64_t tasks = plan.num_row_blocks * plan.segments;
-#pragma omp parallel num_threads(threads)
-  {
-    std::vector<float> rows(plan.row_block * e.units()), scratch(e.dim);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t task = 0; task < tasks; ++task) {
-      scan_task(x, num_rows, task / plan.segments, task % plan.segments, metric, e, codes,
-                kernel, plan, rows, scratch, partials);
-    }
-  }
+              Partials& partials) {
+  parallel_tasks(plan.num_row_blocks * plan.segments, [&](int64_t task) {
+    scan_task(x, num_rows, task / plan.segments, task % plan.segments, metric, e, codes, kernel,
+              plan, partials);
+  });
 }
 
 // Merges segments in order (strict "<": the earlier segment, holding smaller indices, wins
@@ -248,7 +242,7 @@ template <typename scalar_t>
 void finalize(const scalar_t* x, const scalar_t* codebook, int64_t num_rows, int64_t dim,
               Metric metric, const Plan& plan, const Partials& partials, int64_t* indices,
               float* distances, int64_t* counts) {
-  at::parallel_for(0, num_rows, 1024, [&](int64_t begin, int64_t end) {
+  parallel_for(0, num_rows, 1024, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       float best = partials.best[i];
       int64_t index = partials.index[i];
@@ -300,7 +294,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> assign(const at::Tensor& x_in,
     Partials partials{std::vector<float>(plan.segments * num_rows),
                       std::vector<int64_t>(plan.segments * num_rows)};
     const scalar_t* x_data = x.data_ptr<scalar_t>();
-    scan_all(x_data, num_rows, metric, encoding, codes, kernel, plan, threads, partials);
+    scan_all(x_data, num_rows, metric, encoding, codes, kernel, plan, partials);
     finalize(x_data, codebook.data_ptr<scalar_t>(), num_rows, dim, metric, plan, partials,
              indices.data_ptr<int64_t>(), distances.data_ptr<float>(),
              histogram ? counts.data_ptr<int64_t>() : nullptr);

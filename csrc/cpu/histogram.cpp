@@ -2,7 +2,6 @@
 // code_sums is deterministic whatever the thread count: rows are bucketed by code with a
 // stable counting sort, and each code's rows are summed in row order in double.
 #include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
@@ -11,6 +10,7 @@
 #include <vector>
 
 #include "cpu_ops.h"
+#include "parallel.h"
 
 namespace wvq::cpu {
 namespace {
@@ -37,7 +37,7 @@ at::Tensor count_codes(const int64_t* codes, int64_t n, int64_t num_codes) {
   }
   const int64_t pieces = (n + kGrain - 1) / kGrain;
   std::vector<std::vector<int64_t>> partial(pieces);
-  at::parallel_for(0, pieces, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(0, pieces, 1, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       partial[p].assign(num_codes, 0);
       for (int64_t i = p * kGrain; i < std::min(n, (p + 1) * kGrain); ++i) ++partial[p][codes[i]];
@@ -78,7 +78,7 @@ std::tuple<at::Tensor, at::Tensor> code_sums(const at::Tensor& indices_in, const
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "wvq_code_sums", [&] {
     const scalar_t* rows = x.data_ptr<scalar_t>();
     float* out = sums.data_ptr<float>();
-    at::parallel_for(0, num_codes, 64, [&](int64_t begin, int64_t end) {
+    parallel_for(0, num_codes, 64, [&](int64_t begin, int64_t end) {
       std::vector<double> total(dim);
       for (int64_t k = begin; k < end; ++k) {
         if (start[k] == start[k + 1]) continue;

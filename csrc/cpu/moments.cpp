@@ -4,7 +4,6 @@
 // The split into tiles and groups depends only on N, never on the thread count, so results are
 // reproducible bit for bit.
 #include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
@@ -14,12 +13,12 @@
 
 #include "../common/chan_merge.h"
 #include "cpu_ops.h"
+#include "parallel.h"
 
 namespace wvq::cpu {
 namespace {
 
 constexpr int64_t kTileRows = 256;
-constexpr int64_t kMaxGroups = 16;
 
 struct Accumulator {
   int64_t count = 0;
@@ -78,13 +77,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> moments(const at::Tensor& x_in) {
   const at::Tensor x = x_in.contiguous();
   const int64_t n = x.size(0), dim = x.size(1);
   const int64_t tiles = (n + kTileRows - 1) / kTileRows;
-  const int64_t groups = std::min(kMaxGroups, tiles);
+  const int64_t groups = std::min(kFixedSplitTasks, tiles);
   const int64_t tiles_per_group = groups > 0 ? (tiles + groups - 1) / groups : 0;
   std::vector<Accumulator> partial(groups, Accumulator(dim));
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "wvq_moments", [&] {
     const scalar_t* data = x.data_ptr<scalar_t>();
-    at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+    parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
       Accumulator tile(dim);
       std::vector<double> centred(kTileRows * dim);
       for (int64_t g = begin; g < end; ++g) {

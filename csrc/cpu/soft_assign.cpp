@@ -10,7 +10,6 @@
 // Nothing depends on the thread count: rows are split into a fixed number of segments only
 // when there are too few code blocks to share out, chosen from N and K alone, and every
 // partial (per segment and per block) is added in a fixed order.
-#include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/zeros.h>
@@ -22,15 +21,15 @@
 #include <vector>
 
 #include "cpu_ops.h"
+#include "parallel.h"
 #include "soft_assign_kernels.h"
 
 namespace wvq::cpu {
 namespace {
 
 constexpr int64_t kScanRowsPerTask = 64;
-// Below this many code blocks pass 2 also splits the rows, into segments of at least
+// Below kFixedSplitTasks code blocks pass 2 also splits the rows, into segments of at least
 // kMinSegmentRows rows, so that small codebooks still keep several threads busy.
-constexpr int64_t kMinAccumulateTasks = 16;
 constexpr int64_t kMinSegmentRows = 2048;
 
 struct PackedCodes {
@@ -65,19 +64,17 @@ struct RowResults {
 };
 
 RowResults scan(const SoftAssignKernels& kernels, const float* x, int64_t num_rows,
-                const PackedCodebook& codes, float inv_tau, double log_scale, int threads) {
+                const PackedCodebook& codes, float inv_tau, double log_scale) {
   RowResults rows{at::empty({num_rows}, at::kFloat), at::empty({num_rows}, at::kLong),
                   at::empty({num_rows}, at::kFloat)};
   float* best = rows.best.data_ptr<float>();
   int64_t* best_index = rows.best_index.data_ptr<int64_t>();
   float* bias = rows.bias.data_ptr<float>();
-  const int64_t tasks = (num_rows + kScanRowsPerTask - 1) / kScanRowsPerTask;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-  for (int64_t task = 0; task < tasks; ++task) {
+  parallel_tasks((num_rows + kScanRowsPerTask - 1) / kScanRowsPerTask, [&](int64_t task) {
     const int64_t begin = task * kScanRowsPerTask;
     const int64_t end = std::min(num_rows, begin + kScanRowsPerTask);
     kernels.scan_rows({x, codes, begin, end, inv_tau, log_scale, best, best_index, bias});
-  }
+  });
   return rows;
 }
 
@@ -91,7 +88,7 @@ struct Plan {
 
 Plan make_plan(int64_t num_rows, int64_t num_chunks) {
   const int64_t num_blocks = (num_chunks + kSoftBlockChunks - 1) / kSoftBlockChunks;
-  const int64_t wanted = (kMinAccumulateTasks + num_blocks - 1) / num_blocks;
+  const int64_t wanted = (kFixedSplitTasks + num_blocks - 1) / num_blocks;
   const int64_t most = std::max<int64_t>(1, num_rows / kMinSegmentRows);
   const int64_t segments = std::min(wanted, most);
   const int64_t rows_per_segment = (num_rows + segments - 1) / segments;
@@ -111,13 +108,12 @@ struct BlockSums {
 
 std::vector<BlockSums> accumulate(const SoftAssignKernels& kernels, const float* x,
                                   int64_t num_rows, const PackedCodebook& codes, float inv_tau,
-                                  const RowResults& rows, const Plan& plan, int threads) {
+                                  const RowResults& rows, const Plan& plan) {
   std::vector<BlockSums> sums(plan.tasks(), BlockSums(codes.dim));
   const float* best = rows.best.data_ptr<float>();
   const int64_t* best_index = rows.best_index.data_ptr<int64_t>();
   const float* bias = rows.bias.data_ptr<float>();
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-  for (int64_t task = 0; task < plan.tasks(); ++task) {
+  parallel_tasks(plan.tasks(), [&](int64_t task) {
     const int64_t first_chunk = (task % plan.num_blocks) * kSoftBlockChunks;
     const int64_t chunks = std::min(kSoftBlockChunks, codes.num_chunks - first_chunk);
     const int64_t row_begin = (task / plan.num_blocks) * plan.rows_per_segment;
@@ -126,7 +122,7 @@ std::vector<BlockSums> accumulate(const SoftAssignKernels& kernels, const float*
     kernels.accumulate_codes({x, codes, first_chunk, chunks, row_begin, row_end, inv_tau, best,
                               best_index, bias, out.data() + BlockSums::weight_at(0),
                               out.data() + BlockSums::weighted_at(0, 0), &out.loss()});
-  }
+  });
   return sums;
 }
 
@@ -194,14 +190,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> soft_assi
 
   const SoftAssignKernels& kernels = soft_assign_kernels();
   const PackedCodes codes = pack_codes(codebook);
-  const int threads = at::get_num_threads();
   const float inv_tau = static_cast<float>(1.0 / tau);
   const double log_scale = std::log(lam * double(num_codes));  // -inf for lam = 0
   const RowResults rows =
-      scan(kernels, x.data_ptr<float>(), num_rows, codes.view, inv_tau, log_scale, threads);
+      scan(kernels, x.data_ptr<float>(), num_rows, codes.view, inv_tau, log_scale);
   const Plan plan = make_plan(num_rows, codes.view.num_chunks);
   const std::vector<BlockSums> sums = accumulate(kernels, x.data_ptr<float>(), num_rows,
-                                                 codes.view, inv_tau, rows, plan, threads);
+                                                 codes.view, inv_tau, rows, plan);
   auto [loss, weight_sums, weighted_sums] = reduce(sums, plan, num_rows, num_codes, dim);
   return {loss, weight_sums, weighted_sums, rows.best_index, rows.best};
 }

@@ -2,12 +2,25 @@
 torch, wvq_kernels._C_cuda as a separate object: a CPU-only install must never load CUDA."""
 import glob
 import os
+import re
 
 from setuptools import setup
 from torch.utils.cpp_extension import BuildExtension, CppExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-CXX_FLAGS = ["-O3", "-std=c++20", "-fopenmp", "-fno-math-errno"]
+
+
+def cxx_standard_flag() -> str:
+    """-std=c++N from CMakeLists.txt, where the sources' one C++ standard is set."""
+    with open(os.path.join(ROOT, "CMakeLists.txt")) as f:
+        found = re.search(r"^set\(WVQ_CXX_STANDARD (\d+)\)$", f.read(), re.MULTILINE)
+    if found is None:
+        raise SystemExit("CMakeLists.txt has no set(WVQ_CXX_STANDARD N) line")
+    return f"-std=c++{found.group(1)}"
+
+
+STD_FLAG = cxx_standard_flag()
+CXX_FLAGS = ["-O3", STD_FLAG, "-fopenmp", "-fno-math-errno"]
 
 
 def cpu_extension():
@@ -32,7 +45,10 @@ def cuda_extension():
         "wvq_kernels._C_cuda",
         sources,
         include_dirs=[os.path.join(ROOT, "csrc")],
-        extra_compile_args={"cxx": ["-O3", "-std=c++20"], "nvcc": ["-O3", "-Xptxas", "-v"]},
+        extra_compile_args={
+            "cxx": ["-O3", STD_FLAG],
+            "nvcc": ["-O3", STD_FLAG, "-Xptxas", "-v"],
+        },
     )
 
 

@@ -13,6 +13,9 @@ NVCC="$CUDA_HOME/bin/nvcc"
 BUILD=build/cuda-ci
 CUDA_VENV=.venv-cuda
 TORCH_CUDA_PIN="torch==2.14.1"
+# The sources' one C++ standard, set in CMakeLists.txt.
+CXX_STANDARD=$(sed -n 's/^set(WVQ_CXX_STANDARD \([0-9]\+\))$/\1/p' CMakeLists.txt)
+[ -n "$CXX_STANDARD" ] || { echo "cuda_ci: no set(WVQ_CXX_STANDARD N) in CMakeLists.txt"; exit 1; }
 mkdir -p build
 started=$SECONDS
 
@@ -29,7 +32,8 @@ python3 scripts/ptxas_table.py < "$BUILD.log"
 step "tensor-core instructions in the assignment PTX"
 for arch in 80 90; do
   ptx="$BUILD/assign.sm_$arch.ptx"
-  nice -n 10 "$NVCC" -std=c++17 -O3 -Icsrc -arch="sm_$arch" --ptx csrc/cuda/assign.cu -o "$ptx"
+  nice -n 10 "$NVCC" -std=c++"$CXX_STANDARD" -O3 -Icsrc -arch="sm_$arch" --ptx \
+    csrc/cuda/assign.cu -o "$ptx"
   for shape in "m16n16k8.f32.tf32.tf32.f32" "m16n16k16.f32.bf16.bf16.f32"; do
     count=$(grep -c "mma.sync.aligned.row.col.$shape" "$ptx" || true)
     echo "sm_$arch  mma.sync ...$shape: $count"

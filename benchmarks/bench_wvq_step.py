@@ -14,34 +14,25 @@ Both start from the same state: the same codebook, a full queue, the same batch,
 forward and backward of the same loss (alpha·codebook + beta·commitment + gamma·W).
 
 Time: median wall time over the repeats, after one warm-up step. Memory: each provider runs in a
-fresh subprocess; after its set-up (inputs, codebook, full queue) and the warm-up step, the
-kernel's resident high-water mark (VmHWM) is reset through /proc/self/clear_refs (after freed
-heap memory is returned to the OS), and the peak is read after the timed steps: the delta is
-every page the steps touched beyond the resident set-up, i.e. their temporaries. Linux only.
+fresh subprocess (wvq_kernels.bench.harness); the peak is read after the timed steps, beyond
+the resident set-up (inputs, codebook, full queue): the steps' temporaries. Linux only. The
+targets (speed-up, memory ratio) are reported, not asserted.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import statistics
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runner import measured_in_subprocess, metered_steps
-
+from wvq_kernels.bench import harness
 from wvq_kernels.nn import VectorQuantizer
 
 ROWS, CODES, DIM, QUEUE = 8192, 65536, 8, 65536
 ALPHA, BETA, GAMMA = 1.0, 0.1, 0.5
 TARGET_SPEEDUP, TARGET_MEMORY_RATIO = 10.0, 20.0
-PROVIDERS = ("ours", "reference")
 
 
 class ReferenceQuantizer:
@@ -84,8 +75,15 @@ class ReferenceQuantizer:
 
 class OursQuantizer:
     def __init__(self, codebook: Tensor, queue: Tensor):
-        self.module = VectorQuantizer(DIM, CODES, distribution_loss="wasserstein", alpha=ALPHA,
-                                      beta=BETA, gamma=GAMMA, feature_queue_size=QUEUE)
+        self.module = VectorQuantizer(
+            codebook.shape[1],
+            codebook.shape[0],
+            distribution_loss="wasserstein",
+            alpha=ALPHA,
+            beta=BETA,
+            gamma=GAMMA,
+            feature_queue_size=queue.shape[0],
+        )
         with torch.no_grad():
             self.module.embedding.copy_(codebook)
         self.module.queue.push(queue)
@@ -97,107 +95,77 @@ class OursQuantizer:
         return out.indices
 
 
-def make_state(seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    codebook = torch.randn(CODES, DIM, generator=generator)
-    queue = torch.randn(QUEUE, DIM, generator=generator) + 0.5
-    z = (torch.randn(ROWS, DIM, generator=generator) + 0.5).requires_grad_()
-    return codebook, queue, z
+def make_state(size, device) -> tuple[Tensor, Tensor, Tensor]:
+    """(codebook, a full queue of QUEUE features, the batch z) for size (N, K, d)."""
+    rows, codes, dim = size
+    generator = torch.Generator().manual_seed(0)
+    codebook = torch.randn(codes, dim, generator=generator)
+    queue = torch.randn(QUEUE, dim, generator=generator) + 0.5
+    z = torch.randn(rows, dim, generator=generator) + 0.5
+    return codebook.to(device), queue.to(device), z.to(device).requires_grad_()
 
 
-def make_provider(name: str, codebook: Tensor, queue: Tensor):
-    return (OursQuantizer if name == "ours" else ReferenceQuantizer)(codebook, queue)
+def _provider(quantizer):
+    def prepare(state, _backend):
+        codebook, queue, z = state
+        model = quantizer(codebook, queue)
+
+        def step():
+            z.grad = None
+            return model.step(z)
+
+        return step
+
+    return prepare
 
 
-def measure(name: str, repeats: int) -> dict:
-    """Runs in the provider's own process: set-up, warm-up, then the timed, metered steps."""
-    codebook, queue, z = make_state()
-    provider = make_provider(name, codebook, queue)
-
-    def step():
-        z.grad = None
-        provider.step(z)
-
-    times, peak_delta_mib = metered_steps(step, repeats)
-    return {"provider": name, "median_s": statistics.median(times), "times_s": times,
-            "peak_rss_delta_mib": peak_delta_mib}
-
-
-def run_in_subprocess(name: str, repeats: int, threads: int | None) -> dict:
-    command = [sys.executable, __file__, "--measure", name, "--repeats", str(repeats)]
-    if threads:
-        command += ["--threads", str(threads)]
-    return measured_in_subprocess(command)
-
-
-def same_codes_share() -> float:
+def same_codes_share(size) -> float:
     """Share of the batch's rows on which both providers choose the same code: the two steps do
     the same work (the reference's expanded fp32 distances may differ on near-ties)."""
-    codebook, queue, z = make_state()
-    ours = make_provider("ours", codebook, queue).step(z)
-    z.grad = None
-    reference = make_provider("reference", codebook, queue).step(z)
+    state = make_state(size, torch.device("cpu"))
+    ours = _provider(OursQuantizer)(state, "auto")()
+    reference = _provider(ReferenceQuantizer)(state, "auto")()
     return (ours == reference).double().mean().item()
 
 
-def report(results: dict[str, dict]) -> str:
-    ours, reference = results["ours"], results["reference"]
-    speedup = reference["median_s"] / ours["median_s"]
-    header = (f"W-VQ step (forward + backward), N={ROWS}, K={CODES}, d={DIM}, queue={QUEUE}, "
-              f"CPU, torch threads={torch.get_num_threads()}, "
-              f"load average={os.getloadavg()[0]:.1f}")
-    lines = [header]
-    for result in (ours, reference):
-        lines.append(f"  {result['provider']:<10} median {result['median_s'] * 1e3:9.1f} ms   "
-                     f"peak RSS delta {result['peak_rss_delta_mib']:9.1f} MiB")
-    lines.append(f"  speed-up (reference / ours): {speedup:.1f}x (target >= {TARGET_SPEEDUP:.0f}x)")
-    if ours["peak_rss_delta_mib"] and reference["peak_rss_delta_mib"]:
-        ratio = reference["peak_rss_delta_mib"] / ours["peak_rss_delta_mib"]
-        lines.append(f"  memory ratio (reference / ours): {ratio:.1f}x "
-                     f"(target >= {TARGET_MEMORY_RATIO:.0f}x)")
-    return "\n".join(lines)
+def _targets(rows: list[dict]) -> list[str]:
+    lines = []
+    for row in rows:
+        if row["provider"] != "ours":
+            continue
+        size = tuple(row[name] for name in BENCH.size_names)
+        lines += [
+            f"{BENCH.size_label(size)}: both choose the same code on "
+            f"{same_codes_share(size):.2%} of the rows",
+            f"  speed-up {_times(row['vs_baseline'])} (target >= {TARGET_SPEEDUP:.0f}x), memory "
+            f"ratio {_times(row['memory_vs_baseline'])} (target >= {TARGET_MEMORY_RATIO:.0f}x)",
+        ]
+    return lines
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    parser.add_argument("--measure", choices=PROVIDERS, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+def _times(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.1f}x"
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.measure:
-        print(json.dumps(measure(args.measure, args.repeats)))
-        return 0
-    print(f"rows on which both choose the same code: {same_codes_share():.2%}")
-    results = {name: run_in_subprocess(name, args.repeats, args.threads) for name in PROVIDERS}
-    print(report(results))
-    return 0
+BENCH = harness.OpBenchmark(
+    name="wvq_step",
+    description=f"W-VQ step (forward + backward, queue {QUEUE}): ours vs the reference",
+    size_names=("N", "K", "d"),
+    sizes=((ROWS, CODES, DIM),),
+    quick_sizes=((1024, 4096, DIM),),
+    make_inputs=make_state,
+    providers=(
+        harness.OpProvider("ours", _provider(OursQuantizer)),
+        harness.OpProvider("reference", _provider(ReferenceQuantizer), baseline=True),
+    ),
+    memory=True,
+    repeats=5,
+    summary=_targets,
+)
 
 
-def _benchmark_step(benchmark, name: str) -> None:
-    codebook, queue, z = make_state()
-    provider = make_provider(name, codebook, queue)
-
-    def step():
-        z.grad = None
-        provider.step(z)
-
-    benchmark.group = "wvq-step"
-    benchmark.pedantic(step, rounds=3, warmup_rounds=1)
-
-
-def test_wvq_step_ours(benchmark):
-    _benchmark_step(benchmark, "ours")
-
-
-def test_wvq_step_reference(benchmark):
-    _benchmark_step(benchmark, "reference")
+test_wvq_step = harness.pytest_benchmark(BENCH, BENCH.sizes[0])
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(harness.main(BENCH, __file__))

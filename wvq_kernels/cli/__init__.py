@@ -2,7 +2,7 @@
 
     wvq info           versions, backends (and why one is missing), CPU ISA, threads
     wvq check          every available backend against a float64 oracle; exit 1 on a failure
-    wvq bench [...]    benchmarks/runner.py (``wvq bench --help`` lists its arguments)
+    wvq bench [...]    assignment against its peers (``wvq bench --help`` lists its arguments)
     wvq repro atomic   Wasserstein VQ's synthetic experiment beside the published table
     wvq train          the reference VQ-VAE on embedded photographs (runs/<name>/)
     wvq diagnose RUN   a trained run's utilization beside the ceilings its features allow

@@ -1,4 +1,4 @@
-"""Nearest-code (L2, k = 1) providers compared by the benchmarks: ours and its peers.
+"""Nearest-code (L2, k = 1) providers compared by the assignment benchmarks: ours and its peers.
 
 Each provider turns (x (N, D) float32, codebook (K, D) float32) into a zero-argument callable
 that returns the chosen indices as an int64 tensor (N,). Whatever can be prepared once per
@@ -16,14 +16,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-MiB = 1 << 20
+from wvq_kernels.bench.harness import MiB, Skip
+
 FAISS_BLAS_THRESHOLD = 20
 
 Search = Callable[[], Tensor]
-
-
-class Skip(Exception):
-    """A provider cannot run on this machine or at this size; the message says why."""
 
 
 @dataclass(frozen=True)

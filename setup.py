@@ -4,6 +4,7 @@ import glob
 import os
 import re
 
+import torch
 from setuptools import setup
 from torch.utils.cpp_extension import BuildExtension, CppExtension
 
@@ -59,4 +60,10 @@ def extensions():
     return built
 
 
-setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)})
+# An extension built against torch X loads only with torch X, so that is the runtime requirement
+# (the local suffix, +cpu or +cu130, dropped: the version alone is the pin).
+setup(
+    ext_modules=extensions(),
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    install_requires=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+)

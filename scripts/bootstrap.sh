@@ -11,8 +11,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# torch must stay pinned: an unpinned or open-ended torch makes pip pull a multi-GB CUDA build.
-readonly TORCH_PIN="torch==2.13.0"
 readonly VENV=.venv
 readonly PY="$VENV/bin/python"
 
@@ -26,24 +24,13 @@ esac
 # Hash of every input of the install, so that an edit to any of them triggers a rebuild.
 inputs_fingerprint() {
   {
-    echo "$TORCH_PIN $extras"
+    echo "$extras"
     "$PY" --version
     local path
     for path in pyproject.toml setup.py CMakeLists.txt csrc; do
       if [[ -e "$path" ]]; then find "$path" -type f; fi
     done | LC_ALL=C sort | xargs -r sha256sum
   } | sha256sum | cut -d' ' -f1
-}
-
-# pip's --no-build-isolation uses what is in the venv, so the build requirements must be
-# installed first; they are read from pyproject.toml so that this script never drifts from it.
-build_requirements() {
-  "$PY" - <<'PY'
-import tomllib
-with open("pyproject.toml", "rb") as f:
-    requires = tomllib.load(f).get("build-system", {}).get("requires", [])
-print("\n".join(r for r in requires if not r.replace(" ", "").lower().startswith("torch")))
-PY
 }
 
 # This machine kind's pip config lists local file:// indexes that need not exist; pip then warns
@@ -63,10 +50,13 @@ if [[ -f "$stamp" && "$(cat "$stamp")" == "$fingerprint" ]] && "$PY" -c "import 
 fi
 
 echo "bootstrap: installing into $VENV (extras [$extras])"
-mapfile -t build_reqs < <(build_requirements)
-pip_install "$TORCH_PIN" "${build_reqs[@]}"
-# The pin is repeated so that no dependency of the package can move torch.
-pip_install --no-build-isolation -e ".[$extras]" "$TORCH_PIN"
+# pip's --no-build-isolation uses what is in the venv, so the build requirements go first. They
+# hold torch's pin (an unpinned or open-ended torch makes pip pull a multi-GB CUDA build), and
+# the package then requires exactly the torch it was built against, so nothing can move torch.
+build_requirements=$("$PY" scripts/pins.py build)
+mapfile -t build_reqs <<< "$build_requirements"
+pip_install "${build_reqs[@]}"
+pip_install --no-build-isolation -e ".[$extras]"
 "$PY" -c "import wvq_kernels._C"
 echo "$fingerprint" > "$stamp"
 echo "bootstrap: done"

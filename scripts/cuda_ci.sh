@@ -4,15 +4,14 @@
 #     per-kernel table (registers, smem, spills) fails on any spill or smem over the arch limit;
 #  2. the PTX of the assignment kernels must hold tensor-core mma instructions (tf32 and bf16);
 #  3. the host unit tests of csrc/common (ctest);
-#  4. a torch==2.14.1 (CUDA 13.0) venv builds wvq_kernels._C_cuda, loads it, and every wvq op
-#     must have a CUDA kernel registered.
+#  4. a venv with the CUDA torch pinned in pyproject.toml ([tool.wvq], a CUDA 13.0 build) builds
+#     wvq_kernels._C_cuda, loads it, and every wvq op must have a CUDA kernel registered.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
 NVCC="$CUDA_HOME/bin/nvcc"
 BUILD=build/cuda-ci
 CUDA_VENV=.venv-cuda
-TORCH_CUDA_PIN="torch==2.14.1"
 # The sources' one C++ standard, set in CMakeLists.txt.
 CXX_STANDARD=$(sed -n 's/^set(WVQ_CXX_STANDARD \([0-9]\+\))$/\1/p' CMakeLists.txt)
 [ -n "$CXX_STANDARD" ] || { echo "cuda_ci: no set(WVQ_CXX_STANDARD N) in CMakeLists.txt"; exit 1; }
@@ -44,12 +43,14 @@ done
 step "host unit tests"
 ctest --test-dir "$BUILD" --output-on-failure
 
-step "torch 2.14.1 (CUDA) venv: build and register _C_cuda"
-if [ ! -x "$CUDA_VENV/bin/python" ] || ! "$CUDA_VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.14.1')"; then
-  python3.11 -m venv "$CUDA_VENV"
-  nice -n 10 "$CUDA_VENV/bin/pip" install -q "$TORCH_CUDA_PIN" ninja setuptools wheel numpy
-fi
-# A separate build dir: the CPU venv's in-place wvq_kernels/_C (torch 2.13) stays untouched.
+step "CUDA torch venv: build and register _C_cuda"
+[ -x "$CUDA_VENV/bin/python" ] || python3.11 -m venv "$CUDA_VENV"
+requirements=$(python3 scripts/pins.py cuda)
+mapfile -t cuda_requirements <<< "$requirements"
+# A no-op once the pins are met; the first time it installs the multi-GB CUDA torch.
+nice -n 10 "$CUDA_VENV/bin/pip" install -q "${cuda_requirements[@]}" numpy 2>&1 \
+  | { grep -v "^WARNING: Location 'file:" || true; }
+# A separate build dir: the CPU venv's in-place wvq_kernels/_C (CPU torch) stays untouched.
 WVQ_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST="8.0;9.0" MAX_JOBS=2 nice -n 10 \
   "$CUDA_VENV/bin/python" setup.py -q build_ext --build-lib build/cuda-lib \
   --build-temp build/cuda-temp > build/cuda-ext.log 2>&1 || { tail -50 build/cuda-ext.log; exit 1; }

@@ -44,13 +44,17 @@ struct Bf16PairDot {
 
 namespace wvq::cpu {
 
-// 6 rows x 4 vectors = 24 accumulators + 4 code vectors + a broadcast fit the 32 registers.
+// The tile of both scan kernels (fp32 and bf16 pairs use the same registers): 6 rows x 4 vectors
+// = 24 accumulators + 4 code vectors + a broadcast fit the 32 registers.
+constexpr int kScanRows = 6;
+constexpr int kScanVectors = 4;
+
 const MicroKernel& avx512_fp32_kernel() {
-  return avx512::make_kernel<avx512::Fp32Dot, 6, 4>("avx512-fp32");
+  return avx512::make_kernel<avx512::Fp32Dot, kScanRows, kScanVectors>("avx512-fp32");
 }
 
 const MicroKernel& avx512_bf16_kernel() {
-  return avx512::make_kernel<avx512::Bf16PairDot, 6, 4>("avx512-bf16");
+  return avx512::make_kernel<avx512::Bf16PairDot, kScanRows, kScanVectors>("avx512-bf16");
 }
 
 // 4 rows x 4 vectors of distances = 16 accumulators + 4 code vectors.

@@ -264,6 +264,7 @@ def run(bench: OpBenchmark, args, script: str) -> list[dict]:
                 measured = _measure_in_own_process(bench, provider.name, size, args, script)
             else:
                 measured = measure(bench, provider.name, size, args)
+                # Not alone in its process, the high-water mark also holds earlier cells' pages.
                 measured["peak_delta_mib"] = None
             row = dict(zip(bench.size_names, size)) | {"provider": provider.name}
             rows.append(row | {"note": ""} | measured)

@@ -1,5 +1,6 @@
 """Builds wvq_kernels._C (CPU, always) and, with WVQ_BUILD_CUDA=1 against a CUDA build of
 torch, wvq_kernels._C_cuda as a separate object: a CPU-only install must never load CUDA."""
+
 import glob
 import os
 import re

@@ -44,18 +44,26 @@ class ReferenceQuantizer:
 
     def step(self, z: Tensor) -> Tensor:
         codebook = self.codebook
-        distances = (z.detach().square().sum(1, keepdim=True) + codebook.square().sum(1)
-                     - 2 * z.detach() @ codebook.T)
+        distances = (
+            z.detach().square().sum(1, keepdim=True)
+            + codebook.square().sum(1)
+            - 2 * z.detach() @ codebook.T
+        )
         indices = distances.argmin(1)
         quantized = codebook[indices]
         counts = torch.bincount(indices, minlength=codebook.shape[0])
         self.utilization = (counts > 0).sum().item() / codebook.shape[0]
         probabilities = counts.float() / indices.numel()
-        self.perplexity = torch.exp(-(probabilities * torch.log(probabilities + 1e-10)).sum()).item()
-        self.queue = torch.cat([self.queue[z.shape[0]:], z.detach()])
+        self.perplexity = torch.exp(
+            -(probabilities * torch.log(probabilities + 1e-10)).sum()
+        ).item()
+        self.queue = torch.cat([self.queue[z.shape[0] :], z.detach()])
         distance = self._wasserstein(codebook)
-        loss = (ALPHA * F.mse_loss(quantized, z.detach()) + BETA * F.mse_loss(quantized.detach(), z)
-                + GAMMA * distance)
+        loss = (
+            ALPHA * F.mse_loss(quantized, z.detach())
+            + BETA * F.mse_loss(quantized.detach(), z)
+            + GAMMA * distance
+        )
         straight_through = z + (quantized - z).detach()
         (loss + straight_through.sum()).backward()
         return indices

@@ -10,8 +10,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from wvq_kernels import available_backends  # noqa: E402
-from wvq_kernels.testing import device_for  # noqa: E402
+from wvq_kernels import available_backends
+from wvq_kernels.testing import device_for
 
 BACKENDS = list(available_backends())
 # The CPU kernels' ISA levels, narrowest first (WVQ_CPU_ISA values).

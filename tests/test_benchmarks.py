@@ -37,7 +37,7 @@ def test_every_op_has_a_benchmark_script():
 @pytest.mark.parametrize("script", OP_SCRIPTS)
 def test_op_script_reports_each_provider_against_its_baseline(script, tmp_path):
     command = [sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--repeats", "2"]
-    done = subprocess.run(command + ["--out", str(tmp_path)], capture_output=True, text=True)
+    done = subprocess.run([*command, "--out", str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "vs baseline" in done.stdout
     rows = _results(tmp_path)
@@ -59,7 +59,7 @@ def test_wvq_bench_runs_the_grid_from_the_package(tmp_path, monkeypatch, capsys)
 @pytest.mark.slow
 def test_bench_assign_script_is_the_grid(tmp_path):
     command = [sys.executable, str(ROOT / "benchmarks" / "bench_assign.py"), *ASSIGN_SMOKE]
-    done = subprocess.run(command + ["--out", str(tmp_path)], capture_output=True, text=True)
+    done = subprocess.run([*command, "--out", str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert len(_results(tmp_path)) == 2
 

@@ -1,5 +1,6 @@
 """CounterRandom: uniform, reproducible from (seed, offset) alone, chunking-independent, and
 usable inside a compiled graph."""
+
 import math
 
 import torch

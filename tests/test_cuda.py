@@ -98,8 +98,16 @@ def _check_soft_assign(x, codebook, tau, lam, result):
 
 # (N, K, D): empty and single rows, one chunk of dimensions and several, few rows and many codes
 # (the scan splits the codebook), many rows and few codes (row segments in the accumulation).
-SOFT_ASSIGN_SHAPES = [(0, 17, 12), (1, 17, 59), (1, 1, 1), (777, 300, 12), (2049, 300, 59),
-                      (3, 5000, 8), (5000, 17, 8), (600, 130, 40)]
+SOFT_ASSIGN_SHAPES = [
+    (0, 17, 12),
+    (1, 17, 59),
+    (1, 1, 1),
+    (777, 300, 12),
+    (2049, 300, 59),
+    (3, 5000, 8),
+    (5000, 17, 8),
+    (600, 130, 40),
+]
 
 
 @pytest.mark.parametrize("lam", [0.01, 1.0])

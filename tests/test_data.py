@@ -44,8 +44,10 @@ def test_train_and_eval_patches_never_share_a_pixel():
     ids = np.arange(height * width).reshape(height, width)
     image = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
     train_tiles, eval_tiles = data.split_tiles(image)
-    pixel_ids = [{tuple(p) for tile in tiles for p in tile.reshape(-1, 3)}
-                 for tiles in (train_tiles, eval_tiles)]
+    pixel_ids = [
+        {tuple(p) for tile in tiles for p in tile.reshape(-1, 3)}
+        for tiles in (train_tiles, eval_tiles)
+    ]
     assert not pixel_ids[0] & pixel_ids[1]
     assert len(pixel_ids[0]) + len(pixel_ids[1]) == height * width
 

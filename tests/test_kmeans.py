@@ -1,4 +1,7 @@
 """kmeans: never increases the quantization error and equals a plain float64 Lloyd loop."""
+
+import itertools
+
 import pytest
 import torch
 
@@ -13,7 +16,7 @@ def quantization_error(x, codebook):
 def test_error_never_increases():
     x = torch.randn(3000, 5, generator=torch.Generator().manual_seed(0))
     errors = [quantization_error(x, kmeans(x, 64, iters)) for iters in (0, 1, 3, 10)]
-    assert all(b <= a + 1e-6 for a, b in zip(errors, errors[1:])), errors
+    assert all(b <= a + 1e-6 for a, b in itertools.pairwise(errors)), errors
     assert errors[-1] < 0.8 * errors[0]
 
 

@@ -1,6 +1,7 @@
 """gaussian_w2 against SciPy's sqrtm in float64, its gradients against finite differences
 (gradcheck) and a float64 autograd-through-sqrtm reference, and finiteness where eigenvalue
 gradients usually blow up (repeated eigenvalues, rank-deficient and all-zero covariances)."""
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -70,14 +71,22 @@ def test_gradients_finite_on_degenerate_covariances(method, case):
     cov_a = cov_a.clone().requires_grad_()
     loss = gaussian_w2(mean_a, cov_a, torch.zeros(dim, dtype=torch.float64), cov_b, method=method)
     loss.backward()
-    assert torch.isfinite(loss) and torch.isfinite(cov_a.grad).all() and torch.isfinite(cov_b.grad).all()
+    assert (
+        torch.isfinite(loss)
+        and torch.isfinite(cov_a.grad).all()
+        and torch.isfinite(cov_b.grad).all()
+    )
 
 
 def test_codebook_gradient_matches_closed_form():
     """∂W²/∂e_k = (2/K)(μc − μz) + (2/K) G (e_k − μc) for biased covariances, G = I − Σz^½ M^−½ Σz^½
     (NOTES-papers.md, with 1/K in place of 1/(K−1) since moments() is the population covariance)."""
     g = torch.Generator().manual_seed(3)
-    features = torch.randn(4000, 3, generator=g, dtype=torch.float64) * torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64) + 1
+    features = (
+        torch.randn(4000, 3, generator=g, dtype=torch.float64)
+        * torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+        + 1
+    )
     codes = torch.randn(50, 3, generator=g, dtype=torch.float64).requires_grad_()
     fz, fc = moments(features, backend="reference"), moments(codes, backend="reference")
     gaussian_w2(fz.mean, fz.cov, fc.mean, fc.cov, squared=True, eps=0.0).backward()
@@ -86,7 +95,9 @@ def test_codebook_gradient_matches_closed_form():
     m_inv_sqrt = torch.from_numpy(np.real(scipy.linalg.inv(scipy.linalg.sqrtm(m.numpy()))))
     gain = torch.eye(3, dtype=torch.float64) - sz @ m_inv_sqrt @ sz
     k = codes.shape[0]
-    expected = (2 / k) * (fc.mean.detach() - fz.mean) + (2 / k) * (codes.detach() - fc.mean.detach()) @ gain.T
+    expected = (2 / k) * (fc.mean.detach() - fz.mean) + (2 / k) * (
+        codes.detach() - fc.mean.detach()
+    ) @ gain.T
     assert torch.allclose(codes.grad, expected, rtol=1e-6, atol=1e-9)
 
 
@@ -94,7 +105,9 @@ def test_methods_agree_and_validate():
     g = torch.Generator().manual_seed(4)
     a, b = random_gaussian(16, g), random_gaussian(16, g)
     exact = gaussian_w2(*a, *b, squared=True)
-    assert gaussian_w2(*a, *b, squared=True, method="newton_schulz").item() == pytest.approx(exact.item(), rel=1e-5)
+    assert gaussian_w2(*a, *b, squared=True, method="newton_schulz").item() == pytest.approx(
+        exact.item(), rel=1e-5
+    )
     with pytest.raises(ValueError, match="method"):
         gaussian_w2(*a, *b, method="svd")
     with pytest.raises(ValueError, match="dimensions"):

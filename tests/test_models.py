@@ -1,7 +1,7 @@
 import torch
 
-from wvq_kernels.vqvae.models import VQVAE
 from wvq_kernels.nn import VectorQuantizer
+from wvq_kernels.vqvae.models import VQVAE
 
 
 def test_vqvae_shapes():

@@ -1,5 +1,6 @@
 """VectorQuantizer and FeatureQueue: loss values and gradients against a float64 computation,
 torch.compile, state round-trip, SimVQ decoding, dead codes, k-means init, a short training run."""
+
 import io
 
 import pytest
@@ -69,16 +70,21 @@ def reference_loss(z, codes, alpha, beta, gamma, target_cov_scale=1.0):
     cov_z = target_cov_scale * torch.cov((features / scale).T)
     cov_c = torch.cov((codes / scale).T)
     root = _sqrt_psd(cov_z)
-    w2 = ((features / scale).mean(0) - (codes / scale).mean(0)).square().sum() \
-        + cov_z.trace() + cov_c.trace() - 2 * _sqrt_psd(root @ cov_c @ root).trace()
+    w2 = (
+        ((features / scale).mean(0) - (codes / scale).mean(0)).square().sum()
+        + cov_z.trace()
+        + cov_c.trace()
+        - 2 * _sqrt_psd(root @ cov_c @ root).trace()
+    )
     distance = (w2.clamp_min(0) + 1e-10).sqrt()
     return alpha * codebook + beta * commitment + gamma * distance, indices, distance
 
 
 @pytest.mark.parametrize("target_cov_scale", [1.0, 0.8])
 def test_wasserstein_loss_and_gradients_match_float64(target_cov_scale):
-    quantizer = make("wasserstein", alpha=0.7, beta=0.2, gamma=0.5,
-                     target_cov_scale=target_cov_scale)
+    quantizer = make(
+        "wasserstein", alpha=0.7, beta=0.2, gamma=0.5, target_cov_scale=target_cov_scale
+    )
     spread_codebook(quantizer)
     z = (torch.randn(80, 6) * torch.linspace(0.5, 2, 6) + 1).requires_grad_()
     out = quantizer(z)
@@ -92,7 +98,9 @@ def test_wasserstein_loss_and_gradients_match_float64(target_cov_scale):
     assert out.stats["wasserstein"].item() == pytest.approx(distance.item(), rel=1e-5)
     assert out.loss.item() == pytest.approx(loss.item(), rel=1e-5)
     torch.testing.assert_close(z.grad.double(), z64.grad, rtol=1e-4, atol=1e-7)
-    torch.testing.assert_close(quantizer.embedding.grad.double(), codes64.grad, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(
+        quantizer.embedding.grad.double(), codes64.grad, rtol=1e-4, atol=1e-7
+    )
 
 
 def test_vanilla_loss_has_no_distribution_term():
@@ -277,8 +285,9 @@ def test_compiled_training_steps_equal_eager_ones_without_graph_breaks(name):
     module.load_state_dict(eager.state_dict())
     compiled = torch.compile(module, backend="aot_eager", fullgraph=True)
     # An EMA codebook has no parameters: it learns in forward.
-    optimizers = [torch.optim.SGD(list(m.parameters()) or [torch.zeros(1)], lr=0.1)
-                  for m in (eager, module)]
+    optimizers = [
+        torch.optim.SGD(list(m.parameters()) or [torch.zeros(1)], lr=0.1) for m in (eager, module)
+    ]
     for step in range(3):
         z = torch.randn(40, 6) + step
         # Gradients reach the features too, as they would reach an encoder.
@@ -306,8 +315,9 @@ def spread_codebook_of(quantizer):
 
 def _train_utilization(distribution_loss, steps=300, batch=2048, shift=3.0):
     torch.manual_seed(0)
-    quantizer = VectorQuantizer(8, 1024, distribution_loss=distribution_loss,
-                                feature_queue_size=8192)
+    quantizer = VectorQuantizer(
+        8, 1024, distribution_loss=distribution_loss, feature_queue_size=8192
+    )
     optimizer = torch.optim.Adam(quantizer.parameters(), lr=0.02, betas=(0.9, 0.95))
     generator = torch.Generator().manual_seed(1)
     for _ in range(steps):

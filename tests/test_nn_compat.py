@@ -1,5 +1,6 @@
 """wvq_kernels.nn.VectorQuantize against vector-quantize-pytorch's VectorQuantize: same
 constructor arguments, same return types, shapes and dtypes."""
+
 import inspect
 
 import pytest
@@ -45,7 +46,9 @@ def test_outputs_match_theirs_in_type_shape_and_dtype(options, training):
         assert type(mine) is type(reference)
         assert mine.shape == reference.shape and mine.dtype == reference.dtype
     indices = ours_out[1]
-    assert ours.get_output_from_indices(indices).shape == theirs.get_output_from_indices(indices).shape
+    assert (
+        ours.get_output_from_indices(indices).shape == theirs.get_output_from_indices(indices).shape
+    )
     assert ours.codebook.shape == theirs.codebook.shape
 
 

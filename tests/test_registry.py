@@ -1,6 +1,7 @@
 """Every op of the schema table is complete: both namespaces define it with the table's schema,
 and it has a reference function, a trusted internal call, a public wrapper, a test file and a
 benchmark script (docs/adding-an-op.md lists the same places)."""
+
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,11 @@ OPS = sorted(SCHEMAS)
 
 def _namespace_ops(namespace: str) -> set[str]:
     prefix = f"{namespace}::"
-    return {name.removeprefix(prefix) for name in torch._C._dispatch_get_all_op_names()
-            if name.startswith(prefix)}
+    return {
+        name.removeprefix(prefix)
+        for name in torch._C._dispatch_get_all_op_names()
+        if name.startswith(prefix)
+    }
 
 
 def _require(backend: str) -> None:

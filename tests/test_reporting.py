@@ -21,7 +21,9 @@ def test_format_table_aligns_cells_under_a_dashed_rule():
 
 
 def test_format_table_prints_none_as_a_dash():
-    assert format_table(COLUMNS, [{"name": "a", "value": None}]).splitlines()[-1] == "a            -"
+    assert (
+        format_table(COLUMNS, [{"name": "a", "value": None}]).splitlines()[-1] == "a            -"
+    )
 
 
 def test_format_table_separates_groups_by_a_blank_line():

@@ -1,5 +1,6 @@
 """FeatureReservoir: the chunked push equals sequential algorithm R on the same draws, the
 sample is uniform over the stream, and refill draws are distinct rows."""
+
 import torch
 
 from wvq_kernels.nn.counter_random import CounterRandom
@@ -11,7 +12,7 @@ def sequential_reservoir(stream: torch.Tensor, size: int, chunk: int, seed: int)
     random = CounterRandom(seed)
     rows = torch.zeros(size, stream.shape[1])
     for start in range(0, len(stream), chunk):
-        part = stream[start:start + chunk]
+        part = stream[start : start + chunk]
         uniform = random.uniform(len(part))
         for offset, row in enumerate(part):
             t = start + offset

@@ -22,7 +22,6 @@ DIMS = [1, 3, 8, 12, 59]
 SIZES = [(0, 17), (1, 17), (257, 17), (1, 1), (257, 1), (257, 300)]
 
 
-
 def _check_outputs(x, codebook, tau, lam, result):
     problems = soft_assign_failures(x, codebook, tau, lam, result)
     assert not problems, "; ".join(problems)
@@ -108,8 +107,9 @@ def test_leading_batch_dims_and_strided_inputs_match_flat_ones(backend, device):
     wide[:, ::2] = x
     strided_x, transposed_codebook = wide[:, ::2], codebook.T.contiguous().T
     assert not strided_x.is_contiguous() and not transposed_codebook.is_contiguous()
-    batched = wvq.soft_assign_stats(strided_x.reshape(2, 3, 40, 12), transposed_codebook,
-                                    tau=0.5, backend=backend)
+    batched = wvq.soft_assign_stats(
+        strided_x.reshape(2, 3, 40, 12), transposed_codebook, tau=0.5, backend=backend
+    )
     flat = wvq.soft_assign_stats(x, codebook, tau=0.5, backend=backend)
     assert batched.indices.shape == (2, 3, 40) and batched.distances.shape == (2, 3, 40)
     assert torch.equal(batched.indices.reshape(-1), flat.indices)
@@ -192,8 +192,9 @@ def test_backward_under_aot_autograd(fast_backend, fast_device):
         pytest.skip("the interpreter cannot run kernels on fake tensors (see test_triton_ops.py)")
 
     def loss(x, codebook):
-        return wvq.soft_assign_stats(x, codebook, tau=1.0, backend=fast_backend,
-                                     check_finite=False).loss
+        return wvq.soft_assign_stats(
+            x, codebook, tau=1.0, backend=fast_backend, check_finite=False
+        ).loss
 
     compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
     x, codebook = random_inputs(100, 70, 8, device=fast_device, seed=9)

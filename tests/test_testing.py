@@ -188,4 +188,3 @@ def test_skewed_indices_stay_in_range_and_crowd_the_first_codes():
     assert 0 <= int(indices.min()) and int(indices.max()) < 1000
     counts = torch.bincount(indices.reshape(-1).long(), minlength=1000)
     assert counts[:100].sum() > 4 * counts[500:600].sum()
-

@@ -6,7 +6,12 @@ import pytest
 from wvq_kernels.vqvae import TrainConfig, train
 
 ARTEFACTS = (
-    "metrics.json", "metrics.csv", "curve.csv", "usage.png", "reconstructions.png", "checkpoint.pt"
+    "metrics.json",
+    "metrics.csv",
+    "curve.csv",
+    "usage.png",
+    "reconstructions.png",
+    "checkpoint.pt",
 )
 
 
@@ -14,9 +19,19 @@ ARTEFACTS = (
 def tiny_config(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (256, 32, 32, 3), dtype=np.uint8)
     np.savez(tmp_path / "tiny.npz", x=images)
-    return TrainConfig(name="tiny", codebook_size=64, steps=40, minutes=1, batch_size=16,
-                       eval_every=20, checkpoint_every=20, eval_size=64, hidden=16,
-                       data=str(tmp_path / "tiny.npz"), out_dir=str(tmp_path / "runs"))
+    return TrainConfig(
+        name="tiny",
+        codebook_size=64,
+        steps=40,
+        minutes=1,
+        batch_size=16,
+        eval_every=20,
+        checkpoint_every=20,
+        eval_size=64,
+        hidden=16,
+        data=str(tmp_path / "tiny.npz"),
+        out_dir=str(tmp_path / "runs"),
+    )
 
 
 def test_short_run_raises_utilization_and_writes_artefacts(tiny_config, tmp_path):
@@ -110,15 +125,20 @@ def test_compare_prints_one_table_of_the_final_evaluations(nsvq_config, tmp_path
 
     from wvq_kernels.vqvae import compare
 
-    standard = [dataclasses.replace(nsvq_config, name=q, quantizer=q, strategy="standard")
-                for q in ("simvq", "wasserstein")]
+    standard = [
+        dataclasses.replace(nsvq_config, name=q, quantizer=q, strategy="standard")
+        for q in ("simvq", "wasserstein")
+    ]
     configs = [nsvq_config, *standard]
     printed = []
     rows = compare(configs, log=printed.append)
     table = printed[-2].splitlines()
     assert table[0].split()[:3] == ["quantizer", "strategy", "steps"]
     assert [line.split()[:2] for line in table[2:]] == [
-        ["nsvq", "nsvq"], ["simvq", "standard"], ["wasserstein", "standard"]]
+        ["nsvq", "nsvq"],
+        ["simvq", "standard"],
+        ["wasserstein", "standard"],
+    ]
     saved = json.loads((tmp_path / "runs" / "compare.json").read_text())
     assert saved == rows
     for config, row in zip(configs, rows):
@@ -137,9 +157,14 @@ def test_diagnose_reports_the_runs_own_utilization_beside_the_ceilings(tiny_conf
     printed = []
     rows = diagnose(tmp_path / "runs" / "tiny", log=printed.append)
     assert [row["codebook"] for row in rows] == [
-        "trained", "gaussian", "gaussian d/(d+2)", "training features"]
+        "trained",
+        "gaussian",
+        "gaussian d/(d+2)",
+        "training features",
+    ]
     assert {key: rows[0][key] for key in ("utilization", "perplexity")} == {
-        key: final[key] for key in ("utilization", "perplexity")}
+        key: final[key] for key in ("utilization", "perplexity")
+    }
     assert rows[0]["quantization_error"] == pytest.approx(final["quantization_error"], rel=1e-6)
     saved = json.loads((tmp_path / "runs" / "tiny" / "ceilings.json").read_text())
     assert saved == rows
@@ -160,8 +185,10 @@ def test_a_gaussian_codebook_misses_clustered_features_that_a_sample_covers():
         return centres[which] + 0.05 * torch.randn(n, 8, generator=generator)
 
     codes = clustered(512)
-    rows = {row["codebook"]: row for row in
-            utilization_ceilings(clustered(20000), clustered(512 * 40), codes)}
+    rows = {
+        row["codebook"]: row
+        for row in utilization_ceilings(clustered(20000), clustered(512 * 40), codes)
+    }
     # Codes drawn from the features' own density are nearly all hit at 40 tokens per code; the
     # moment-matched Gaussian spreads its codes between the clusters, where no feature falls.
     assert rows["training features"]["utilization"] > 0.9
@@ -208,7 +235,10 @@ def test_cli_codebook_lr_overrides_the_quantizers_rate_and_keeps_its_algorithm()
     assert codebook_optimizer(config("--codebook-size", "16384")) == ("sgd", pytest.approx(0.75))
     assert codebook_optimizer(config("--codebook-lr", "0.5")) == ("sgd", 0.5)
     assert codebook_optimizer(config("--quantizer", "vanilla")) == ("adam", 0.02)
-    assert codebook_optimizer(config("--quantizer", "vanilla", "--codebook-lr", "0.1")) == ("adam", 0.1)
+    assert codebook_optimizer(config("--quantizer", "vanilla", "--codebook-lr", "0.1")) == (
+        "adam",
+        0.1,
+    )
 
 
 def test_usage_metrics_turns_an_assignment_into_utilization_perplexity_and_error():

@@ -38,8 +38,24 @@ def _block_k(d, precision="ieee"):
 
 
 def test_packed_key_orders_like_score_then_index():
-    scores = [3.5, -0.0, 0.0, -1e-30, 1e-30, -2.0, 7e20, -7e20, 0.0, -0.0, 3.5, 1.0, -1.0, 2.0,
-              -2.0, 1e-45]
+    scores = [
+        3.5,
+        -0.0,
+        0.0,
+        -1e-30,
+        1e-30,
+        -2.0,
+        7e20,
+        -7e20,
+        0.0,
+        -0.0,
+        3.5,
+        1.0,
+        -1.0,
+        2.0,
+        -2.0,
+        1e-45,
+    ]
     indices = [4, 9, 2, 5, 6, 1, 0, 3, 8, 7, 1, 10, 11, 12, 13, 14]
     scores_t = torch.tensor(scores, dtype=torch.float32, device=DEVICE)
     indices_t = torch.tensor(indices, dtype=torch.int32, device=DEVICE)
@@ -91,8 +107,7 @@ def test_precisions_on_both_paths_meet_the_oracle(splits, precision):
     """tf32 and tf32x3 reach tl.dot as its input precision; the interpreter computes them in
     fp32, so there they meet the ieee bound, on a GPU their own."""
     x, codebook = random_inputs(400, 3 * _block_k(24, precision) + 11, 24, device=DEVICE, seed=3)
-    indices, distances, _ = triton_assign.launch_assign(x, codebook, "l2", precision, False,
-                                                        splits)
+    indices, distances, _ = triton_assign.launch_assign(x, codebook, "l2", precision, False, splits)
     rounds = precision == "bf16" or DEVICE.type == "cuda"
     check_assignment(x, codebook, indices, distances, "l2", precision if rounds else "ieee")
 
@@ -121,4 +136,3 @@ def test_tf32_modes_meet_the_oracle_on_gpu(precision):
     x, codebook = random_inputs(4096, 8192, 64, device=DEVICE, seed=4)
     result = wvq.assign(x, codebook, precision=precision, backend="triton")
     check_assignment(x, codebook, result.indices, result.distances, "l2", precision)
-

@@ -49,90 +49,152 @@ BAD_INPUTS = {
     "x not a tensor": (_assign, dict(x=X.tolist()), TypeError, ["x", "Tensor", "list"]),
     "x integer": (_assign, dict(x=X.long()), TypeError, ["x", "float32", "int64"]),
     "x float64": (
-        _assign, dict(x=X.double(), codebook=CODEBOOK.double()), TypeError,
+        _assign,
+        dict(x=X.double(), codebook=CODEBOOK.double()),
+        TypeError,
         ["x", "float32", "float64"],
     ),
     "codebook integer": (
-        _assign, dict(codebook=CODEBOOK.int()), TypeError, ["codebook", "float32", "int32"]
+        _assign,
+        dict(codebook=CODEBOOK.int()),
+        TypeError,
+        ["codebook", "float32", "int32"],
     ),
     "codebook other dtype": (
-        _assign, dict(codebook=CODEBOOK.half()), TypeError, ["codebook", "float32", "float16"]
+        _assign,
+        dict(codebook=CODEBOOK.half()),
+        TypeError,
+        ["codebook", "float32", "float16"],
     ),
     "x 0-dim": (_assign, dict(x=X[0, 0]), ValueError, ["x", "(..., D)", "()"]),
     "codebook 1-D": (
-        _assign, dict(codebook=CODEBOOK[0]), ValueError, ["codebook", "(K, D)", "(8,)"]
+        _assign,
+        dict(codebook=CODEBOOK[0]),
+        ValueError,
+        ["codebook", "(K, D)", "(8,)"],
     ),
     "codebook 3-D": (
-        _assign, dict(codebook=CODEBOOK[None]), ValueError, ["codebook", "(K, D)", "(1, 17, 8)"]
+        _assign,
+        dict(codebook=CODEBOOK[None]),
+        ValueError,
+        ["codebook", "(K, D)", "(1, 17, 8)"],
     ),
     "D mismatch": (
-        _assign, dict(codebook=CODEBOOK[:, :5]), ValueError, ["codebook", "8", "(17, 5)"]
+        _assign,
+        dict(codebook=CODEBOOK[:, :5]),
+        ValueError,
+        ["codebook", "8", "(17, 5)"],
     ),
     "K = 0": (_assign, dict(codebook=CODEBOOK[:0]), ValueError, ["codebook", "K >= 1", "(0, 8)"]),
     "assign devices differ": (
-        _assign, dict(codebook=CODEBOOK.to("meta")), ValueError, ["codebook", "cpu", "meta"]
+        _assign,
+        dict(codebook=CODEBOOK.to("meta")),
+        ValueError,
+        ["codebook", "cpu", "meta"],
     ),
     "nan in x": (
-        _assign, dict(x=_with_value(X, (7, 3), float("nan"))), ValueError,
+        _assign,
+        dict(x=_with_value(X, (7, 3), float("nan"))),
+        ValueError,
         ["x", "finite", "row 7"],
     ),
     "nan in batched x": (
-        _assign, dict(x=_with_value(X.reshape(2, 5, 8), (1, 2, 0), float("nan"))), ValueError,
+        _assign,
+        dict(x=_with_value(X.reshape(2, 5, 8), (1, 2, 0), float("nan"))),
+        ValueError,
         ["x", "finite", "row 7"],
     ),
     "inf in codebook": (
-        _assign, dict(codebook=_with_value(CODEBOOK, (3, 0), float("inf"))), ValueError,
+        _assign,
+        dict(codebook=_with_value(CODEBOOK, (3, 0), float("inf"))),
+        ValueError,
         ["codebook", "finite", "row 3"],
     ),
     "unknown metric": (_assign, dict(metric="cos"), ValueError, ["metric", "'cosine'", "'cos'"]),
     "unknown precision": (
-        _assign, dict(precision="fp8"), ValueError, ["precision", "'ieee'", "'fp8'"]
+        _assign,
+        dict(precision="fp8"),
+        ValueError,
+        ["precision", "'ieee'", "'fp8'"],
     ),
     "tf32 on a CPU backend": (
-        _assign, dict(precision="tf32"), ValueError, ["precision", "'tf32'", "'ieee'"]
+        _assign,
+        dict(precision="tf32"),
+        ValueError,
+        ["precision", "'tf32'", "'ieee'"],
     ),
     "histogram float indices": (
-        _histogram, dict(indices=INDICES.float()), TypeError, ["indices", "integer", "float32"]
+        _histogram,
+        dict(indices=INDICES.float()),
+        TypeError,
+        ["indices", "integer", "float32"],
     ),
     "histogram bool indices": (
-        _histogram, dict(indices=INDICES > 3), TypeError, ["indices", "integer", "bool"]
+        _histogram,
+        dict(indices=INDICES > 3),
+        TypeError,
+        ["indices", "integer", "bool"],
     ),
     "num_codes zero": (_histogram, dict(num_codes=0), ValueError, ["num_codes", ">= 1", "0"]),
     "num_codes negative": (_sums, dict(num_codes=-3), ValueError, ["num_codes", ">= 1", "-3"]),
     "num_codes float": (_histogram, dict(num_codes=17.0), TypeError, ["num_codes", "int", "float"]),
     "index too large": (
-        _histogram, dict(indices=_index_set(4, 17)), ValueError,
+        _histogram,
+        dict(indices=_index_set(4, 17)),
+        ValueError,
         ["indices", "[0, 17)", "17", "position 4"],
     ),
     "index negative": (
-        _sums, dict(indices=_index_set(6, -1)), ValueError,
+        _sums,
+        dict(indices=_index_set(6, -1)),
+        ValueError,
         ["indices", "[0, 17)", "-1", "position 6"],
     ),
     "sums indices shape": (
-        _sums, dict(indices=INDICES[:9]), ValueError, ["indices", "(10,)", "(9,)"]
+        _sums,
+        dict(indices=INDICES[:9]),
+        ValueError,
+        ["indices", "(10,)", "(9,)"],
     ),
     "sums x integer": (_sums, dict(x=X.long()), TypeError, ["x", "float32", "int64"]),
     "sums float indices": (
-        _sums, dict(indices=INDICES.double()), TypeError, ["indices", "integer", "float64"]
+        _sums,
+        dict(indices=INDICES.double()),
+        TypeError,
+        ["indices", "integer", "float64"],
     ),
     "sums devices differ": (
-        _sums, dict(indices=INDICES.to("meta")), ValueError, ["indices", "cpu", "meta"]
+        _sums,
+        dict(indices=INDICES.to("meta")),
+        ValueError,
+        ["indices", "cpu", "meta"],
     ),
     "moments x integer": (_moments, dict(x=X.int()), TypeError, ["x", "float32", "int32"]),
     "moments x 0-dim": (_moments, dict(x=X[0, 0]), ValueError, ["x", "(..., D)", "()"]),
     "moments D = 0": (_moments, dict(x=X[:, :0]), ValueError, ["x", "D >= 1", "(10, 0)"]),
     "soft x integer": (_soft, dict(x=X.long()), TypeError, ["x", "float32", "int64"]),
     "soft D mismatch": (
-        _soft, dict(codebook=CODEBOOK[:, :5]), ValueError, ["codebook", "8", "(17, 5)"]
+        _soft,
+        dict(codebook=CODEBOOK[:, :5]),
+        ValueError,
+        ["codebook", "8", "(17, 5)"],
     ),
     "soft K = 0": (
-        _soft, dict(codebook=CODEBOOK[:0]), ValueError, ["codebook", "K >= 1", "(0, 8)"]
+        _soft,
+        dict(codebook=CODEBOOK[:0]),
+        ValueError,
+        ["codebook", "K >= 1", "(0, 8)"],
     ),
     "soft devices differ": (
-        _soft, dict(codebook=CODEBOOK.to("meta")), ValueError, ["codebook", "cpu", "meta"]
+        _soft,
+        dict(codebook=CODEBOOK.to("meta")),
+        ValueError,
+        ["codebook", "cpu", "meta"],
     ),
     "soft nan in codebook": (
-        _soft, dict(codebook=_with_value(CODEBOOK, (3, 0), float("nan"))), ValueError,
+        _soft,
+        dict(codebook=_with_value(CODEBOOK, (3, 0), float("nan"))),
+        ValueError,
         ["codebook", "finite", "row 3"],
     ),
     "tau zero": (_soft, dict(tau=0.0), ValueError, ["tau", "> 0.0", "0.0"]),
@@ -210,12 +272,12 @@ def test_available_backends_report():
 
 def test_env_overrides_auto(monkeypatch):
     monkeypatch.setenv("WVQ_BACKEND", "no-such-backend")
-    with pytest.raises(ValueError, match="WVQ_BACKEND.*no-such-backend"):
+    with pytest.raises(ValueError, match=r"WVQ_BACKEND.*no-such-backend"):
         wvq.assign(X, CODEBOOK)
     # An explicit backend is not overridden.
     assert wvq.assign(X, CODEBOOK, backend="reference").indices.shape == (10,)
     monkeypatch.setenv("WVQ_BACKEND", "cuda")
-    with pytest.raises(ValueError, match="WVQ_BACKEND.*'cuda' is not available"):
+    with pytest.raises(ValueError, match=r"WVQ_BACKEND.*'cuda' is not available"):
         wvq.moments(X)
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "BackendStatus",
     "Moments",
     "SoftAssignStats",
+    "__version__",
     "assign",
     "available_backends",
     "code_histogram",
@@ -38,5 +39,4 @@ __all__ = [
     "resolve_precision",
     "soft_assign_stats",
     "usage",
-    "__version__",
 ]

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from wvq_kernels._backends import resolve_backend
-from wvq_kernels._registration import ReferenceSoftAssignStats, kernel
+from wvq_kernels._registration import kernel
 from wvq_kernels._types import Assignment, Moments, SoftAssignStats
 from wvq_kernels._validation import resolve_precision
 

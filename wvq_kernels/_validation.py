@@ -21,7 +21,7 @@ PRECISIONS = ("auto", "ieee", "bf16", "tf32", "tf32x3")
 GPU_PRECISIONS = ("tf32", "tf32x3")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # moments also takes float64, so that its gradient can be checked numerically.
-MOMENTS_DTYPES = FLOAT_DTYPES + (torch.float64,)
+MOMENTS_DTYPES = (*FLOAT_DTYPES, torch.float64)
 
 
 def resolve_precision(precision: str, dtype: torch.dtype) -> str:

@@ -1,5 +1,6 @@
 """Lloyd's k-means on the fused ops: each iteration is one `assign` (no N×K matrix) and one
 deterministic `code_sums`, so it runs at K = 65,536 in O(N + K·D) memory."""
+
 from __future__ import annotations
 
 import torch
@@ -10,7 +11,9 @@ from . import _validation as check
 __all__ = ["kmeans"]
 
 
-def _initial_codebook(rows: torch.Tensor, num_codes: int, generator: torch.Generator) -> torch.Tensor:
+def _initial_codebook(
+    rows: torch.Tensor, num_codes: int, generator: torch.Generator
+) -> torch.Tensor:
     # Distinct rows when there are enough; sampling with replacement otherwise.
     if rows.shape[0] >= num_codes:
         picks = torch.randperm(rows.shape[0], generator=generator)[:num_codes]
@@ -19,8 +22,9 @@ def _initial_codebook(rows: torch.Tensor, num_codes: int, generator: torch.Gener
     return rows[picks.to(rows.device)]
 
 
-def kmeans(x: torch.Tensor, num_codes: int, iters: int = 10, *, seed: int = 0,
-           backend: str = "auto") -> torch.Tensor:
+def kmeans(
+    x: torch.Tensor, num_codes: int, iters: int = 10, *, seed: int = 0, backend: str = "auto"
+) -> torch.Tensor:
     """Returns a float32 codebook (num_codes, D) fitted to the rows of `x` (..., D), of any
     floating-point dtype (float64 is rounded to float32 once; half dtypes convert exactly).
 

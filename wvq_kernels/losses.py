@@ -9,6 +9,7 @@ the gradients below are written in terms of matrix square roots only, with no 1/
 factors, so they stay finite for repeated eigenvalues and rank-deficient (even all-zero)
 covariances.
 """
+
 from __future__ import annotations
 
 import torch
@@ -93,16 +94,28 @@ def _trace_sqrt_newton_schulz(cov_a, cov_b, eps, iterations):
 
 def _check_gaussian(name: str, mean: torch.Tensor, cov: torch.Tensor) -> None:
     if not (mean.is_floating_point() and cov.is_floating_point()):
-        raise TypeError(f"{name}: mean and cov must be floating point, got {mean.dtype}, {cov.dtype}")
+        raise TypeError(
+            f"{name}: mean and cov must be floating point, got {mean.dtype}, {cov.dtype}"
+        )
     dim = mean.shape[-1] if mean.dim() == 1 else None
     if mean.dim() != 1 or cov.shape != (dim, dim):
-        raise ValueError(f"{name}: expected mean (d,) and cov (d, d), got {tuple(mean.shape)} "
-                         f"and {tuple(cov.shape)}")
+        raise ValueError(
+            f"{name}: expected mean (d,) and cov (d, d), got {tuple(mean.shape)} "
+            f"and {tuple(cov.shape)}"
+        )
 
 
-def gaussian_w2(mean_a: torch.Tensor, cov_a: torch.Tensor, mean_b: torch.Tensor,
-                cov_b: torch.Tensor, *, squared: bool = False, method: str = "eigh",
-                eps: float = 1e-8, iterations: int = 30) -> torch.Tensor:
+def gaussian_w2(
+    mean_a: torch.Tensor,
+    cov_a: torch.Tensor,
+    mean_b: torch.Tensor,
+    cov_b: torch.Tensor,
+    *,
+    squared: bool = False,
+    method: str = "eigh",
+    eps: float = 1e-8,
+    iterations: int = 30,
+) -> torch.Tensor:
     """2-Wasserstein distance between N(mean_a, cov_a) and N(mean_b, cov_b).
 
     Returns W² when `squared`, else W = sqrt(max(W², 0) + 1e-10) (the Wasserstein-VQ

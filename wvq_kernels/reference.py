@@ -106,8 +106,16 @@ def soft_assign_stats(
     for start in range(0, rows.shape[0], SOFT_ROW_BLOCK):
         block = slice(start, start + SOFT_ROW_BLOCK)
         best[block], indices[block], log_normaliser = _softmax_normalisers(rows[block], codes, tau)
-        loss += _add_weights(rows[block], codes, tau, best[block], indices[block],
-                             log_scale - log_normaliser, weight_sums, weighted_sums)
+        loss += _add_weights(
+            rows[block],
+            codes,
+            tau,
+            best[block],
+            indices[block],
+            log_scale - log_normaliser,
+            weight_sums,
+            weighted_sums,
+        )
     loss = loss / max(rows.shape[0] * rows.shape[1], 1)
     return loss.float(), weight_sums.float(), weighted_sums.float(), indices, best.float()
 
@@ -148,8 +156,16 @@ def _softmax_normalisers(rows: Tensor, codes: Tensor, tau: float) -> tuple[Tenso
     return best, indices, total.log()
 
 
-def _add_weights(rows: Tensor, codes: Tensor, tau: float, best: Tensor, indices: Tensor,
-                 bias: Tensor, weight_sums: Tensor, weighted_sums: Tensor) -> Tensor:
+def _add_weights(
+    rows: Tensor,
+    codes: Tensor,
+    tau: float,
+    best: Tensor,
+    indices: Tensor,
+    bias: Tensor,
+    weight_sums: Tensor,
+    weighted_sums: Tensor,
+) -> Tensor:
     """Adds the rows' weights, w = exp(min(0, bias - (d - best) / tau)) with bias = log(lam K)
     - log Z (that is min(1, lam K softmax)) and 1 for the winner, and the weighted rows into the
     sums, block of codes by block; returns sum w d."""

@@ -117,8 +117,9 @@ def run_cell(provider: Provider, x, codebook, regret, settings, args, meter) -> 
 
 def _check_slow_cap(provider: Provider, flop: float, settings: Settings) -> None:
     if provider.slow and flop > settings.slow_flop_cap:
-        raise Skip(f"slow provider, 2NKD = {flop:.2g} > --slow-flop-cap "
-                   f"{settings.slow_flop_cap:.2g}")
+        raise Skip(
+            f"slow provider, 2NKD = {flop:.2g} > --slow-flop-cap {settings.slow_flop_cap:.2g}"
+        )
 
 
 def mark_best_peer(cells: list[Cell]) -> None:
@@ -232,8 +233,10 @@ def memory_check(args, settings: Settings) -> int:
         return 2
     failed = False
     backend = _ours_backend(settings, wvq_kernels.available_backends())
-    print(f"memory check: N = K = {size}, D = {dim}, inputs {inputs_mib:.1f} MiB, "
-          f"target: extra < {MEMORY_TARGET_MIB} MiB")
+    print(
+        f"memory check: N = K = {size}, D = {dim}, inputs {inputs_mib:.1f} MiB, "
+        f"target: extra < {MEMORY_TARGET_MIB} MiB"
+    )
     for precision in ("ieee", "bf16"):
         # A tiny call first, so that one-off set-up (thread pools, lazy loading) is not counted.
         wvq_kernels.assign(x[:8], codebook[:8], precision=precision, backend=settings.backend)
@@ -244,8 +247,10 @@ def memory_check(args, settings: Settings) -> int:
         extra = meter.peak_delta_mib()
         verdict = "PASS" if extra < MEMORY_TARGET_MIB else "FAIL"
         failed |= verdict == "FAIL"
-        print(f"  ours-{precision:<5} backend {backend}: peak extra {extra:7.1f} MiB "
-              f"({seconds:.1f} s)  {verdict}")
+        print(
+            f"  ours-{precision:<5} backend {backend}: peak extra {extra:7.1f} MiB "
+            f"({seconds:.1f} s)  {verdict}"
+        )
     return 1 if failed else 0
 
 
@@ -287,27 +292,45 @@ def gpu_check(args) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="wvq bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help=f"N in {QUICK_ROWS}, D in {QUICK_DIMS} (about 40 s with every peer)")
-    parser.add_argument("--memory-check", action="store_true",
-                        help="peak memory of ours at N = K = 65,536, D = 64 instead of the grid")
-    parser.add_argument("--gpu-check", action="store_true",
-                        help="ours vs materialising PyTorch, bf16 N = K = 65,536, D = 64, GPU")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"N in {QUICK_ROWS}, D in {QUICK_DIMS} (about 40 s with every peer)",
+    )
+    parser.add_argument(
+        "--memory-check",
+        action="store_true",
+        help="peak memory of ours at N = K = 65,536, D = 64 instead of the grid",
+    )
+    parser.add_argument(
+        "--gpu-check",
+        action="store_true",
+        help="ours vs materialising PyTorch, bf16 N = K = 65,536, D = 64, GPU",
+    )
     parser.add_argument("--codes", type=int, nargs="+", default=DEFAULT_CODES, help="K values")
     parser.add_argument("--rows", type=int, nargs="+", help=f"N values (default {DEFAULT_ROWS})")
     parser.add_argument("--dims", type=int, nargs="+", help=f"D values (default {DEFAULT_DIMS})")
-    parser.add_argument("--providers", nargs="+", choices=list(PROVIDERS_BY_NAME),
-                        default=list(PROVIDERS_BY_NAME))
+    parser.add_argument(
+        "--providers", nargs="+", choices=list(PROVIDERS_BY_NAME), default=list(PROVIDERS_BY_NAME)
+    )
     parser.add_argument("--backend", default="auto", help="backend of ours (default auto)")
     parser.add_argument("--threads", type=int, help="torch/OpenMP threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=10, help="most timed calls per cell")
-    parser.add_argument("--target-seconds", type=float, default=1.0,
-                        help="timed calls per cell = clamp(target / warm-up time, 3, --repeats)")
+    parser.add_argument(
+        "--target-seconds",
+        type=float,
+        default=1.0,
+        help="timed calls per cell = clamp(target / warm-up time, 3, --repeats)",
+    )
     parser.add_argument("--regret-rows", type=int, default=1024, help="rows sampled for regret")
     parser.add_argument("--materialise-cap-mib", type=int, default=Settings.materialise_cap_mib)
     parser.add_argument("--chunk-mib", type=int, default=Settings.chunk_mib)
-    parser.add_argument("--slow-flop-cap", type=float, default=Settings.slow_flop_cap,
-                        help="largest 2*N*K*D at which pykeops and vq-pytorch run")
+    parser.add_argument(
+        "--slow-flop-cap",
+        type=float,
+        default=Settings.slow_flop_cap,
+        help="largest 2*N*K*D at which pykeops and vq-pytorch run",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args(argv)
@@ -328,8 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     providers = [PROVIDERS_BY_NAME[name] for name in args.providers]
     cells = run_grid(args, providers, settings)
     meta = grid_environment(settings)
-    print(f"ours: backend {meta['ours_backend']}, cpu ISA {meta['cpu_isa']}; "
-          f"{meta['threads']} threads; {meta['processor']}")
+    print(
+        f"ours: backend {meta['ours_backend']}, cpu ISA {meta['cpu_isa']}; "
+        f"{meta['threads']} threads; {meta['processor']}"
+    )
     print(format_cells(cells))
     stem = "assign-" + ("quick-" if args.quick else "") + time.strftime("%Y%m%d-%H%M%S")
     paths = write_results(table_rows(cells), meta, args.out, stem)

@@ -28,7 +28,7 @@ class Provider:
     name: str
     precision: str
     ours: bool
-    prepare: Callable[[Tensor, Tensor, "Settings"], Search]
+    prepare: Callable[[Tensor, Tensor, Settings], Search]
     # Below ~20 GFLOP/s here: skipped above Settings.slow_flop_cap, where one call takes
     # half a minute or more.
     slow: bool = False
@@ -50,9 +50,11 @@ def _ours(precision: str) -> Callable[[Tensor, Tensor, Settings], Search]:
     def prepare(x: Tensor, codebook: Tensor, settings: Settings) -> Search:
         import wvq_kernels
 
-        return lambda: wvq_kernels.assign(
-            x, codebook, metric="l2", precision=precision, backend=settings.backend
-        ).indices
+        return lambda: (
+            wvq_kernels.assign(
+                x, codebook, metric="l2", precision=precision, backend=settings.backend
+            ).indices
+        )
 
     return prepare
 

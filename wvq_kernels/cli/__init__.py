@@ -35,4 +35,3 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.runner_args = rest
     return args.handler(args)
-

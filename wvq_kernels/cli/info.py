@@ -13,7 +13,13 @@ import torch
 import wvq_kernels
 
 CPU_FLAGS_OF_INTEREST = (
-    "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni", "avx2", "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_bf16",
+    "avx512_vnni",
+    "avx2",
+    "fma",
 )
 
 
@@ -75,5 +81,7 @@ def _kernel_isa() -> str:
 def _threads() -> str:
     openmp = "OpenMP" if torch.backends.openmp.is_available() else "no OpenMP"
     omp_env = os.environ.get("OMP_NUM_THREADS", "unset")
-    return (f"torch intra-op {torch.get_num_threads()} ({openmp}), {os.cpu_count()} CPUs, "
-            f"OMP_NUM_THREADS {omp_env}")
+    return (
+        f"torch intra-op {torch.get_num_threads()} ({openmp}), {os.cpu_count()} CPUs, "
+        f"OMP_NUM_THREADS {omp_env}"
+    )

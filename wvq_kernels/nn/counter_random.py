@@ -7,6 +7,7 @@ module's forward traces whole under ``torch.compile(fullgraph=True)``, draws the
 on every device and every rank that holds the same state, and resumes exactly from a
 state_dict.
 """
+
 from __future__ import annotations
 
 import torch

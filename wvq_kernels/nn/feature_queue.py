@@ -1,4 +1,5 @@
 """FIFO queue of recent feature rows whose moments are kept up to date incrementally."""
+
 from __future__ import annotations
 
 import torch
@@ -21,8 +22,11 @@ def remove_moments(total: Moments, part: Moments) -> Moments:
     rest_divisor = n_rest.clamp_min(1.0)
     mean = (total.mean * n_total - part.mean * n_part) / rest_divisor
     delta = part.mean - mean
-    m2 = (total.cov * n_total - part.cov * n_part
-          - torch.outer(delta, delta) * (n_rest * n_part / n_total.clamp_min(1.0)))
+    m2 = (
+        total.cov * n_total
+        - part.cov * n_part
+        - torch.outer(delta, delta) * (n_rest * n_part / n_total.clamp_min(1.0))
+    )
     return Moments(total.count - part.count, mean, m2 / rest_divisor)
 
 
@@ -59,7 +63,7 @@ class FeatureQueue(nn.Module):
         if chunk.shape[0] == 0:
             return
         if chunk.shape[0] >= self.size:
-            self._reset_to(chunk[-self.size:])
+            self._reset_to(chunk[-self.size :])
             return
         slots = (self.position + torch.arange(chunk.shape[0], device=chunk.device)) % self.size
         evicted = self._moments_of_written(slots)

@@ -1,4 +1,5 @@
 """VectorQuantizer: vanilla, Wasserstein (W-VQ), EMA and SimVQ codebooks on the fused ops."""
+
 from __future__ import annotations
 
 import math
@@ -78,14 +79,30 @@ class VectorQuantizer(nn.Module):
     has the settings `wvq train` uses); ``reset_usage()`` restarts the running usage counters.
     """
 
-    def __init__(self, dim: int, codebook_size: int, *, codebook_dim: int | None = None,
-                 distribution_loss: str | None = None, gamma: float = 0.5, alpha: float = 1.0,
-                 beta: float = 0.1, ema: bool = False, decay: float = 0.99,
-                 linear_reparam: bool = False, dead_code_threshold: float = 0,
-                 feature_queue_size: int = 65536, target_cov_scale: float = 1.0,
-                 metric: str = "l2", backend: str = "auto", kmeans_init: bool = False,
-                 codebook_loss: str = "nearest", tau: float = 1.0, lam: float = 0.01,
-                 reservoir_size: int = 0):
+    def __init__(
+        self,
+        dim: int,
+        codebook_size: int,
+        *,
+        codebook_dim: int | None = None,
+        distribution_loss: str | None = None,
+        gamma: float = 0.5,
+        alpha: float = 1.0,
+        beta: float = 0.1,
+        ema: bool = False,
+        decay: float = 0.99,
+        linear_reparam: bool = False,
+        dead_code_threshold: float = 0,
+        feature_queue_size: int = 65536,
+        target_cov_scale: float = 1.0,
+        metric: str = "l2",
+        backend: str = "auto",
+        kmeans_init: bool = False,
+        codebook_loss: str = "nearest",
+        tau: float = 1.0,
+        lam: float = 0.01,
+        reservoir_size: int = 0,
+    ):
         super().__init__()
         _check_options(distribution_loss, metric, ema, linear_reparam, dead_code_threshold)
         _check_nsvq_options(codebook_loss, ema, linear_reparam, reservoir_size)
@@ -108,7 +125,9 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("cluster_size", torch.full((codebook_size,), initial_usage))
         self.register_buffer("usage_counts", torch.zeros(codebook_size, dtype=torch.int64))
         needs_queue = distribution_loss is not None or dead_code_threshold > 0
-        self.queue = FeatureQueue(feature_queue_size, codebook_dim, backend=backend) if needs_queue else None
+        self.queue = (
+            FeatureQueue(feature_queue_size, codebook_dim, backend=backend) if needs_queue else None
+        )
         self.reservoir = FeatureReservoir(reservoir_size, codebook_dim) if reservoir_size else None
         # Seeded from the global generator, so torch.manual_seed before construction fixes the
         # dead-code draws as it fixes the initial codebook.
@@ -181,10 +200,10 @@ class VectorQuantizer(nn.Module):
         # The trusted path: no finiteness check, which would sync with the host every step
         # (a non-finite z shows anyway, as a non-finite loss).
         if self.codebook_loss == "dense":
-            dense = kernels.soft_assign_stats(features.detach(), codes, tau=self.tau,
-                                              lam=self.lam, backend=self.backend)
-            counts = kernels.code_histogram(dense.indices, self.codebook_size,
-                                            backend=self.backend)
+            dense = kernels.soft_assign_stats(
+                features.detach(), codes, tau=self.tau, lam=self.lam, backend=self.backend
+            )
+            counts = kernels.code_histogram(dense.indices, self.codebook_size, backend=self.backend)
             return Assignment(dense.indices, dense.distances, counts), dense.loss
         result = kernels.assign(features, codes.detach(), histogram=True, backend=self.backend)
         return result, F.mse_loss(codes[result.indices], features.detach())
@@ -205,21 +224,29 @@ class VectorQuantizer(nn.Module):
         # Scale-free re-weighting: divide by the (detached) largest per-dimension feature std.
         scale = torch.diagonal(feature_cov).max().clamp_min(1e-12).sqrt()
         code_stats = kernels.moments(codes / scale.to(codes.dtype), backend=self.backend)
-        distance = gaussian_w2(feature_stats.mean / scale,
-                               self.target_cov_scale * feature_cov / scale.square(),
-                               code_stats.mean, code_stats.sample_cov())
+        distance = gaussian_w2(
+            feature_stats.mean / scale,
+            self.target_cov_scale * feature_cov / scale.square(),
+            code_stats.mean,
+            code_stats.sample_cov(),
+        )
         return distance.float()
 
     @torch.no_grad()
     def _update_codebook_state(self, features: Tensor, indices: Tensor, counts: Tensor) -> None:
         if self.ema:
-            counts, sums = kernels.code_sums(indices, features, self.codebook_size,
-                                             backend=self.backend)
+            counts, sums = kernels.code_sums(
+                indices, features, self.codebook_size, backend=self.backend
+            )
             self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         self.cluster_size.mul_(self.decay).add_(counts.float(), alpha=1 - self.decay)
         if self.ema:
             total = self.cluster_size.sum()
-            smoothed = (self.cluster_size + LAPLACE_EPS) / (total + self.codebook_size * LAPLACE_EPS) * total
+            smoothed = (
+                (self.cluster_size + LAPLACE_EPS)
+                / (total + self.codebook_size * LAPLACE_EPS)
+                * total
+            )
             self.embedding.copy_(self.embed_sum / smoothed[:, None])
         if self.dead_code_threshold > 0:
             self._replace_dead_codes()
@@ -236,8 +263,10 @@ class VectorQuantizer(nn.Module):
         distinct row of the reservoir, then empty the reservoir, so that the next refill draws
         from the features seen after this one. Returns the number refilled (int64 0-dim)."""
         if self.reservoir is None:
-            raise ValueError("refill_dead_codes: the quantizer has no reservoir; "
-                             "construct it with reservoir_size > 0")
+            raise ValueError(
+                "refill_dead_codes: the quantizer has no reservoir; "
+                "construct it with reservoir_size > 0"
+            )
         dead = (self.cluster_size < threshold) & (self.reservoir.filled > 0)
         # Dead code j takes the j-th row of one random permutation of the reservoir.
         rank = (torch.cumsum(dead, 0) - 1).clamp_min(0)
@@ -270,8 +299,9 @@ class VectorQuantizer(nn.Module):
             self.embed_sum.copy_(fitted)
         self.initialized = True
 
-    def _stats(self, result, commitment: Tensor, codebook_term: Tensor,
-               wasserstein: Tensor) -> dict[str, Tensor]:
+    def _stats(
+        self, result, commitment: Tensor, codebook_term: Tensor, wasserstein: Tensor
+    ) -> dict[str, Tensor]:
         utilization, perplexity = kernels.usage(result.counts, backend=self.backend)
         running_utilization, _ = kernels.usage(self.usage_counts, backend=self.backend)
         return {
@@ -291,14 +321,17 @@ class VectorQuantizer(nn.Module):
         self.initialized = state["initialized"]
 
     def extra_repr(self) -> str:
-        return (f"dim={self.dim}, codebook_size={self.codebook_size}, "
-                f"codebook_dim={self.codebook_dim}, distribution_loss={self.distribution_loss}, "
-                f"ema={self.ema}, linear_reparam={self.linear_reparam}, metric={self.metric!r}")
+        return (
+            f"dim={self.dim}, codebook_size={self.codebook_size}, "
+            f"codebook_dim={self.codebook_dim}, distribution_loss={self.distribution_loss}, "
+            f"ema={self.ema}, linear_reparam={self.linear_reparam}, metric={self.metric!r}"
+        )
 
 
 def nsvq_tau(epoch: int, start: float, decay: float, minimum: float) -> float:
-    """NSVQ's temperature schedule: ``start·decay^epoch`` (epoch 0-based), floored at ``minimum``."""
-    return max(minimum, start * decay ** epoch)
+    """NSVQ's temperature schedule: ``start·decay^epoch`` (epoch 0-based), floored at
+    ``minimum``."""
+    return max(minimum, start * decay**epoch)
 
 
 def _check_nsvq_options(codebook_loss, ema, linear_reparam, reservoir_size) -> None:
@@ -309,14 +342,17 @@ def _check_nsvq_options(codebook_loss, ema, linear_reparam, reservoir_size) -> N
     if reservoir_size < 0:
         raise ValueError(f"reservoir_size: expected a size >= 0, got {reservoir_size}")
     if reservoir_size and linear_reparam:
-        raise ValueError("reservoir_size > 0 with linear_reparam=True: SimVQ codes are moved by "
-                         "the shared map, there is no per-code vector to refill")
+        raise ValueError(
+            "reservoir_size > 0 with linear_reparam=True: SimVQ codes are moved by "
+            "the shared map, there is no per-code vector to refill"
+        )
 
 
 def _check_options(distribution_loss, metric, ema, linear_reparam, dead_code_threshold) -> None:
     if distribution_loss not in DISTRIBUTION_LOSSES:
-        raise ValueError(f"distribution_loss: expected one of {DISTRIBUTION_LOSSES}, "
-                         f"got {distribution_loss!r}")
+        raise ValueError(
+            f"distribution_loss: expected one of {DISTRIBUTION_LOSSES}, got {distribution_loss!r}"
+        )
     if metric not in METRICS:
         raise ValueError(f"metric: expected one of {METRICS}, got {metric!r}")
     if ema and linear_reparam:
@@ -324,5 +360,7 @@ def _check_options(distribution_loss, metric, ema, linear_reparam, dead_code_thr
     if ema and distribution_loss is not None:
         raise ValueError("distribution_loss needs a learned codebook; got ema=True")
     if linear_reparam and dead_code_threshold > 0:
-        raise ValueError("dead_code_threshold > 0 with linear_reparam=True: SimVQ codes are "
-                         "moved by the shared map, there is no per-code vector to refill")
+        raise ValueError(
+            "dead_code_threshold > 0 with linear_reparam=True: SimVQ codes are "
+            "moved by the shared map, there is no per-code vector to refill"
+        )

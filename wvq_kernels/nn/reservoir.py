@@ -1,4 +1,5 @@
 """Uniform reservoir sample of a stream of feature rows (Vitter's algorithm R, vectorised)."""
+
 from __future__ import annotations
 
 import torch
@@ -51,7 +52,7 @@ class FeatureReservoir(nn.Module):
         position = torch.arange(count, device=device)
         winner = torch.full((self.size + 1,), -1, dtype=torch.int64, device=device)
         winner.scatter_reduce_(0, slot.clamp_max(self.size), position, "amax")
-        winner = winner[:self.size]
+        winner = winner[: self.size]
         written = chunk[winner.clamp_min(0)]
         self.rows.copy_(torch.where((winner >= 0)[:, None], written, self.rows))
         self.seen.add_(count)

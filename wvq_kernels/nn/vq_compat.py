@@ -1,4 +1,5 @@
 """A swap-in for vector-quantize-pytorch's ``VectorQuantize`` (its common options)."""
+
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -22,17 +23,37 @@ class VectorQuantize(nn.Module):
     of vector-quantize-pytorch that are not listed here raise a ``TypeError``.
     """
 
-    def __init__(self, dim: int, codebook_size: int, codebook_dim: int | None = None, *,
-                 decay: float = 0.8, kmeans_init: bool = False, threshold_ema_dead_code: float = 0,
-                 use_cosine_sim: bool = False, commitment_weight: float = 1.0,
-                 channel_last: bool = True, backend: str = "auto"):
+    def __init__(
+        self,
+        dim: int,
+        codebook_size: int,
+        codebook_dim: int | None = None,
+        *,
+        decay: float = 0.8,
+        kmeans_init: bool = False,
+        threshold_ema_dead_code: float = 0,
+        use_cosine_sim: bool = False,
+        commitment_weight: float = 1.0,
+        channel_last: bool = True,
+        backend: str = "auto",
+    ):
         super().__init__()
         if not channel_last:
-            raise TypeError("VectorQuantize: only channel_last=True ((B, N, dim) input) is supported")
+            raise TypeError(
+                "VectorQuantize: only channel_last=True ((B, N, dim) input) is supported"
+            )
         self.quantizer = VectorQuantizer(
-            dim, codebook_size, codebook_dim=codebook_dim, ema=True, decay=decay,
-            beta=commitment_weight, dead_code_threshold=threshold_ema_dead_code,
-            metric="cosine" if use_cosine_sim else "l2", backend=backend, kmeans_init=kmeans_init)
+            dim,
+            codebook_size,
+            codebook_dim=codebook_dim,
+            ema=True,
+            decay=decay,
+            beta=commitment_weight,
+            dead_code_threshold=threshold_ema_dead_code,
+            metric="cosine" if use_cosine_sim else "l2",
+            backend=backend,
+            kmeans_init=kmeans_init,
+        )
 
     @property
     def codebook(self) -> Tensor:

@@ -46,8 +46,16 @@ def _pack_key(score, index):
 
 
 @triton.jit
-def _load_rows(x_ptr, row_offsets, row_mask, cols, D, stride_xd, ROUND_BF16: tl.constexpr,
-               INTERPRETED: tl.constexpr):
+def _load_rows(
+    x_ptr,
+    row_offsets,
+    row_mask,
+    cols,
+    D,
+    stride_xd,
+    ROUND_BF16: tl.constexpr,
+    INTERPRETED: tl.constexpr,
+):
     """A (rows, cols) tile of x as the dot sees it: fp32, or rounded to bf16 (kept in fp32 when
     INTERPRETED: the interpreter's bf16 conversion and arithmetic are wrong)."""
     mask = row_mask[:, None] & (cols < D)[None, :]
@@ -89,9 +97,22 @@ def _tile_dot(row_tile, code_tile, dots, DOT_PRECISION: tl.constexpr, INTERPRETE
 
 @triton.jit
 def _finish_rows(
-    rows, row_mask, best_index, x_ptr, stride_xn, stride_xd, dist_codes_ptr, stride_cn,
-    stride_cd, indices_ptr, distances_ptr, counts_ptr, D,
-    METRIC: tl.constexpr, HISTOGRAM: tl.constexpr, BLOCK_D: tl.constexpr,
+    rows,
+    row_mask,
+    best_index,
+    x_ptr,
+    stride_xn,
+    stride_xd,
+    dist_codes_ptr,
+    stride_cn,
+    stride_cd,
+    indices_ptr,
+    distances_ptr,
+    counts_ptr,
+    D,
+    METRIC: tl.constexpr,
+    HISTOGRAM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     D_CHUNKS: tl.constexpr,
 ):
     """Store each row's index and its distance to the chosen code, recomputed in fp32 from the
@@ -103,10 +124,12 @@ def _finish_rows(
         cols = chunk * BLOCK_D + tl.arange(0, BLOCK_D)
         mask = row_mask[:, None] & (cols < D)[None, :]
         col_offsets = cols[None, :].to(tl.int64)
-        row_values = tl.load(x_ptr + row_offsets[:, None] + col_offsets * stride_xd, mask=mask,
-                             other=0.0).to(tl.float32)
-        code_values = tl.load(dist_codes_ptr + code_offsets[:, None] + col_offsets * stride_cd,
-                              mask=mask, other=0.0).to(tl.float32)
+        row_values = tl.load(
+            x_ptr + row_offsets[:, None] + col_offsets * stride_xd, mask=mask, other=0.0
+        ).to(tl.float32)
+        code_values = tl.load(
+            dist_codes_ptr + code_offsets[:, None] + col_offsets * stride_cd, mask=mask, other=0.0
+        ).to(tl.float32)
         if METRIC == 0:
             difference = row_values - code_values
             total += tl.sum(difference * difference, axis=1)
@@ -126,16 +149,31 @@ def _finish_rows(
 
 @triton.jit
 def assign_kernel(
-    x_ptr, stride_xn, stride_xd,  # rows (N, D) as scored: x, or unit rows for cosine
+    x_ptr,
+    stride_xn,
+    stride_xd,  # rows (N, D) as scored: x, or unit rows for cosine
     codes_t_ptr,  # scored codes, (D, K) contiguous, fp32 or bf16
     norms_ptr,  # (K,) fp32 ||c||^2 of the scored codes (l2 only)
-    dist_codes_ptr, stride_cn, stride_cd,  # (K, D) codes for the reported distance
+    dist_codes_ptr,
+    stride_cn,
+    stride_cd,  # (K, D) codes for the reported distance
     keys_ptr,  # (N,) int64 packed keys (split-K only)
-    indices_ptr, distances_ptr, counts_ptr,
-    N, K, D, codes_per_split,
-    METRIC: tl.constexpr, DOT_PRECISION: tl.constexpr, ROUND_BF16: tl.constexpr,
-    INTERPRETED: tl.constexpr, SPLIT_K: tl.constexpr, HISTOGRAM: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    indices_ptr,
+    distances_ptr,
+    counts_ptr,
+    N,
+    K,
+    D,
+    codes_per_split,
+    METRIC: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    ROUND_BF16: tl.constexpr,
+    INTERPRETED: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    HISTOGRAM: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     D_CHUNKS: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -144,8 +182,9 @@ def assign_kernel(
     # The first BLOCK_D columns of the rows stay in registers for the whole codebook stream;
     # wider rows reload their other chunks (from L1/L2) for every code tile.
     first_cols = tl.arange(0, BLOCK_D)
-    first_rows = _load_rows(x_ptr, row_offsets, row_mask, first_cols, D, stride_xd, ROUND_BF16,
-                            INTERPRETED)
+    first_rows = _load_rows(
+        x_ptr, row_offsets, row_mask, first_cols, D, stride_xd, ROUND_BF16, INTERPRETED
+    )
     best_score = tl.full([BLOCK_N], float("inf"), dtype=tl.float32)
     best_index = tl.zeros([BLOCK_N], dtype=tl.int32)
     code_start = tl.program_id(1) * codes_per_split
@@ -153,16 +192,22 @@ def assign_kernel(
     for tile_start in range(code_start, code_stop, BLOCK_K):
         codes = tile_start + tl.arange(0, BLOCK_K)
         code_mask = codes < code_stop
-        code_tile = _load_code_tile(codes_t_ptr, first_cols, codes, code_mask, D, K,
-                                    first_rows.dtype)
-        dots = _tile_dot(first_rows, code_tile, tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32),
-                         DOT_PRECISION, INTERPRETED)
+        code_tile = _load_code_tile(
+            codes_t_ptr, first_cols, codes, code_mask, D, K, first_rows.dtype
+        )
+        dots = _tile_dot(
+            first_rows,
+            code_tile,
+            tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32),
+            DOT_PRECISION,
+            INTERPRETED,
+        )
         for chunk in range(1, D_CHUNKS):
             cols = chunk * BLOCK_D + tl.arange(0, BLOCK_D)
-            row_tile = _load_rows(x_ptr, row_offsets, row_mask, cols, D, stride_xd, ROUND_BF16,
-                                  INTERPRETED)
-            code_tile = _load_code_tile(codes_t_ptr, cols, codes, code_mask, D, K,
-                                        row_tile.dtype)
+            row_tile = _load_rows(
+                x_ptr, row_offsets, row_mask, cols, D, stride_xd, ROUND_BF16, INTERPRETED
+            )
+            code_tile = _load_code_tile(codes_t_ptr, cols, codes, code_mask, D, K, row_tile.dtype)
             dots = _tile_dot(row_tile, code_tile, dots, DOT_PRECISION, INTERPRETED)
         if METRIC == 0:
             norms = tl.load(norms_ptr + codes, mask=code_mask, other=0.0)
@@ -170,35 +215,82 @@ def assign_kernel(
         else:
             scores = -dots
         scores = tl.where(code_mask[None, :], scores, float("inf"))
-        tile_score, tile_index = tl.min(scores, axis=1, return_indices=True,
-                                        return_indices_tie_break_left=True)
+        tile_score, tile_index = tl.min(
+            scores, axis=1, return_indices=True, return_indices_tie_break_left=True
+        )
         better = tile_score < best_score
         best_score = tl.where(better, tile_score, best_score)
         best_index = tl.where(better, tile_start + tile_index, best_index)
     if SPLIT_K:
-        tl.atomic_min(keys_ptr + rows, _pack_key(best_score, best_index), mask=row_mask,
-                      sem="relaxed")
+        tl.atomic_min(
+            keys_ptr + rows, _pack_key(best_score, best_index), mask=row_mask, sem="relaxed"
+        )
     else:
-        _finish_rows(rows, row_mask, best_index, x_ptr, stride_xn, stride_xd, dist_codes_ptr,
-                     stride_cn, stride_cd, indices_ptr, distances_ptr, counts_ptr, D, METRIC,
-                     HISTOGRAM, BLOCK_D, D_CHUNKS)
+        _finish_rows(
+            rows,
+            row_mask,
+            best_index,
+            x_ptr,
+            stride_xn,
+            stride_xd,
+            dist_codes_ptr,
+            stride_cn,
+            stride_cd,
+            indices_ptr,
+            distances_ptr,
+            counts_ptr,
+            D,
+            METRIC,
+            HISTOGRAM,
+            BLOCK_D,
+            D_CHUNKS,
+        )
 
 
 @triton.jit
 def finish_split_kernel(
-    keys_ptr, x_ptr, stride_xn, stride_xd, dist_codes_ptr, stride_cn, stride_cd,
-    indices_ptr, distances_ptr, counts_ptr, N, D,
-    METRIC: tl.constexpr, HISTOGRAM: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, D_CHUNKS: tl.constexpr,
+    keys_ptr,
+    x_ptr,
+    stride_xn,
+    stride_xd,
+    dist_codes_ptr,
+    stride_cn,
+    stride_cd,
+    indices_ptr,
+    distances_ptr,
+    counts_ptr,
+    N,
+    D,
+    METRIC: tl.constexpr,
+    HISTOGRAM: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    D_CHUNKS: tl.constexpr,
 ):
     """After split-K: the merged key's low half is the index."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < N
     keys = tl.load(keys_ptr + rows, mask=row_mask, other=0)
     best_index = (keys & 0xFFFFFFFF).to(tl.int32)
-    _finish_rows(rows, row_mask, best_index, x_ptr, stride_xn, stride_xd, dist_codes_ptr,
-                 stride_cn, stride_cd, indices_ptr, distances_ptr, counts_ptr, D, METRIC,
-                 HISTOGRAM, BLOCK_D, D_CHUNKS)
+    _finish_rows(
+        rows,
+        row_mask,
+        best_index,
+        x_ptr,
+        stride_xn,
+        stride_xd,
+        dist_codes_ptr,
+        stride_cn,
+        stride_cd,
+        indices_ptr,
+        distances_ptr,
+        counts_ptr,
+        D,
+        METRIC,
+        HISTOGRAM,
+        BLOCK_D,
+        D_CHUNKS,
+    )
 
 
 def split_count(num_rows: int, num_codes: int, config: configs.AssignConfig, sms: int) -> int:
@@ -225,7 +317,11 @@ def _scored_operands(x: Tensor, codebook: Tensor, metric: str, precision: str):
 
 
 def launch_assign(
-    x: Tensor, codebook: Tensor, metric: str, precision: str, histogram: bool,
+    x: Tensor,
+    codebook: Tensor,
+    metric: str,
+    precision: str,
+    histogram: bool,
     splits: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The op's body; ``splits`` forces a number of code segments (tests take both paths)."""
@@ -241,10 +337,13 @@ def launch_assign(
     indices = torch.empty(num_rows, dtype=torch.int64, device=x.device)
     distances = torch.empty(num_rows, dtype=torch.float32, device=x.device)
     counts = torch.zeros(num_codes if histogram else 0, dtype=torch.int64, device=x.device)
-    keys = torch.full((num_rows if splits > 1 else 0,), KEY_UNSET, dtype=torch.int64,
-                      device=x.device)
+    keys = torch.full(
+        (num_rows if splits > 1 else 0,), KEY_UNSET, dtype=torch.int64, device=x.device
+    )
     constants = {
-        "METRIC": METRIC_CODES[metric], "HISTOGRAM": histogram, "BLOCK_D": config.block_d,
+        "METRIC": METRIC_CODES[metric],
+        "HISTOGRAM": histogram,
+        "BLOCK_D": config.block_d,
         "D_CHUNKS": triton.cdiv(dim, config.block_d),
     }
     row_args = (rows, rows.stride(0), rows.stride(1))
@@ -252,17 +351,37 @@ def launch_assign(
     outputs = (indices, distances, counts)
     grid = (triton.cdiv(num_rows, config.block_n), splits)
     wrap_triton(assign_kernel)[grid](
-        *row_args, codes_t, norms, *dist_codes_args, keys, *outputs,
-        num_rows, num_codes, dim, codes_per_split,
-        DOT_PRECISION=DOT_PRECISION[precision], ROUND_BF16=precision == "bf16",
-        INTERPRETED=configs.INTERPRETED, SPLIT_K=splits > 1, BLOCK_N=config.block_n,
-        BLOCK_K=config.block_k, num_warps=config.num_warps, num_stages=config.num_stages,
+        *row_args,
+        codes_t,
+        norms,
+        *dist_codes_args,
+        keys,
+        *outputs,
+        num_rows,
+        num_codes,
+        dim,
+        codes_per_split,
+        DOT_PRECISION=DOT_PRECISION[precision],
+        ROUND_BF16=precision == "bf16",
+        INTERPRETED=configs.INTERPRETED,
+        SPLIT_K=splits > 1,
+        BLOCK_N=config.block_n,
+        BLOCK_K=config.block_k,
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
         **constants,
     )
     if splits > 1:
         wrap_triton(finish_split_kernel)[(grid[0],)](
-            keys, *row_args, *dist_codes_args, *outputs, num_rows, dim,
-            BLOCK_N=config.block_n, num_warps=config.num_warps, **constants,
+            keys,
+            *row_args,
+            *dist_codes_args,
+            *outputs,
+            num_rows,
+            dim,
+            BLOCK_N=config.block_n,
+            num_warps=config.num_warps,
+            **constants,
         )
     return indices, distances, counts
 

@@ -27,9 +27,17 @@ def histogram_kernel(indices_ptr, counts_ptr, N, BLOCK: tl.constexpr):
 @triton.jit
 def code_sums_kernel(
     order_ptr,  # (N,) int64 row numbers sorted by code (stable)
-    starts_ptr, counts_ptr,  # (K,) int64 segment start in ``order`` and length
-    x_ptr, stride_xn, stride_xd, sums_ptr, K, D,
-    BLOCK_CODES: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+    starts_ptr,
+    counts_ptr,  # (K,) int64 segment start in ``order`` and length
+    x_ptr,
+    stride_xn,
+    stride_xd,
+    sums_ptr,
+    K,
+    D,
+    BLOCK_CODES: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """BLOCK_CODES codes side by side; each step adds the next BLOCK_ROWS rows of every code's
     segment by a fixed tree, into float64 sums: the same inputs give the same bits."""
@@ -44,8 +52,9 @@ def code_sums_kernel(
         positions = first + tl.arange(0, BLOCK_ROWS)
         has_row = positions[None, :] < counts[:, None]
         rows = tl.load(order_ptr + starts[:, None] + positions[None, :], mask=has_row, other=0)
-        pointers = (x_ptr + rows[:, :, None] * stride_xn
-                    + cols[None, None, :].to(tl.int64) * stride_xd)
+        pointers = (
+            x_ptr + rows[:, :, None] * stride_xn + cols[None, None, :].to(tl.int64) * stride_xd
+        )
         mask = has_row[:, :, None] & col_mask[None, None, :]
         values = tl.load(pointers, mask=mask, other=0.0)
         sums += tl.sum(values.to(tl.float64), axis=1)
@@ -73,8 +82,18 @@ def launch_code_sums(indices: Tensor, x: Tensor, num_codes: int) -> tuple[Tensor
     sums = torch.empty(num_codes, dim, dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(num_codes, config.block_codes), triton.cdiv(dim, config.block_d))
     wrap_triton(code_sums_kernel)[grid](
-        order, starts, counts, x, x.stride(0), x.stride(1), sums, num_codes, dim,
-        BLOCK_CODES=config.block_codes, BLOCK_ROWS=config.block_rows, BLOCK_D=config.block_d,
+        order,
+        starts,
+        counts,
+        x,
+        x.stride(0),
+        x.stride(1),
+        sums,
+        num_codes,
+        dim,
+        BLOCK_CODES=config.block_codes,
+        BLOCK_ROWS=config.block_rows,
+        BLOCK_D=config.block_d,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )

@@ -22,10 +22,16 @@ PARTIAL_ELEMENTS = 1 << 22
 
 @triton.jit
 def moments_kernel(
-    x_ptr, stride_xn, stride_xd, N, D, rows_per_program,
+    x_ptr,
+    stride_xn,
+    stride_xd,
+    N,
+    D,
+    rows_per_program,
     means_ptr,  # (programs, D) float64 partial means
     m2_ptr,  # (programs, D, D) float64 partial centred sums of products
-    BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     program = tl.program_id(0)
     cols_i = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -40,10 +46,12 @@ def moments_kernel(
         rows = tile_start + tl.arange(0, BLOCK_ROWS)
         row_mask = rows < stop
         tile_count = tl.minimum(stop - tile_start, BLOCK_ROWS).to(tl.float64)
-        tile_mean_i, centred_i, sum_i = _centred_tile(x_ptr, rows, row_mask, cols_i, D,
-                                                      stride_xn, stride_xd, tile_count)
-        tile_mean_j, centred_j, sum_j = _centred_tile(x_ptr, rows, row_mask, cols_j, D,
-                                                      stride_xn, stride_xd, tile_count)
+        tile_mean_i, centred_i, sum_i = _centred_tile(
+            x_ptr, rows, row_mask, cols_i, D, stride_xn, stride_xd, tile_count
+        )
+        tile_mean_j, centred_j, sum_j = _centred_tile(
+            x_ptr, rows, row_mask, cols_j, D, stride_xn, stride_xd, tile_count
+        )
         # Centred on a rounded mean; the outer product of the residual sums corrects for it.
         tile_m2 = tl.dot(tl.trans(centred_i), centred_j, input_precision="ieee")
         tile_m2 -= sum_i[:, None] * sum_j[None, :] / tile_count
@@ -86,8 +94,17 @@ def launch_moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     m2 = torch.empty(programs, dim, dim, dtype=torch.float64, device=x.device)
     column_blocks = triton.cdiv(dim, config.block_d)
     wrap_triton(moments_kernel)[(programs, column_blocks, column_blocks)](
-        x, x.stride(0), x.stride(1), num_rows, dim, rows_per_program, means, m2,
-        BLOCK_ROWS=config.block_rows, BLOCK_D=config.block_d, num_warps=config.num_warps,
+        x,
+        x.stride(0),
+        x.stride(1),
+        num_rows,
+        dim,
+        rows_per_program,
+        means,
+        m2,
+        BLOCK_ROWS=config.block_rows,
+        BLOCK_D=config.block_d,
+        num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
     return _merge_partials(num_rows, rows_per_program, means, m2)

@@ -31,8 +31,19 @@ from wvq_kernels.triton import configs
 
 
 @triton.jit
-def _distance_tile(x_ptr, row_offsets, row_mask, stride_xd, codes_t_ptr, codes, code_mask, K, D,
-                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _distance_tile(
+    x_ptr,
+    row_offsets,
+    row_mask,
+    stride_xd,
+    codes_t_ptr,
+    codes,
+    code_mask,
+    K,
+    D,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     """sum_d (x - e)^2 for a (rows, codes) tile in fp32; +inf for codes outside the codebook."""
     distances = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     x_pointers = x_ptr + row_offsets
@@ -49,11 +60,20 @@ def _distance_tile(x_ptr, row_offsets, row_mask, stride_xd, codes_t_ptr, codes, 
 
 @triton.jit
 def soft_assign_scan_kernel(
-    x_ptr, stride_xn, stride_xd,  # rows (N, D), any float dtype
+    x_ptr,
+    stride_xn,
+    stride_xd,  # rows (N, D), any float dtype
     codes_t_ptr,  # (D, K) fp32 contiguous
-    best_ptr, index_ptr, bias_ptr,  # (N,) fp32, int64, fp32
-    N, K, D, inv_tau, log_scale,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    best_ptr,
+    index_ptr,
+    bias_ptr,  # (N,) fp32, int64, fp32
+    N,
+    K,
+    D,
+    inv_tau,
+    log_scale,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < N
@@ -63,10 +83,22 @@ def soft_assign_scan_kernel(
     total = tl.zeros([BLOCK_N], dtype=tl.float32)
     for tile_start in range(0, K, BLOCK_K):
         codes = tile_start + tl.arange(0, BLOCK_K)
-        distances = _distance_tile(x_ptr, row_offsets, row_mask, stride_xd, codes_t_ptr, codes,
-                                   codes < K, K, D, BLOCK_N, BLOCK_K)
-        tile_best, tile_index = tl.min(distances, axis=1, return_indices=True,
-                                       return_indices_tie_break_left=True)
+        distances = _distance_tile(
+            x_ptr,
+            row_offsets,
+            row_mask,
+            stride_xd,
+            codes_t_ptr,
+            codes,
+            codes < K,
+            K,
+            D,
+            BLOCK_N,
+            BLOCK_K,
+        )
+        tile_best, tile_index = tl.min(
+            distances, axis=1, return_indices=True, return_indices_tie_break_left=True
+        )
         best_index = tl.where(tile_best < best, tile_start + tile_index, best_index)
         new_best = tl.minimum(best, tile_best)
         # On the first tile best is inf: exp(-inf) = 0 scales the empty sum.
@@ -80,14 +112,24 @@ def soft_assign_scan_kernel(
 
 @triton.jit
 def soft_assign_accumulate_kernel(
-    x_ptr, stride_xn, stride_xd,  # rows (N, D), any float dtype
+    x_ptr,
+    stride_xn,
+    stride_xd,  # rows (N, D), any float dtype
     codes_t_ptr,  # (D, K) fp32 contiguous
-    best_ptr, index_ptr, bias_ptr,  # the scan's per-row results
+    best_ptr,
+    index_ptr,
+    bias_ptr,  # the scan's per-row results
     weight_sums_ptr,  # (segments, K) fp32 partials
     weighted_sums_ptr,  # (segments, K, D) fp32 partials
     loss_ptr,  # (segments, code blocks) fp32 partials of sum w d
-    N, K, D, rows_per_segment, inv_tau,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    N,
+    K,
+    D,
+    rows_per_segment,
+    inv_tau,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     codes = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
     code_mask = codes < K
@@ -103,8 +145,19 @@ def soft_assign_accumulate_kernel(
         rows = tile_start + tl.arange(0, BLOCK_N)
         row_mask = rows < row_stop
         row_offsets = rows.to(tl.int64) * stride_xn
-        distances = _distance_tile(x_ptr, row_offsets, row_mask, stride_xd, codes_t_ptr, codes,
-                                   code_mask, K, D, BLOCK_N, BLOCK_K)
+        distances = _distance_tile(
+            x_ptr,
+            row_offsets,
+            row_mask,
+            stride_xd,
+            codes_t_ptr,
+            codes,
+            code_mask,
+            K,
+            D,
+            BLOCK_N,
+            BLOCK_K,
+        )
         best = tl.load(best_ptr + rows, mask=row_mask, other=0.0)
         bias = tl.load(bias_ptr + rows, mask=row_mask, other=float("-inf"))
         winner = tl.load(index_ptr + rows, mask=row_mask, other=-1)
@@ -116,8 +169,9 @@ def soft_assign_accumulate_kernel(
         loss += tl.sum(weights * tl.where(weights > 0.0, distances, 0.0), axis=0)
         x_pointers = x_ptr + row_offsets[:, None] + cols[None, :].to(tl.int64) * stride_xd
         x_tile = tl.load(x_pointers, mask=row_mask[:, None] & col_mask[None, :], other=0.0)
-        weighted_sums = tl.dot(tl.trans(weights), x_tile.to(tl.float32), weighted_sums,
-                               input_precision="ieee")
+        weighted_sums = tl.dot(
+            tl.trans(weights), x_tile.to(tl.float32), weighted_sums, input_precision="ieee"
+        )
     partial = segment.to(tl.int64) * K + codes
     pointers = weighted_sums_ptr + partial[:, None] * D + cols[None, :]
     tl.store(pointers, weighted_sums, mask=code_mask[:, None] & col_mask[None, :])
@@ -144,15 +198,29 @@ def _scan(x: Tensor, codes_t: Tensor, inv_tau: float, log_scale: float):
     indices = torch.empty(num_rows, dtype=torch.int64, device=x.device)
     bias = torch.empty(num_rows, dtype=torch.float32, device=x.device)
     wrap_triton(soft_assign_scan_kernel)[(triton.cdiv(num_rows, config.block_n),)](
-        x, x.stride(0), x.stride(1), codes_t, best, indices, bias, num_rows, num_codes, dim,
-        inv_tau, log_scale, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        x,
+        x.stride(0),
+        x.stride(1),
+        codes_t,
+        best,
+        indices,
+        bias,
+        num_rows,
+        num_codes,
+        dim,
+        inv_tau,
+        log_scale,
+        BLOCK_N=config.block_n,
+        BLOCK_K=config.block_k,
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
     )
     return best, indices, bias
 
 
-def _accumulate(x: Tensor, codes_t: Tensor, inv_tau: float, best: Tensor, indices: Tensor,
-                bias: Tensor):
+def _accumulate(
+    x: Tensor, codes_t: Tensor, inv_tau: float, best: Tensor, indices: Tensor, bias: Tensor
+):
     """(sum w d, weight sums (K,), weighted sums (K, D)), the partials added in float64."""
     num_rows, dim = x.shape
     num_codes = codes_t.shape[1]
@@ -167,13 +235,32 @@ def _accumulate(x: Tensor, codes_t: Tensor, inv_tau: float, best: Tensor, indice
     loss = torch.empty(segments, code_blocks, dtype=torch.float32, device=x.device)
     grid = (code_blocks, segments, triton.cdiv(dim, config.block_d))
     wrap_triton(soft_assign_accumulate_kernel)[grid](
-        x, x.stride(0), x.stride(1), codes_t, best, indices, bias, weight_sums, weighted_sums,
-        loss, num_rows, num_codes, dim, rows_per_segment, inv_tau, BLOCK_N=config.block_n,
-        BLOCK_K=config.block_k, BLOCK_D=config.block_d, num_warps=config.num_warps,
+        x,
+        x.stride(0),
+        x.stride(1),
+        codes_t,
+        best,
+        indices,
+        bias,
+        weight_sums,
+        weighted_sums,
+        loss,
+        num_rows,
+        num_codes,
+        dim,
+        rows_per_segment,
+        inv_tau,
+        BLOCK_N=config.block_n,
+        BLOCK_K=config.block_k,
+        BLOCK_D=config.block_d,
+        num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
-    return (loss.double().sum(), weight_sums.double().sum(dim=0).float(),
-            weighted_sums.double().sum(dim=0).float())
+    return (
+        loss.double().sum(),
+        weight_sums.double().sum(dim=0).float(),
+        weighted_sums.double().sum(dim=0).float(),
+    )
 
 
 def launch_soft_assign_stats(
@@ -182,10 +269,13 @@ def launch_soft_assign_stats(
     num_rows, dim = x.shape
     num_codes = codebook.shape[0]
     if num_rows == 0:
-        return (x.new_zeros((), dtype=torch.float32),
-                x.new_zeros(num_codes, dtype=torch.float32),
-                x.new_zeros(num_codes, dim, dtype=torch.float32),
-                x.new_empty(0, dtype=torch.int64), x.new_empty(0, dtype=torch.float32))
+        return (
+            x.new_zeros((), dtype=torch.float32),
+            x.new_zeros(num_codes, dtype=torch.float32),
+            x.new_zeros(num_codes, dim, dtype=torch.float32),
+            x.new_empty(0, dtype=torch.int64),
+            x.new_empty(0, dtype=torch.float32),
+        )
     codes_t = codebook.detach().to(torch.float32).T.contiguous()
     inv_tau = 1.0 / tau
     log_scale = math.log(lam * num_codes) if lam > 0 else -math.inf

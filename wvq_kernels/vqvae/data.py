@@ -7,6 +7,7 @@ the eval patches; the rest hold the train patches. So the two sets never share a
 come from the same distribution: a split by image or by image half leaves codes that only one
 side's content uses, which caps the evaluation utilization far below what the codebook reaches.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,8 +21,19 @@ TILE = 64
 # lacks eval tiles.
 EVAL_PERIOD = 4
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-SKIMAGE_PHOTOGRAPHS = ("astronaut", "chelsea", "coffee", "immunohistochemistry", "rocket",
-                       "camera", "moon", "coins", "grass", "gravel", "brick")
+SKIMAGE_PHOTOGRAPHS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "immunohistochemistry",
+    "rocket",
+    "camera",
+    "moon",
+    "coins",
+    "grass",
+    "gravel",
+    "brick",
+)
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -45,7 +57,7 @@ def split_tiles(image: np.ndarray, phase: int = 0) -> tuple[list[np.ndarray], li
     height, width = image.shape[:2]
     for row, top in enumerate(range(0, height - PATCH + 1, TILE)):
         for col, left in enumerate(range(0, width - PATCH + 1, TILE)):
-            tile = image[top:top + TILE, left:left + TILE]
+            tile = image[top : top + TILE, left : left + TILE]
             if min(tile.shape[:2]) >= PATCH:
                 (held_out if (row + 2 * col + phase) % EVAL_PERIOD == 0 else train).append(tile)
     return train, held_out
@@ -56,11 +68,12 @@ def random_patches(image: np.ndarray, count: int, rng: np.random.Generator) -> n
     height, width = image.shape[:2]
     rows = rng.integers(0, height - PATCH + 1, count)
     cols = rng.integers(0, width - PATCH + 1, count)
-    return np.stack([image[r:r + PATCH, c:c + PATCH] for r, c in zip(rows, cols)])
+    return np.stack([image[r : r + PATCH, c : c + PATCH] for r, c in zip(rows, cols)])
 
 
-def patches_from_tiles(tiles_per_image: list[list[np.ndarray]], count: int,
-                       seed: int) -> torch.Tensor:
+def patches_from_tiles(
+    tiles_per_image: list[list[np.ndarray]], count: int, seed: int
+) -> torch.Tensor:
     """``count`` patches in random order, spread evenly over the images (so that one large
     image does not dominate), each from a tile of its image drawn uniformly."""
     rng = np.random.default_rng(seed)
@@ -105,13 +118,15 @@ def load_npz(path: str | Path) -> np.ndarray:
             raise ValueError(f"data: {path} has neither 'x' nor 'images' (has {archive.files})")
         images = archive[key]
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (PATCH, PATCH, 3):
-        raise ValueError(f"data: {path}:{key} must be uint8 (N, 32, 32, 3), "
-                         f"got {images.dtype} {images.shape}")
+        raise ValueError(
+            f"data: {path}:{key} must be uint8 (N, 32, 32, 3), got {images.dtype} {images.shape}"
+        )
     return images
 
 
-def load_datasets(data: str | None = None, *, train_size: int = 20000, eval_size: int = 8192,
-                  seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def load_datasets(
+    data: str | None = None, *, train_size: int = 20000, eval_size: int = 8192, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(train, eval) patches. ``data``: None (embedded photographs), a folder, or a ``.npz``.
 
     For a ``.npz`` the last ``eval_size`` images (at most a quarter) are the eval set.
@@ -124,5 +139,7 @@ def load_datasets(data: str | None = None, *, train_size: int = 20000, eval_size
     train_tiles, eval_tiles = zip(*map(split_tiles, images, range(len(images))))
     if not any(train_tiles) or not any(eval_tiles):
         raise ValueError(f"data: {data} has too few {TILE}x{TILE} tiles for a train/eval split")
-    return (patches_from_tiles(train_tiles, train_size, seed),
-            patches_from_tiles(eval_tiles, eval_size, seed + 1))
+    return (
+        patches_from_tiles(train_tiles, train_size, seed),
+        patches_from_tiles(eval_tiles, eval_size, seed + 1),
+    )

@@ -19,12 +19,14 @@ perplexity C over fresh samples.
 ``drift=True`` is the case NSVQ is about: the feature mean moves linearly from 0 at the first
 step to μ·1 at the last, and evaluation uses the final distribution.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -40,12 +42,24 @@ METHODS = ("vanilla", "ema", "linear", "wasserstein", "nsvq")
 
 # Published final values (E, U %, C) for Gaussian features, by shift μ.
 PUBLISHED = {
-    0: {"vanilla": (1.001, 99.68, 14789), "ema": (0.982, 99.99, 14736),
-        "linear": (1.056, 99.37, 14570), "wasserstein": (0.987, 99.79, 14883)},
-    2: {"vanilla": (2.119, 6.51, 600), "ema": (1.543, 14.04, 2207),
-        "linear": (1.055, 99.35, 14566), "wasserstein": (0.991, 99.76, 14915)},
-    4: {"vanilla": (5.294, 0.07, 11), "ema": (3.005, 0.79, 129),
-        "linear": (1.676, 23.23, 2346), "wasserstein": (1.021, 99.85, 14823)},
+    0: {
+        "vanilla": (1.001, 99.68, 14789),
+        "ema": (0.982, 99.99, 14736),
+        "linear": (1.056, 99.37, 14570),
+        "wasserstein": (0.987, 99.79, 14883),
+    },
+    2: {
+        "vanilla": (2.119, 6.51, 600),
+        "ema": (1.543, 14.04, 2207),
+        "linear": (1.055, 99.35, 14566),
+        "wasserstein": (0.991, 99.76, 14915),
+    },
+    4: {
+        "vanilla": (5.294, 0.07, 11),
+        "ema": (3.005, 0.79, 129),
+        "linear": (1.676, 23.23, 2346),
+        "wasserstein": (1.021, 99.85, 14823),
+    },
 }
 
 
@@ -74,8 +88,9 @@ class AtomicConfig:
     @classmethod
     def quick(cls, **overrides):
         """A few-second variant for CI: same method, fewer codes, steps and samples."""
-        settings = dict(num_codes=1024, steps=60, batch=4096, eval_samples=16384, log_every=20,
-                        epoch_steps=5)
+        settings = dict(
+            num_codes=1024, steps=60, batch=4096, eval_samples=16384, log_every=20, epoch_steps=5
+        )
         settings.update(overrides)
         return cls(**settings)
 
@@ -93,8 +108,9 @@ def mean_at(config: AtomicConfig, step: int) -> float:
     return config.mu * step / config.steps if config.drift else config.mu
 
 
-def sample(config: AtomicConfig, count: int, generator: torch.Generator,
-           step: int | None = None) -> torch.Tensor:
+def sample(
+    config: AtomicConfig, count: int, generator: torch.Generator, step: int | None = None
+) -> torch.Tensor:
     mean = mean_at(config, config.steps if step is None else step)
     if config.distribution == "gaussian":
         return torch.randn(count, config.dim, generator=generator) + mean
@@ -115,7 +131,12 @@ class AtomicQuantizer:
     # NSVQ's rate is ours (no published row): at vanilla's 1.0 a code seen by its ~3 tokens
     # per step moves 0.1% of the way to them per step and lags any drift; measured on the
     # drifting run (μ 0→4): lr 1 U 94.0%, 10 95.2%, 30 96.9%.
-    LEARNING_RATES = {"vanilla": 1.0, "linear": 0.02, "wasserstein": 3.0, "nsvq": 30.0}
+    LEARNING_RATES: ClassVar[dict[str, float]] = {
+        "vanilla": 1.0,
+        "linear": 0.02,
+        "wasserstein": 3.0,
+        "nsvq": 30.0,
+    }
     RESERVOIR_SIZE = 16384
     # Refill threshold, as a share of the uniform usage (batch / K tokens per step), on usage
     # decayed by 0.9 per step (EMA's decay here), so that a code left behind by the drift falls
@@ -164,8 +185,9 @@ class AtomicQuantizer:
         if self.config.method == "wasserstein":
             feature_stats = kernels.moments(features, backend=self.config.backend)
             code_stats = kernels.moments(codebook, backend=self.config.backend)
-            distance = gaussian_w2(feature_stats.mean, feature_stats.cov,
-                                   code_stats.mean, code_stats.cov)
+            distance = gaussian_w2(
+                feature_stats.mean, feature_stats.cov, code_stats.mean, code_stats.cov
+            )
             loss = 0.1 * code_loss + 10.0 * distance
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -201,10 +223,17 @@ def _nsvq_quantizer(config: AtomicConfig, codes: torch.Tensor) -> VectorQuantize
     """NSVQ's codebook as the modules implement it: the dense loss alone (alpha = d puts its
     per-element mean in L_code's per-token scale; no commitment, the features are data) and a
     reservoir for refills, seeded from the experiment's seed."""
-    quantizer = VectorQuantizer(config.dim, config.num_codes, alpha=float(config.dim), beta=0.0,
-                                decay=AtomicQuantizer.USAGE_DECAY, codebook_loss="dense", lam=0.01,
-                                reservoir_size=AtomicQuantizer.RESERVOIR_SIZE,
-                                backend=config.backend)
+    quantizer = VectorQuantizer(
+        config.dim,
+        config.num_codes,
+        alpha=float(config.dim),
+        beta=0.0,
+        decay=AtomicQuantizer.USAGE_DECAY,
+        codebook_loss="dense",
+        lam=0.01,
+        reservoir_size=AtomicQuantizer.RESERVOIR_SIZE,
+        backend=config.backend,
+    )
     with torch.no_grad():
         quantizer.embedding.copy_(codes)
     quantizer.generator.manual_seed(config.seed)
@@ -232,7 +261,9 @@ def run_atomic(config: AtomicConfig, progress=None) -> list[Evaluation]:
         raise ValueError(f"method must be one of {METHODS}, got {config.method!r}")
     generator = torch.Generator().manual_seed(config.seed)
     quantizer = AtomicQuantizer(config, generator)
-    eval_features = sample(config, config.eval_samples, torch.Generator().manual_seed(config.seed + 1))
+    eval_features = sample(
+        config, config.eval_samples, torch.Generator().manual_seed(config.seed + 1)
+    )
     history = [evaluate(quantizer, eval_features, 0)]
     for step in range(1, config.steps + 1):
         quantizer.step(sample(config, config.batch, generator, step))
@@ -249,10 +280,18 @@ def mu_label(config: AtomicConfig) -> str:
 
 
 def published(config: AtomicConfig):
-    if (config.distribution != "gaussian" or config.num_codes != 16384 or config.dim != 8
-            or config.drift):
+    if (
+        config.distribution != "gaussian"
+        or config.num_codes != 16384
+        or config.dim != 8
+        or config.drift
+    ):
         return None
-    return PUBLISHED.get(int(config.mu), {}).get(config.method) if float(config.mu).is_integer() else None
+    return (
+        PUBLISHED.get(int(config.mu), {}).get(config.method)
+        if float(config.mu).is_integer()
+        else None
+    )
 
 
 # The paper's columns and the seconds are set off by wider columns (more space before them).
@@ -289,9 +328,16 @@ def _table_row(config: AtomicConfig, final: Evaluation, seconds: float) -> dict:
 
 def save_results(rows, histories, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    records = [{"config": dataclasses.asdict(c), "final": dataclasses.asdict(e), "seconds": s,
-                "published": published(c), "history": [dataclasses.asdict(h) for h in hist]}
-               for (c, e, s), hist in zip(rows, histories)]
+    records = [
+        {
+            "config": dataclasses.asdict(c),
+            "final": dataclasses.asdict(e),
+            "seconds": s,
+            "published": published(c),
+            "history": [dataclasses.asdict(h) for h in hist],
+        }
+        for (c, e, s), hist in zip(rows, histories)
+    ]
     json_path = out_dir / "atomic.json"
     json_path.write_text(json.dumps(records, indent=2))
     written = [json_path]
@@ -313,24 +359,42 @@ def _plot(rows, histories, path: Path) -> Path | None:
     return line_plots(path, list(panels.items()), logy=("quantization error E",))
 
 
-def run_grid(mus, methods, distribution="gaussian", quick=False, out_dir="runs/atomic",
-             seed=12, backend="auto", drift=False, echo=print):
+def run_grid(
+    mus,
+    methods,
+    distribution="gaussian",
+    quick=False,
+    out_dir="runs/atomic",
+    seed=12,
+    backend="auto",
+    drift=False,
+    echo=print,
+):
     """Runs every (μ, method) pair, prints the table beside the published values and saves
     JSON and a plot. Returns the table rows."""
     rows, histories = [], []
     for mu in mus:
         for method in methods:
-            settings = dict(mu=mu, method=method, distribution=distribution, seed=seed,
-                            backend=backend, drift=drift)
+            settings = dict(
+                mu=mu,
+                method=method,
+                distribution=distribution,
+                seed=seed,
+                backend=backend,
+                drift=drift,
+            )
             config = AtomicConfig.quick(**settings) if quick else AtomicConfig(**settings)
             started = time.perf_counter()
-            history = run_atomic(config, progress=lambda c, e: echo(
-                f"  {c.method} μ={c.mu:g} step {e.step}/{c.steps}: E {e.error:.3f} "
-                f"U {100 * e.utilization:.2f}% C {e.perplexity:.0f}"))
+            history = run_atomic(
+                config,
+                progress=lambda c, e: echo(
+                    f"  {c.method} μ={c.mu:g} step {e.step}/{c.steps}: E {e.error:.3f} "
+                    f"U {100 * e.utilization:.2f}% C {e.perplexity:.0f}"
+                ),
+            )
             rows.append((config, history[-1], time.perf_counter() - started))
             histories.append(history)
     echo(results_table(rows))
     for path in save_results(rows, histories, Path(out_dir)):
         echo(f"wrote {path}")
     return rows
-

@@ -1,4 +1,5 @@
 """A small patch discriminator and the hinge / adaptive-weight pieces of VQGAN-style training."""
+
 from __future__ import annotations
 
 import torch
@@ -12,9 +13,11 @@ class PatchDiscriminator(nn.Module):
     def __init__(self, hidden: int = 32):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(3, hidden, 4, stride=2, padding=1), nn.LeakyReLU(0.2),               # 16x16
-            nn.Conv2d(hidden, 2 * hidden, 4, stride=2, padding=1),                         # 8x8
-            nn.GroupNorm(8, 2 * hidden), nn.LeakyReLU(0.2),
+            nn.Conv2d(3, hidden, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2),  # 16x16
+            nn.Conv2d(hidden, 2 * hidden, 4, stride=2, padding=1),  # 8x8
+            nn.GroupNorm(8, 2 * hidden),
+            nn.LeakyReLU(0.2),
             nn.Conv2d(2 * hidden, 1, 3, padding=1),
         )
 
@@ -30,11 +33,12 @@ def hinge_generator_loss(fake_logits: Tensor) -> Tensor:
     return -fake_logits.mean()
 
 
-def adaptive_adversarial_weight(reconstruction_loss: Tensor, generator_loss: Tensor,
-                                last_layer: Tensor, max_weight: float = 1e4) -> Tensor:
+def adaptive_adversarial_weight(
+    reconstruction_loss: Tensor, generator_loss: Tensor, last_layer: Tensor, max_weight: float = 1e4
+) -> Tensor:
     """VQGAN's balance: ‖∇ reconstruction‖ / ‖∇ adversarial‖ at the decoder's last layer, so
     that neither term swamps the other whatever their scales (detached)."""
-    reconstruction_grad, = torch.autograd.grad(reconstruction_loss, last_layer, retain_graph=True)
-    generator_grad, = torch.autograd.grad(generator_loss, last_layer, retain_graph=True)
+    (reconstruction_grad,) = torch.autograd.grad(reconstruction_loss, last_layer, retain_graph=True)
+    (generator_grad,) = torch.autograd.grad(generator_loss, last_layer, retain_graph=True)
     weight = reconstruction_grad.norm() / (generator_grad.norm() + 1e-4)
     return weight.clamp(0, max_weight).detach()

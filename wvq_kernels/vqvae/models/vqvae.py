@@ -1,4 +1,5 @@
 """A small convolutional VQ-VAE: 32x32 RGB -> 8x8 tokens of dimension ``latent_dim``."""
+
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -8,9 +9,12 @@ class Encoder(nn.Module):
     def __init__(self, hidden: int):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(3, hidden, 4, stride=2, padding=1), nn.ReLU(),       # 16x16
-            nn.Conv2d(hidden, hidden, 4, stride=2, padding=1), nn.ReLU(),  # 8x8
-            nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(3, hidden, 4, stride=2, padding=1),
+            nn.ReLU(),  # 16x16
+            nn.Conv2d(hidden, hidden, 4, stride=2, padding=1),
+            nn.ReLU(),  # 8x8
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+            nn.ReLU(),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -21,9 +25,11 @@ class Decoder(nn.Module):
     def __init__(self, hidden: int):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(),
-            nn.ConvTranspose2d(hidden, hidden, 4, stride=2, padding=1), nn.ReLU(),  # 16x16
-            nn.ConvTranspose2d(hidden, 3, 4, stride=2, padding=1),                  # 32x32
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(hidden, hidden, 4, stride=2, padding=1),
+            nn.ReLU(),  # 16x16
+            nn.ConvTranspose2d(hidden, 3, 4, stride=2, padding=1),  # 32x32
         )
 
     def forward(self, h: Tensor) -> Tensor:

@@ -79,8 +79,9 @@ def test_gradients_finite_on_degenerate_covariances(method, case):
 
 
 def test_codebook_gradient_matches_closed_form():
-    """∂W²/∂e_k = (2/K)(μc − μz) + (2/K) G (e_k − μc) for biased covariances, G = I − Σz^½ M^−½ Σz^½
-    (NOTES-papers.md, with 1/K in place of 1/(K−1) since moments() is the population covariance)."""
+    """∂W²/∂e_k = (2/K)(μc − μz) + (2/K) G (e_k − μc) for biased covariances,
+    G = I − Σz^½ M^−½ Σz^½ (the W-VQ paper's formula, with 1/K in place of 1/(K−1) since
+    moments() is the population covariance)."""
     g = torch.Generator().manual_seed(3)
     features = (
         torch.randn(4000, 3, generator=g, dtype=torch.float64)

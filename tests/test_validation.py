@@ -1,4 +1,4 @@
-"""DESIGN.md section 4: every bad input raises before anything runs, with a message naming the
+"""Bad input: every bad input raises before anything runs, with a message naming the
 argument, the expected and the actual value; plus backend selection."""
 
 import subprocess

@@ -1,4 +1,4 @@
-"""Argument checks of the public ops (DESIGN.md section 4): each raises a ValueError or
+"""Argument checks of the public ops: each raises a ValueError or
 TypeError that names the argument, the expected and the actual value, before anything runs.
 
 The library's own callers (modules, k-means, the application) pass arguments that are valid by

@@ -1,4 +1,4 @@
-"""The public ops: each validates its arguments (DESIGN.md section 4), then runs on one backend.
+"""The public ops: each validates its arguments, then runs on one backend.
 
 Backends and ``backend="auto"`` are described in ``wvq_kernels._backends``; the checks live in
 ``wvq_kernels._validation``, the fake kernels and autograd formulas in

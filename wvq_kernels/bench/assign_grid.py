@@ -201,7 +201,7 @@ def grid_environment(settings: Settings) -> dict:
 
 
 def _ours_backend(settings: Settings, backends: dict) -> str:
-    """The backend ours ran on: DESIGN's rule for 'auto' on CPU tensors (WVQ_BACKEND first)."""
+    """The backend ours ran on: the rule of 'auto' for CPU tensors (WVQ_BACKEND first)."""
     requested = settings.backend
     if requested == "auto":
         requested = os.environ.get("WVQ_BACKEND") or "auto"

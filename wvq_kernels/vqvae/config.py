@@ -68,9 +68,10 @@ class TrainConfig:
     adversarial_steps: int = 100000
     adversarial_minutes: float = 2.0
     # tau of epoch e (0-based): max(tau_min, tau_start * tau_decay**e), an epoch being one pass
-    # over the training patches. NOTES' schedule starts at 10, but here features have std ~1 and
-    # nearest-code squared distances ~0.01: tau = 10 flattens the softmax over all 65,536 codes
-    # and drags every code to the feature mean. The floor only guards the exponent's range.
+    # over the training patches. NSVQ's published schedule starts at 10, but here features have
+    # std ~1 and nearest-code squared distances ~0.01: tau = 10 flattens the softmax over all
+    # 65,536 codes and drags every code to the feature mean. The floor only guards the
+    # exponent's range.
     tau_start: float = 1.0
     tau_decay: float = 0.1
     tau_min: float = 1e-4

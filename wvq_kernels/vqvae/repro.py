@@ -1,4 +1,4 @@
-"""The synthetic ("atomic") experiment of the Wasserstein-VQ paper, as NOTES-papers.md states it.
+"""The synthetic ("atomic") experiment of the Wasserstein-VQ paper (arXiv 2506.15078).
 
 K = 16,384 codes in d = 8, codebook initialised N(0, I) (or U(−1, 1)^d); every step draws fresh
 features N(μ·1, I) (or U(μ−1, μ+1)^d); the codebook (or, for "linear", a d×d map + bias over

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import wvq_kernels as wvq
-from wvq_kernels.reference import _normalise_rows
+from wvq_kernels.reference import normalise_rows
 from wvq_kernels.testing import (
     LOW_PRECISION_ERROR_FACTOR,
     AssignmentTruth,
@@ -199,7 +199,7 @@ def test_bf16_precision_solves_the_rounded_problem(backend, device, metric):
     x, codebook = x.cpu(), codebook.cpu()
     if metric == "cosine":
         # Unit operands make the cosine score a plain dot product.
-        x, codebook, metric = _normalise_rows(x), _normalise_rows(codebook), "dot"
+        x, codebook, metric = normalise_rows(x), normalise_rows(codebook), "dot"
     truth = AssignmentTruth(x.bfloat16(), codebook.bfloat16(), metric)
     assert (truth.regret(result.indices) <= truth.regret_bound("ieee")).all()
 

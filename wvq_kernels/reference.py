@@ -197,13 +197,13 @@ def _score_operand(t: Tensor, metric: str, precision: str) -> Tensor:
     rounding distinguishes the bf16 path)."""
     t = t.to(torch.float32)
     if metric == "cosine":
-        t = _normalise_rows(t)
+        t = normalise_rows(t)
     if precision == "bf16":
         t = t.to(torch.bfloat16).to(torch.float32)
     return t
 
 
-def _normalise_rows(t: Tensor) -> Tensor:
+def normalise_rows(t: Tensor) -> Tensor:
     """Rows scaled to unit L2 norm in their own dtype; all-zero rows stay zero (no epsilon, which
     would distort tiny but nonzero rows). The one zero-safe normalisation: the float64 oracle
     (wvq_kernels.testing) and the Triton launcher use it too."""
@@ -246,7 +246,7 @@ def _pair_distances(rows: Tensor, codes: Tensor, metric: str) -> Tensor:
     if metric == "l2":
         return (rows - codes).square().sum(dim=1)
     if metric == "cosine":
-        similarity = (_normalise_rows(rows) * _normalise_rows(codes)).sum(dim=1)
+        similarity = (normalise_rows(rows) * normalise_rows(codes)).sum(dim=1)
         return (1.0 - similarity).clamp_min(0.0)
     return -(rows * codes).sum(dim=1)
 

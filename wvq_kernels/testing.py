@@ -39,7 +39,7 @@ from torch import Tensor
 
 from wvq_kernels._backends import GPU_BACKENDS
 from wvq_kernels.ops import resolve_precision
-from wvq_kernels.reference import _normalise_rows, soft_assign_stats_materialised
+from wvq_kernels.reference import normalise_rows, soft_assign_stats_materialised
 
 FP32_UNIT = 2.0**-24
 # Relative rounding of an operand before the products, per resolved precision. bf16 keeps 8
@@ -95,7 +95,7 @@ def distances64(rows: Tensor, codebook: Tensor, metric: str) -> Tensor:
     if metric == "l2":
         return rows.square().sum(1, keepdim=True) + codebook.square().sum(1) - 2 * rows @ codebook.T
     if metric == "cosine":
-        return 1 - _normalise_rows(rows) @ _normalise_rows(codebook).T
+        return 1 - normalise_rows(rows) @ normalise_rows(codebook).T
     return -(rows @ codebook.T)
 
 
@@ -105,7 +105,7 @@ def pair_distances64(rows: Tensor, codes: Tensor, metric: str) -> Tensor:
     if metric == "l2":
         return (rows - codes).square().sum(1)
     if metric == "cosine":
-        return 1 - (_normalise_rows(rows) * _normalise_rows(codes)).sum(1)
+        return 1 - (normalise_rows(rows) * normalise_rows(codes)).sum(1)
     return -(rows * codes).sum(1)
 
 

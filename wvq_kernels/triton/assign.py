@@ -26,7 +26,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
-from wvq_kernels.reference import _normalise_rows
+from wvq_kernels.reference import normalise_rows
 from wvq_kernels.triton import configs
 
 METRIC_CODES = {"l2": 0, "cosine": 1, "dot": 2}
@@ -307,7 +307,7 @@ def _scored_operands(x: Tensor, codebook: Tensor, metric: str, precision: str):
     codes = codebook.to(torch.float32)
     rows = x
     if metric == "cosine":
-        rows, codes = _normalise_rows(x.to(torch.float32)), _normalise_rows(codes)
+        rows, codes = normalise_rows(x.to(torch.float32)), normalise_rows(codes)
     dist_codes = codes if metric == "cosine" else codebook
     operand_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     codes_t = codes.to(operand_dtype).T.contiguous()

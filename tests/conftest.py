@@ -25,15 +25,6 @@ print(torch.ops.wvq.cpu_isa())
 """
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "gpu: needs a CUDA device; skipped without one")
-    config.addinivalue_line(
-        "markers",
-        "slow: seconds per test (Triton interpreter at N = 1000, subprocesses); the default run "
-        "includes them, -m 'not slow' leaves them out",
-    )
-
-
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -12,6 +12,12 @@ from .counter_random import CounterRandom
 __all__ = ["FeatureQueue", "remove_moments"]
 
 
+def _kept(keep: Tensor | None, new: Tensor, old: Tensor) -> Tensor:
+    """``new`` where the 0-dim bool ``keep`` is true (or absent), else ``old``: a conditional
+    update without a host sync."""
+    return new if keep is None else torch.where(keep, new, old)
+
+
 def remove_moments(total: Moments, part: Moments) -> Moments:
     """Moments of ``total``'s rows without ``part``'s (the inverse of ``Moments.merge``):
     with delta = mean_part - mean_rest, Chan's M2_total = M2_rest + M2_part + delta² n_r n_p / n."""
@@ -37,7 +43,9 @@ class FeatureQueue(nn.Module):
     the new chunk is merged in (Chan) and the overwritten rows are removed with the inverse
     merge, so the moments of a 65,536-row queue are never recomputed from scratch. The write
     position and fill level are tensors, so pushing never syncs with the host and never
-    changes a Python value that ``torch.compile`` would guard on.
+    changes a Python value that ``torch.compile`` would guard on. ``push(chunk, keep)`` with a
+    0-dim bool ``keep`` that is false changes nothing (the quantizer passes "the batch is
+    finite"), still without a sync.
     """
 
     def __init__(self, size: int, dim: int, *, backend: str = "auto"):
@@ -58,21 +66,25 @@ class FeatureQueue(nn.Module):
         return Moments(self.count, self.mean, self.cov)
 
     @torch.no_grad()
-    def push(self, chunk: Tensor) -> None:
+    def push(self, chunk: Tensor, keep: Tensor | None = None) -> None:
         chunk = chunk.detach().reshape(-1, self.rows.shape[1]).to(self.rows.dtype)
         if chunk.shape[0] == 0:
             return
         if chunk.shape[0] >= self.size:
-            self._reset_to(chunk[-self.size :])
+            self._reset_to(chunk[-self.size :], keep)
             return
         slots = (self.position + torch.arange(chunk.shape[0], device=chunk.device)) % self.size
         evicted = self._moments_of_written(slots)
         kept = remove_moments(self.moments(), evicted)
         updated = kept.merge(kernels.moments(chunk, backend=self.backend))
-        self.rows.index_copy_(0, slots, chunk)
-        self._store(updated)
-        self.position.copy_((self.position + chunk.shape[0]) % self.size)
-        self.filled.copy_((self.filled + chunk.shape[0]).clamp_max(self.size))
+        self.rows.index_copy_(0, slots, _kept(keep, chunk, self.rows[slots]))
+        self._store(updated, keep)
+        self.position.copy_(
+            _kept(keep, (self.position + chunk.shape[0]) % self.size, self.position)
+        )
+        self.filled.copy_(
+            _kept(keep, (self.filled + chunk.shape[0]).clamp_max(self.size), self.filled)
+        )
 
     def sample(self, count: int, random: CounterRandom) -> Tensor:
         """``count`` rows drawn uniformly (with replacement) from the filled part; zeros while
@@ -89,14 +101,14 @@ class FeatureQueue(nn.Module):
         zeros = Moments(unwritten, self.mean.new_zeros(dim), self.cov.new_zeros(dim, dim))
         return remove_moments(gathered, zeros)
 
-    def _reset_to(self, rows: Tensor) -> None:
-        self.rows.copy_(rows)
-        self._store(kernels.moments(rows, backend=self.backend))
-        self.position.zero_()
-        self.filled.fill_(self.size)
+    def _reset_to(self, rows: Tensor, keep: Tensor | None) -> None:
+        self.rows.copy_(_kept(keep, rows, self.rows))
+        self._store(kernels.moments(rows, backend=self.backend), keep)
+        self.position.copy_(_kept(keep, torch.zeros_like(self.position), self.position))
+        self.filled.copy_(_kept(keep, torch.full_like(self.filled, self.size), self.filled))
 
-    def _store(self, stats: Moments) -> None:
-        self.count.copy_(stats.count)
-        self.mean.copy_(stats.mean)
+    def _store(self, stats: Moments, keep: Tensor | None) -> None:
+        self.count.copy_(_kept(keep, stats.count, self.count))
+        self.mean.copy_(_kept(keep, stats.mean, self.mean))
         # Symmetrised so that rounding in the inverse merge cannot make it drift asymmetric.
-        self.cov.copy_((stats.cov + stats.cov.T) / 2)
+        self.cov.copy_(_kept(keep, (stats.cov + stats.cov.T) / 2, self.cov))

@@ -41,7 +41,8 @@ class QuantizerOutput(NamedTuple):
       ``running_utilization`` (codes used by the forwards since the last ``reset_usage()``,
       training or not), ``wasserstein``
       (W between feature and codebook Gaussians; 0 when not computed), ``commitment`` and
-      ``codebook`` (the two loss terms, unweighted).
+      ``codebook`` (the two loss terms, unweighted), ``skipped_nonfinite`` (training batches
+      skipped so far for non-finite features).
     """
 
     quantized: Tensor
@@ -77,6 +78,15 @@ class VectorQuantizer(nn.Module):
     Adam: W moves every code by one affine map, which SGD keeps and Adam's per-coordinate
     scaling breaks, leaving unused codes behind; ``wvq_kernels.vqvae.config.codebook_optimizer``
     has the settings `wvq train` uses); ``reset_usage()`` restarts the running usage counters.
+
+    Non-finite input: a forward whose features (after ``project_in``) hold a NaN or an Inf
+    changes no state: codebook, EMA buffers, cluster sizes, usage counters, feature queue,
+    reservoir and random stream keep their values (every update is written through
+    ``torch.where`` on one 0-dim "all finite" flag, so there is no host sync), its loss is
+    non-finite so the caller sees it (and should skip the optimizer step), and in training the
+    int64 buffer ``skipped_nonfinite`` counts it. Training continues as if the batch had never
+    been seen. The one exception is ``kmeans_init``: k-means syncs with the host anyway, so a
+    non-finite first batch simply leaves the fit to the first finite one.
     """
 
     def __init__(
@@ -124,6 +134,7 @@ class VectorQuantizer(nn.Module):
         initial_usage = 0.0 if reservoir_size and not ema else 1.0
         self.register_buffer("cluster_size", torch.full((codebook_size,), initial_usage))
         self.register_buffer("usage_counts", torch.zeros(codebook_size, dtype=torch.int64))
+        self.register_buffer("skipped_nonfinite", torch.zeros((), dtype=torch.int64))
         needs_queue = distribution_loss is not None or dead_code_threshold > 0
         self.queue = (
             FeatureQueue(feature_queue_size, codebook_dim, backend=backend) if needs_queue else None
@@ -170,12 +181,16 @@ class VectorQuantizer(nn.Module):
         if z.shape[-1] != self.dim:
             raise ValueError(f"z: expected last dimension {self.dim}, got {tuple(z.shape)}")
         features = self._normalize(self.project_in(z.float()))
-        if self.training and not self.initialized:
+        # 0-dim, never read on the host: every state update below is gated on it.
+        finite = torch.isfinite(features).all()
+        # k-means validates (and so syncs on) its input anyway; a non-finite first batch leaves
+        # the fit to the first finite one.
+        if self.training and not self.initialized and bool(finite):
             self._kmeans_init(features)
         if self.training and self.queue is not None:
-            self.queue.push(features)
+            self.queue.push(features, finite)
         if self.training and self.reservoir is not None:
-            self.reservoir.push(features, self.generator)
+            self.reservoir.push(features, self.generator, finite)
         codes = self._normalize(self.codes())
         result, codebook_term = self._assign(features, codes)
         quantized_codes = codes[result.indices]
@@ -187,9 +202,10 @@ class VectorQuantizer(nn.Module):
         if self.distribution_loss is not None:
             loss = loss + self.gamma * wasserstein
         # Counted in eval mode too: reset_usage() then an evaluation pass gives its utilization.
-        self.usage_counts.add_(result.counts)
+        self.usage_counts.add_(result.counts * finite)
         if self.training:
-            self._update_codebook_state(features, result.indices, result.counts)
+            self._update_codebook_state(features, result.indices, result.counts, finite)
+            self.skipped_nonfinite.add_(~finite)
         straight_through = features + (quantized_codes - features).detach()
         quantized = self.project_out(straight_through).to(z.dtype)
         stats = self._stats(result, commitment, codebook_term, wasserstein)
@@ -233,7 +249,22 @@ class VectorQuantizer(nn.Module):
         return distance.float()
 
     @torch.no_grad()
-    def _update_codebook_state(self, features: Tensor, indices: Tensor, counts: Tensor) -> None:
+    def _update_codebook_state(
+        self, features: Tensor, indices: Tensor, counts: Tensor, finite: Tensor
+    ) -> None:
+        # The updates run unconditionally (no host sync); a non-finite batch then puts the old
+        # values back. Only these small K-row tensors and the stream offset are touched here.
+        state = [self.cluster_size, self.generator.offset]
+        if self.ema or self.dead_code_threshold > 0:
+            state.append(self.embedding)
+        if self.ema:
+            state.append(self.embed_sum)
+        before = [tensor.clone() for tensor in state]
+        self._apply_codebook_updates(features, indices, counts)
+        for tensor, old in zip(state, before):
+            tensor.copy_(torch.where(finite, tensor, old))
+
+    def _apply_codebook_updates(self, features: Tensor, indices: Tensor, counts: Tensor) -> None:
         if self.ema:
             counts, sums = kernels.code_sums(
                 indices, features, self.codebook_size, backend=self.backend
@@ -271,11 +302,15 @@ class VectorQuantizer(nn.Module):
         # Dead code j takes the j-th row of one random permutation of the reservoir.
         rank = (torch.cumsum(dead, 0) - 1).clamp_min(0)
         candidates = self.reservoir.draw_distinct(self.codebook_size, self.generator)[rank]
-        self._refill(dead, candidates, threshold)
+        refilled = self._refill(dead, candidates, threshold)
         self.reservoir.clear()
-        return dead.sum()
+        return refilled.sum()
 
-    def _refill(self, dead: Tensor, candidates: Tensor, threshold: float) -> None:
+    def _refill(self, dead: Tensor, candidates: Tensor, threshold: float) -> Tensor:
+        """Moves the dead codes that have a finite candidate to it; returns which moved."""
+        # forward never stores a non-finite row, but a state_dict may hold one: such a code
+        # stays where it is rather than turn into NaN for good.
+        dead = dead & torch.isfinite(candidates).all(1)
         # No host sync: every code gets a candidate row, and torch.where keeps the live ones.
         candidates = candidates.to(self.embedding.dtype)
         self.embedding.copy_(torch.where(dead[:, None], candidates, self.embedding))
@@ -284,6 +319,7 @@ class VectorQuantizer(nn.Module):
         self.cluster_size.copy_(torch.where(dead, restart, self.cluster_size))
         if self.ema:
             self.embed_sum.copy_(self.embedding * self.cluster_size[:, None])
+        return dead
 
     @torch.no_grad()
     def _kmeans_init(self, features: Tensor) -> None:
@@ -312,6 +348,7 @@ class VectorQuantizer(nn.Module):
             "wasserstein": wasserstein.detach(),
             "commitment": commitment.detach(),
             "codebook": codebook_term.detach(),
+            "skipped_nonfinite": self.skipped_nonfinite.float(),
         }
 
     def get_extra_state(self) -> dict:

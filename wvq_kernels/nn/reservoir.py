@@ -19,7 +19,9 @@ class FeatureReservoir(nn.Module):
     several of its rows pick the same slot, the last one wins, as in the sequential algorithm.
     The stream length is a tensor and the random draws are counter-based (``CounterRandom``),
     so pushing never syncs with the host and the sample is the same on every device for the
-    same seed.
+    same seed. ``push(chunk, random, keep)`` with a 0-dim bool ``keep`` that is false changes
+    nothing, neither the rows nor the stream length nor ``random``'s offset (the quantizer
+    passes "the batch is finite").
     """
 
     def __init__(self, size: int, dim: int):
@@ -38,12 +40,14 @@ class FeatureReservoir(nn.Module):
         self.seen.zero_()
 
     @torch.no_grad()
-    def push(self, chunk: Tensor, random: CounterRandom) -> None:
+    def push(self, chunk: Tensor, random: CounterRandom, keep: Tensor | None = None) -> None:
         chunk = chunk.detach().reshape(-1, self.rows.shape[1]).to(self.rows.dtype)
         count = chunk.shape[0]
         if count == 0:
             return
         device = self.rows.device
+        keep = torch.ones((), dtype=torch.bool, device=device) if keep is None else keep
+        offset = random.offset.clone()
         stream_index = self.seen + torch.arange(count, device=device)
         drawn = (random.uniform(count) * (stream_index + 1)).long()
         slot = torch.where(stream_index < self.size, stream_index, drawn)
@@ -54,8 +58,9 @@ class FeatureReservoir(nn.Module):
         winner.scatter_reduce_(0, slot.clamp_max(self.size), position, "amax")
         winner = winner[: self.size]
         written = chunk[winner.clamp_min(0)]
-        self.rows.copy_(torch.where((winner >= 0)[:, None], written, self.rows))
-        self.seen.add_(count)
+        self.rows.copy_(torch.where(((winner >= 0) & keep)[:, None], written, self.rows))
+        self.seen.add_(count * keep)
+        random.offset.copy_(torch.where(keep, random.offset, offset))
 
     def draw_distinct(self, count: int, random: CounterRandom) -> Tensor:
         """``count`` rows: a random permutation of the filled slots, repeated cyclically when

@@ -169,6 +169,39 @@ BAD_INPUTS = {
         ValueError,
         ["indices", "cpu", "meta"],
     ),
+    "sums nan in x": (
+        _sums,
+        dict(x=_with_value(X, (4, 1), float("nan"))),
+        ValueError,
+        ["x", "finite", "row 4"],
+    ),
+    "sums inf in batched x": (
+        _sums,
+        dict(
+            indices=INDICES.reshape(2, 5),
+            x=_with_value(X.reshape(2, 5, 8), (1, 3, 2), -float("inf")),
+        ),
+        ValueError,
+        ["x", "finite", "row 8"],
+    ),
+    "num_codes beyond int64": (
+        _histogram,
+        dict(num_codes=2**64),
+        ValueError,
+        ["num_codes", "2**63 - 1", str(2**64)],
+    ),
+    "moments inf in x": (
+        _moments,
+        dict(x=_with_value(X, (6, 0), float("inf"))),
+        ValueError,
+        ["x", "finite", "row 6"],
+    ),
+    "moments nan in float64 x": (
+        _moments,
+        dict(x=_with_value(X.double(), (2, 7), float("nan"))),
+        ValueError,
+        ["x", "finite", "row 2"],
+    ),
     "moments x integer": (_moments, dict(x=X.int()), TypeError, ["x", "float32", "int32"]),
     "moments x 0-dim": (_moments, dict(x=X[0, 0]), ValueError, ["x", "(..., D)", "()"]),
     "moments D = 0": (_moments, dict(x=X[:, :0]), ValueError, ["x", "D >= 1", "(10, 0)"]),
@@ -202,6 +235,19 @@ BAD_INPUTS = {
     "tau nan": (_soft, dict(tau=float("nan")), ValueError, ["tau", "finite", "nan"]),
     "tau inf": (_soft, dict(tau=float("inf")), ValueError, ["tau", "finite", "inf"]),
     "tau string": (_soft, dict(tau="1"), TypeError, ["tau", "real number", "str"]),
+    "tau 0-dim tensor negative": (
+        _soft,
+        dict(tau=torch.tensor(-1.5)),
+        ValueError,
+        ["tau", "> 0.0", "-1.5"],
+    ),
+    "tau 1-D tensor": (_soft, dict(tau=torch.ones(1)), TypeError, ["tau", "real number", "Tensor"]),
+    "tau complex tensor": (
+        _soft,
+        dict(tau=torch.tensor(1 + 1j)),
+        TypeError,
+        ["tau", "real number", "Tensor"],
+    ),
     "lam negative": (_soft, dict(lam=-0.1), ValueError, ["lam", ">= 0.0", "-0.1"]),
     "lam inf": (_soft, dict(lam=float("inf")), ValueError, ["lam", "finite", "inf"]),
     "lam bool": (_soft, dict(lam=True), TypeError, ["lam", "real number", "bool"]),
@@ -250,6 +296,52 @@ def test_check_finite_off_skips_the_scan(backend):
     x = _with_value(X, (7, 3), float("nan"))
     result = wvq.assign(x, CODEBOOK, check_finite=False, backend=backend)
     assert result.indices.shape == (10,)
+
+
+def test_check_finite_off_skips_the_scan_of_code_sums_and_moments(backend):
+    x = _with_value(X, (7, 3), float("nan"))
+    counts, sums = wvq.code_sums(INDICES, x, 17, backend=backend, check_finite=False)
+    assert int(counts.sum()) == 10 and sums[INDICES[7]].isnan().any()
+    stats = wvq.moments(x, backend=backend, check_finite=False)
+    assert stats.mean[3].isnan()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int64])
+def test_tau_and_lam_as_0_dim_tensors_equal_their_values(backend, dtype):
+    as_tensors = _soft(backend, tau=torch.tensor(2, dtype=dtype), lam=torch.tensor(0, dtype=dtype))
+    as_numbers = _soft(backend, tau=2.0, lam=0.0)
+    assert torch.equal(as_tensors.loss, as_numbers.loss)
+    assert torch.equal(as_tensors.weight_sums, as_numbers.weight_sums)
+
+
+GAUSSIAN = (torch.zeros(3), torch.eye(3), torch.ones(3), 2 * torch.eye(3))
+
+
+@pytest.mark.parametrize(
+    "options, exception, fragments",
+    [
+        (dict(eps=-1), ValueError, ["eps", ">= 0.0", "-1.0"]),
+        (dict(eps=float("nan")), ValueError, ["eps", "finite", "nan"]),
+        (dict(eps="1e-8"), TypeError, ["eps", "real number", "str"]),
+        (dict(method="newton_schulz", iterations=-3), ValueError, ["iterations", ">= 1", "-3"]),
+        (dict(method="newton_schulz", iterations=0), ValueError, ["iterations", ">= 1", "0"]),
+        (dict(method="newton_schulz", iterations=2.5), TypeError, ["iterations", "int", "float"]),
+        (dict(iterations=True), TypeError, ["iterations", "int", "bool"]),
+    ],
+)
+def test_gaussian_w2_bad_options(options, exception, fragments):
+    with pytest.raises(exception) as error:
+        wvq.gaussian_w2(*GAUSSIAN, **options)
+    for fragment in fragments:
+        assert fragment in str(error.value), f"{fragment!r} missing from: {error.value}"
+
+
+def test_gaussian_w2_accepts_zero_eps_and_a_0_dim_tensor_eps():
+    exact = wvq.gaussian_w2(*GAUSSIAN, squared=True, eps=0)
+    # |1|^2 * 3 + 3 + 6 - 2 * 3 sqrt(2): the closed form for these isotropic Gaussians.
+    assert abs(float(exact) - (12 - 6 * 2**0.5)) < 1e-12
+    with_tensor = wvq.gaussian_w2(*GAUSSIAN, squared=True, eps=torch.tensor(0.0))
+    assert torch.equal(exact, with_tensor)
 
 
 def test_validation_precedes_the_empty_batch_shortcut():

@@ -22,6 +22,7 @@ GPU_PRECISIONS = ("tf32", "tf32x3")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # moments also takes float64, so that its gradient can be checked numerically.
 MOMENTS_DTYPES = (*FLOAT_DTYPES, torch.float64)
+INT64_MAX = 2**63 - 1
 
 
 def resolve_precision(precision: str, dtype: torch.dtype) -> str:
@@ -104,11 +105,22 @@ def check_num_codes(num_codes) -> int:
         raise TypeError(f"num_codes: expected an int, got {type(num_codes).__name__}") from None
     if num_codes <= 0:
         raise ValueError(f"num_codes: expected num_codes >= 1, got {num_codes}")
+    # The kernels take num_codes as int64; a larger Python int would fail in the dispatcher
+    # with a message that names no argument.
+    if num_codes > INT64_MAX:
+        raise ValueError(f"num_codes: expected num_codes <= 2**63 - 1, got {num_codes}")
     return num_codes
 
 
 def check_real(argument: str, value, lowest: float, inclusive: bool) -> float:
-    """A finite real number above ``lowest`` (or equal to it when ``inclusive``)."""
+    """A finite real number above ``lowest`` (or equal to it when ``inclusive``); a real-valued
+    0-dim tensor counts as its value (reading it syncs with the host, as the public ops may)."""
+    if (
+        isinstance(value, Tensor)
+        and value.dim() == 0
+        and not (value.dtype.is_complex or value.dtype == torch.bool)
+    ):
+        value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{argument}: expected a real number, got {type(value).__name__}")
     value = float(value)
@@ -116,6 +128,15 @@ def check_real(argument: str, value, lowest: float, inclusive: bool) -> float:
     if not math.isfinite(value) or value < lowest or (value == lowest and not inclusive):
         raise ValueError(f"{argument}: expected a finite number {bound}, got {value}")
     return value
+
+
+def check_count(argument: str, value, lowest: int) -> int:
+    """An int (not a bool) >= ``lowest``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{argument}: expected an int, got {type(value).__name__}")
+    if value < lowest:
+        raise ValueError(f"{argument}: expected an int >= {lowest}, got {value}")
+    return int(value)
 
 
 def check_index_range(indices: Tensor, num_codes: int) -> None:

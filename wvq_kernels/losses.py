@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from wvq_kernels import _validation as check
+
 __all__ = ["gaussian_w2"]
 
 _METHODS = ("eigh", "newton_schulz")
@@ -130,6 +132,8 @@ def gaussian_w2(
         raise ValueError(f"gaussian_w2: dimensions differ, {mean_a.shape[0]} vs {mean_b.shape[0]}")
     if method not in _METHODS:
         raise ValueError(f"gaussian_w2: method must be one of {_METHODS}, got {method!r}")
+    eps = check.check_real("eps", eps, lowest=0.0, inclusive=True)
+    iterations = check.check_count("iterations", iterations, lowest=1)
     if method == "eigh":
         cross = _TraceSqrtProduct.apply(cov_a.double(), cov_b.double(), eps)
     else:

@@ -85,11 +85,17 @@ def code_histogram(indices: Tensor, num_codes: int, *, backend: str = "auto") ->
 
 
 def code_sums(
-    indices: Tensor, x: Tensor, num_codes: int, *, backend: str = "auto"
+    indices: Tensor,
+    x: Tensor,
+    num_codes: int,
+    *,
+    backend: str = "auto",
+    check_finite: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Per-code counts int64 ``(K,)`` and sums float32 ``(K, D)`` of the rows of ``x``
     (..., D) assigned to each code by ``indices`` (shape ``x.shape[:-1]``). Deterministic:
-    the same inputs give bitwise the same sums. Not differentiable."""
+    the same inputs give bitwise the same sums. Not differentiable. ``check_finite`` (default)
+    refuses non-finite values in ``x``, naming the first bad row."""
     check.check_integer_tensor("indices", indices)
     check.check_float_tensor("x", x, check.FLOAT_DTYPES)
     check.check_rows("x", x)
@@ -102,6 +108,8 @@ def code_sums(
     num_codes = check.check_num_codes(num_codes)
     backend = _resolve_backend(backend, x.device)
     check.check_index_range(indices, num_codes)
+    if check_finite:
+        check.check_finite("x", x)
     return _trusted.code_sums(indices, x, num_codes, backend=backend)
 
 
@@ -116,12 +124,15 @@ def usage(counts: Tensor, *, backend: str = "auto") -> tuple[Tensor, Tensor]:
     return _trusted.usage(counts, backend=backend)
 
 
-def moments(x: Tensor, *, backend: str = "auto") -> Moments:
+def moments(x: Tensor, *, backend: str = "auto", check_finite: bool = True) -> Moments:
     """Count, mean and population covariance of the rows of ``x`` (..., D), accumulated in
-    float64 from centred tiles. Differentiable in ``x``. No rows gives zero mean and cov."""
+    float64 from centred tiles. Differentiable in ``x``. No rows gives zero mean and cov.
+    ``check_finite`` (default) refuses non-finite values in ``x``, naming the first bad row."""
     check.check_float_tensor("x", x, check.MOMENTS_DTYPES)
     check.check_rows("x", x)
     backend = _resolve_backend(backend, x.device)
+    if check_finite:
+        check.check_finite("x", x)
     return _trusted.moments(x, backend=backend)
 
 

@@ -103,6 +103,34 @@ def test_wasserstein_loss_and_gradients_match_float64(target_cov_scale):
     )
 
 
+def test_wasserstein_with_one_code_is_finite_and_takes_its_covariance_as_zero():
+    quantizer = make("wasserstein", codebook_size=1, gamma=1.0)
+    z = torch.randn(40, 6) * torch.linspace(0.5, 2, 6) + 1
+    out = quantizer(z)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(quantizer.embedding.grad).all()
+    # A point-mass codebook: W² = |mean_z - c|² / s² + tr(cov_z) / s².
+    z64, code = z.double(), quantizer.embedding.detach().double()[0]
+    cov = torch.cov(z64.T)
+    variance = cov.diagonal().max()
+    expected = (((z64.mean(0) - code).square().sum() + cov.trace()) / variance).sqrt()
+    assert out.stats["wasserstein"].item() == pytest.approx(expected.item(), rel=1e-3)
+
+
+def test_wasserstein_on_a_one_token_first_batch_is_finite_and_unscaled():
+    quantizer = make("wasserstein", gamma=1.0)
+    spread_codebook(quantizer)
+    z = torch.randn(1, 6)
+    out = quantizer(z)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(quantizer.embedding.grad).all()
+    # The one feature row is a point mass with no spread to scale by: W in the raw units.
+    codes = quantizer.embedding.detach().double()
+    expected = ((z.double()[0] - codes.mean(0)).square().sum() + torch.cov(codes.T).trace()).sqrt()
+    assert out.stats["wasserstein"].item() == pytest.approx(expected.item(), rel=1e-3)
+    assert quantizer.embedding.grad.abs().max() < 1
+
+
 def test_vanilla_loss_has_no_distribution_term():
     quantizer = make("vanilla", alpha=1.0, beta=0.25)
     spread_codebook(quantizer)

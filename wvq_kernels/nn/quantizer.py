@@ -236,15 +236,18 @@ class VectorQuantizer(nn.Module):
             feature_stats = self.queue.moments()
         else:
             feature_stats = kernels.moments(features.detach(), backend=self.backend)
-        feature_cov = feature_stats.sample_cov()
+        feature_cov = _sample_cov(feature_stats)
         # Scale-free re-weighting: divide by the (detached) largest per-dimension feature std.
-        scale = torch.diagonal(feature_cov).max().clamp_min(1e-12).sqrt()
+        # Features without spread (one row, or identical rows) give no scale: use 1, rather
+        # than a ~0 floor whose inverse would blow the loss and its gradient up.
+        variance = torch.diagonal(feature_cov).max()
+        scale = torch.where(variance > 0, variance, 1.0).sqrt()
         code_stats = kernels.moments(codes / scale.to(codes.dtype), backend=self.backend)
         distance = gaussian_w2(
             feature_stats.mean / scale,
             self.target_cov_scale * feature_cov / scale.square(),
             code_stats.mean,
-            code_stats.sample_cov(),
+            _sample_cov(code_stats),
         )
         return distance.float()
 
@@ -363,6 +366,14 @@ class VectorQuantizer(nn.Module):
             f"codebook_dim={self.codebook_dim}, distribution_loss={self.distribution_loss}, "
             f"ema={self.ema}, linear_reparam={self.linear_reparam}, metric={self.metric!r}"
         )
+
+
+def _sample_cov(stats) -> Tensor:
+    """Unbiased covariance, but zeros for a single row (``Moments.sample_cov`` gives NaN there,
+    as torch.cov, which W's eigenvalue solve fails on): one row, a one-code codebook or a
+    one-token first batch, has no observed spread, so its Gaussian is taken as a point mass."""
+    n = stats.count.to(torch.float64)
+    return stats.cov * (n / (n - 1).clamp_min(1))
 
 
 def nsvq_tau(epoch: int, start: float, decay: float, minimum: float) -> float:

@@ -131,6 +131,33 @@ def test_wasserstein_on_a_one_token_first_batch_is_finite_and_unscaled():
     assert quantizer.embedding.grad.abs().max() < 1
 
 
+def test_codebook_gradient_is_the_float64_one_and_the_same_bits_on_any_thread_count():
+    """PyTorch's own backward of codes[indices] adds with atomics over threads once the
+    gradient has 32768 elements, so its last bits depend on the thread count and timing."""
+    z = torch.randn(30000, 6, generator=torch.Generator().manual_seed(5))
+
+    def codebook_gradient(threads):
+        torch.set_num_threads(threads)
+        try:
+            quantizer = make("vanilla", codebook_size=16)
+            spread_codebook(quantizer)
+            quantizer(z).loss.backward()
+        finally:
+            torch.set_num_threads(1)
+        return quantizer.embedding.grad
+
+    gradients = [codebook_gradient(threads) for threads in (1, 2, 2, 2)]
+    assert gradients[0].dtype == torch.float32
+    for gradient in gradients[1:]:
+        assert torch.equal(gradient, gradients[0])
+    codes64 = make("vanilla", codebook_size=16)
+    spread_codebook(codes64)
+    codes64 = codes64.embedding.detach().double().requires_grad_()
+    loss, _, _ = reference_loss(z.double(), codes64, 1.0, 0.1, 0.0)
+    loss.backward()
+    torch.testing.assert_close(gradients[0].double(), codes64.grad, rtol=1e-4, atol=1e-8)
+
+
 def test_vanilla_loss_has_no_distribution_term():
     quantizer = make("vanilla", alpha=1.0, beta=0.25)
     spread_codebook(quantizer)

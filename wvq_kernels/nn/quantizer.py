@@ -15,6 +15,7 @@ from ..losses import gaussian_w2
 from ..ops import Assignment
 from .counter_random import CounterRandom
 from .feature_queue import FeatureQueue
+from .gather import gather_codes
 from .reservoir import FeatureReservoir
 
 __all__ = ["QuantizerOutput", "VectorQuantizer", "nsvq_tau"]
@@ -193,7 +194,7 @@ class VectorQuantizer(nn.Module):
             self.reservoir.push(features, self.generator, finite)
         codes = self._normalize(self.codes())
         result, codebook_term = self._assign(features, codes)
-        quantized_codes = codes[result.indices]
+        quantized_codes = gather_codes(codes, result.indices, self.backend)
         commitment = F.mse_loss(features, quantized_codes.detach())
         wasserstein = self._wasserstein(features, codes)
         loss = self.beta * commitment
@@ -222,7 +223,8 @@ class VectorQuantizer(nn.Module):
             counts = kernels.code_histogram(dense.indices, self.codebook_size, backend=self.backend)
             return Assignment(dense.indices, dense.distances, counts), dense.loss
         result = kernels.assign(features, codes.detach(), histogram=True, backend=self.backend)
-        return result, F.mse_loss(codes[result.indices], features.detach())
+        quantized = gather_codes(codes, result.indices, self.backend)
+        return result, F.mse_loss(quantized, features.detach())
 
     def _normalize(self, vectors: Tensor) -> Tensor:
         return F.normalize(vectors, dim=-1) if self.metric == "cosine" else vectors

@@ -31,10 +31,12 @@ def assign(
     codes = _score_operand(codebook, metric, precision)
     # For l2 the row norm is the same for every code, so the score is ||c||^2 - 2 x.c.
     code_sq_norms = codes.square().sum(dim=1) if metric == "l2" else None
+    first_identical = _first_identical(codes)
     indices = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
     for start in range(0, x.shape[0], ROW_BLOCK):
         rows = _score_operand(x[start : start + ROW_BLOCK], metric, precision)
-        indices[start : start + ROW_BLOCK] = _argmin_scores(rows, codes, code_sq_norms)
+        best = _argmin_scores(rows, codes, code_sq_norms)
+        indices[start : start + ROW_BLOCK] = first_identical[best]
     distances = _chosen_distances(x, codebook, indices, metric)
     counts = _counts(indices, codebook.shape[0]) if histogram else _no_counts(x.device)
     return indices, distances, counts
@@ -209,6 +211,21 @@ def normalise_rows(t: Tensor) -> Tensor:
     (wvq_kernels.testing) and the Triton launcher use it too."""
     norms = t.norm(dim=1, keepdim=True)
     return torch.where(norms > 0, t / norms, torch.zeros_like(t))
+
+
+def _first_identical(codes: Tensor) -> Tensor:
+    """For each code, the smallest index of a code with the same score operand (the values the
+    scores are computed from: normalised for cosine, rounded for bf16).
+
+    Identical codes have identical true scores, so ties go to the smallest of them; but GEMM
+    rounds identical columns differently depending on where they fall in its blocking (or on
+    the BLAS path taken for one row), so the scan alone can report a later copy."""
+    _, group = torch.unique(codes, dim=0, return_inverse=True)
+    code_ids = torch.arange(codes.shape[0], device=codes.device)
+    first = torch.full_like(code_ids, codes.shape[0]).scatter_reduce(
+        0, group, code_ids, reduce="amin"
+    )
+    return first[group]
 
 
 def _argmin_scores(rows: Tensor, codes: Tensor, code_sq_norms: Tensor | None) -> Tensor:

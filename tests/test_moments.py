@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -94,3 +98,30 @@ def test_gradient_keeps_the_input_dtype_and_matches_float64(backend, device):
     truth = wvq.moments(reference, backend="reference")
     (truth.mean.sum() + truth.cov.square().sum()).backward()
     torch.testing.assert_close(x.grad.double(), reference.grad, rtol=1e-5, atol=1e-6)
+
+
+STRIDED_PAST_2_31 = """
+import torch, wvq_kernels as wvq
+# Column c sits at element c * 2**30: column 2 is at 2**31, past int32. torch.empty only
+# reserves the 6 GiB; the few pages written and read are all that becomes resident.
+storage = torch.empty(3 * 2**30 + 64, dtype=torch.float16)
+x = storage.as_strided((64, 4), (1, 2**30))
+x.copy_(torch.randn(64, 4, generator=torch.Generator().manual_seed(0)).half())
+result = wvq.moments(x, backend="triton")
+expected = wvq.moments(x.contiguous(), backend="reference")
+assert torch.allclose(result.mean, expected.mean, rtol=1e-12, atol=0), (result.mean, expected)
+assert torch.allclose(result.cov, expected.cov, rtol=1e-12, atol=1e-15), (result.cov, expected)
+"""
+
+
+def test_triton_column_offsets_past_2_to_the_31_elements():
+    """Issue 12: the column offset cols * stride_xd was int32 (stride_xd < 2**31 is passed as
+    int32), so a strided x whose last column lies past 2**31 elements read from a wrapped,
+    negative offset. Run in the interpreter, in a child process: the wrapped read can crash."""
+    if not wvq.available_backends()["triton"]:
+        pytest.skip("no triton backend")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    child = subprocess.run(
+        [sys.executable, "-c", STRIDED_PAST_2_31], env=env, capture_output=True, timeout=300
+    )
+    assert child.returncode == 0, child.stderr.decode()[-2000:]

@@ -73,7 +73,10 @@ def moments_kernel(
 def _centred_tile(x_ptr, rows, row_mask, cols, D, stride_xn, stride_xd, tile_count):
     """(tile mean, tile centred on its rounded mean, sums of the residuals), all float64."""
     mask = row_mask[:, None] & (cols < D)[None, :]
-    pointers = x_ptr + rows[:, None].to(tl.int64) * stride_xn + cols[None, :] * stride_xd
+    # Both products in int64: a strided x can put column D - 1 past 2**31 elements.
+    pointers = (
+        x_ptr + rows[:, None].to(tl.int64) * stride_xn + cols[None, :].to(tl.int64) * stride_xd
+    )
     tile = tl.load(pointers, mask=mask, other=0.0).to(tl.float64)
     shift = tl.sum(tile, axis=0) / tile_count
     centred = tl.where(mask, tile - shift[None, :], 0.0)

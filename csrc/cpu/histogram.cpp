@@ -25,26 +25,31 @@ void check_indices(const at::Tensor& indices, int64_t num_codes) {
   }
 }
 
-// Each thread counts into its own histogram; the per-thread histograms are added at the end,
-// which keeps a collapsed codebook (every row on one code) from contending on one counter.
+// The rows are split into one contiguous slice per thread and each slice is counted into its
+// own histogram (the first into the output), which keeps a collapsed codebook (every row on one
+// code) from contending on one counter. At most threads - 1 extra histograms exist at a time,
+// whatever N: the scratch is bounded by 8 K bytes per thread. Counts are integers, so the
+// result does not depend on the split; the merge still runs in slice order.
 at::Tensor count_codes(const int64_t* codes, int64_t n, int64_t num_codes) {
   at::Tensor counts = at::zeros({num_codes}, at::kLong);
   int64_t* out = counts.data_ptr<int64_t>();
   constexpr int64_t kGrain = 1 << 16;
-  if (n < kGrain) {
-    for (int64_t i = 0; i < n; ++i) ++out[codes[i]];
-    return counts;
-  }
-  const int64_t pieces = (n + kGrain - 1) / kGrain;
-  std::vector<std::vector<int64_t>> partial(pieces);
-  parallel_for(0, pieces, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      partial[p].assign(num_codes, 0);
-      for (int64_t i = p * kGrain; i < std::min(n, (p + 1) * kGrain); ++i) ++partial[p][codes[i]];
+  const int64_t slices = detail::threads_for(n, kGrain);
+  const int64_t slice_rows = (n + slices - 1) / slices;
+  std::vector<std::vector<int64_t>> partial(slices - 1);
+  parallel_tasks(slices, [&](int64_t slice) {
+    int64_t* histogram = out;
+    if (slice > 0) {
+      partial[slice - 1].assign(num_codes, 0);
+      histogram = partial[slice - 1].data();
     }
+    const int64_t last = std::min(n, (slice + 1) * slice_rows);
+    for (int64_t i = slice * slice_rows; i < last; ++i) ++histogram[codes[i]];
   });
-  for (const auto& piece : partial)
-    for (int64_t k = 0; k < num_codes; ++k) out[k] += piece[k];
+  parallel_for(0, num_codes, kGrain, [&](int64_t begin, int64_t end) {
+    for (const auto& piece : partial)
+      for (int64_t k = begin; k < end; ++k) out[k] += piece[k];
+  });
   return counts;
 }
 

@@ -1,0 +1,93 @@
+"""Peak memory of the ops beyond their inputs, measured as wvq_kernels.bench.harness.PeakMemory
+does (VmHWM reset through /proc/self/clear_refs), each in a fresh process so that nothing the
+test runner allocated earlier hides a peak."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(
+    not Path("/proc/self/clear_refs").exists(), reason="needs Linux's clear_refs"
+)
+
+MIB = 2**20
+
+CODE_STATISTICS = """
+import sys, torch, wvq_kernels as wvq
+from wvq_kernels.bench.harness import PeakMemory
+op, n, k = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+generator = torch.Generator().manual_seed(0)
+indices = torch.randint(0, k, (n,), generator=generator)
+x = torch.randn(n, 1, generator=generator)
+def call(rows):
+    if op == "code_sums":
+        return wvq.code_sums(indices[:rows], x[:rows], k, backend="cpu")
+    return wvq.code_histogram(indices[:rows], k, backend="cpu")
+call(1 << 17)  # loads the extension and sizes the allocator outside the measurement
+peak = PeakMemory()
+peak.reset()
+result = call(n)
+print(peak.peak_delta_mib() * 2**20, torch.get_num_threads())
+"""
+
+
+def _peak_bytes(script: str, *arguments) -> tuple[float, int]:
+    child = subprocess.run(
+        [sys.executable, "-c", script, *map(str, arguments)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    peak, threads = child.stdout.split()
+    return float(peak), int(threads)
+
+
+@pytest.fixture
+def cpu_backend():
+    import wvq_kernels as wvq
+
+    if not wvq.available_backends()["cpu"]:
+        pytest.skip("no cpu backend")
+
+
+# N = 4M rows over K = 2**19 codes: the old per-65,536-row histograms took 64 x 4 MiB.
+N, K = 1 << 22, 1 << 19
+
+
+@pytest.mark.slow
+def test_cpu_code_histogram_scratch_is_bounded_by_threads(cpu_backend):
+    """Issue 5: one K-sized histogram per 65,536 rows grew as N / 65,536 x K; now at most one
+    per thread, whatever N (the output itself is 8 K bytes)."""
+    peak, threads = _peak_bytes(CODE_STATISTICS, "code_histogram", N, K)
+    assert peak < 64 * MIB + 8 * K * threads, f"{peak / MIB:.1f} MiB"
+
+
+@pytest.mark.slow
+def test_cpu_code_sums_scratch_is_bounded_by_threads_plus_its_sort(cpu_backend):
+    """code_sums shares the histogram; beyond it, its stable counting sort holds one int64 row
+    number per row (8 N bytes: DESIGN's O(N + K D))."""
+    peak, threads = _peak_bytes(CODE_STATISTICS, "code_sums", N, K)
+    assert peak < 64 * MIB + 8 * K * threads + 8 * N, f"{peak / MIB:.1f} MiB"
+
+
+def test_cpu_code_sums_are_bitwise_identical_across_thread_counts(cpu_backend):
+    import wvq_kernels as wvq
+
+    generator = torch.Generator().manual_seed(1)
+    indices = torch.randint(0, 300, (300_000,), generator=generator)
+    x = torch.randn(300_000, 5, generator=generator) * 1e3
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append(wvq.code_sums(indices, x, 300, backend="cpu"))
+    finally:
+        torch.set_num_threads(before)
+    for counts, sums in results[1:]:
+        assert torch.equal(counts, results[0][0])
+        assert torch.equal(sums.view(torch.int32), results[0][1].view(torch.int32))

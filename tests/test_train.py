@@ -54,6 +54,25 @@ def test_resume_matches_uninterrupted_run(tiny_config, tmp_path):
     assert resumed == full
 
 
+def test_a_stop_between_evaluations_leaves_no_extra_row_in_the_resumed_run(tiny_config, tmp_path):
+    """The run stopped at step 30 reports an evaluation there, but the run resumed to 40 has
+    the uninterrupted run's history (evaluations at 20 and 40), in metrics.json too."""
+    pytest.importorskip("matplotlib")
+    full = train(tiny_config, log=lambda _: None)
+    tiny_config.name, tiny_config.steps = "split", 30
+    stopped = train(tiny_config, log=lambda _: None)
+    assert [row["step"] for row in stopped] == [20, 30]
+    tiny_config.steps = 40
+    resumed = train(tiny_config, resume=True, log=lambda _: None)
+    assert [row["step"] for row in full] == [20, 40]
+    assert resumed == full
+    runs = tmp_path / "runs"
+    expected = json.loads((runs / "tiny" / "metrics.json").read_text())
+    actual = json.loads((runs / "split" / "metrics.json").read_text())
+    expected["config"]["name"] = "split"
+    assert actual == expected
+
+
 def test_curve_records_loss_and_batch_utilization_every_few_steps_across_a_resume(
     tiny_config, tmp_path
 ):

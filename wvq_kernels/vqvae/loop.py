@@ -247,11 +247,13 @@ def train(config: TrainConfig, *, resume: bool = False, log=print) -> list[dict]
             break
         trainer.stage += 1
         trainer.stage_start = trainer.step
+    # Saved before the final evaluation: that row reports where this run stopped, and a run
+    # resumed from here must not inherit it, since an uninterrupted run has no row there.
+    trainer.save(checkpoint)
     history = trainer.history
     if not history or history[-1]["step"] != trainer.step:
         final = evaluate(trainer.model, eval_set)
         history.append({"step": trainer.step, "stage": schedule[-1].name, **final})
-    trainer.save(checkpoint)
     write_artefacts(run_dir, config, trainer, eval_set)
     log(
         f"final {describe(history[-1])} ({config.quantizer}, K={config.codebook_size}); "

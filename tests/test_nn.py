@@ -308,6 +308,43 @@ def test_refill_without_a_reservoir_names_the_option():
         make("vanilla").refill_dead_codes(0.1)
 
 
+@pytest.mark.parametrize(
+    "arguments, error, argument",
+    [
+        ({"codebook_size": 0}, ValueError, "codebook_size"),
+        ({"codebook_size": 2.5}, TypeError, "codebook_size"),
+        ({"dim": 0}, ValueError, "dim"),
+        ({"codebook_dim": -1}, ValueError, "codebook_dim"),
+        ({"tau": 0.0}, ValueError, "tau"),
+        ({"tau": float("nan")}, ValueError, "tau"),
+    ],
+)
+def test_construction_rejects_bad_sizes_and_temperatures(arguments, error, argument):
+    options = {"dim": 6, "codebook_size": 8, **arguments}
+    with pytest.raises(error, match=argument):
+        VectorQuantizer(options.pop("dim"), options.pop("codebook_size"), **options)
+
+
+def test_a_bad_tau_set_between_steps_raises_before_the_reservoir_changes():
+    quantizer = make("nsvq")
+    quantizer(torch.randn(40, 6))
+    before = {key: value.clone() for key, value in quantizer.reservoir.state_dict().items()}
+    offset = quantizer.generator.offset.clone()
+    quantizer.tau = 0.0
+    with pytest.raises(ValueError, match="tau"):
+        quantizer(torch.randn(40, 6))
+    for key, value in quantizer.reservoir.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert torch.equal(quantizer.generator.offset, offset)
+
+
+def test_integer_input_is_rejected_before_any_state_changes():
+    quantizer = make("wasserstein")
+    with pytest.raises(TypeError, match="z: expected a floating-point dtype"):
+        quantizer(torch.ones(10, 6, dtype=torch.int64))
+    assert quantizer.queue.filled.item() == 0 and quantizer.usage_counts.sum().item() == 0
+
+
 def test_kmeans_init_fits_the_first_training_batch():
     quantizer = make("vanilla", kmeans_init=True, codebook_size=16)
     z = torch.randn(200, 6)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import _trusted as kernels
+from .. import _validation as check
 from ..kmeans import kmeans
 from ..losses import gaussian_w2
 from ..ops import Assignment
@@ -115,6 +116,11 @@ class VectorQuantizer(nn.Module):
         reservoir_size: int = 0,
     ):
         super().__init__()
+        dim = check.check_count("dim", dim, 1)
+        codebook_size = check.check_count("codebook_size", codebook_size, 1)
+        if codebook_dim is not None:
+            codebook_dim = check.check_count("codebook_dim", codebook_dim, 1)
+        tau = check.check_real("tau", tau, 0.0, inclusive=False)
         _check_options(distribution_loss, metric, ema, linear_reparam, dead_code_threshold)
         _check_nsvq_options(codebook_loss, ema, linear_reparam, reservoir_size)
         codebook_dim = codebook_dim or dim
@@ -181,6 +187,12 @@ class VectorQuantizer(nn.Module):
     def forward(self, z: Tensor) -> QuantizerOutput:
         if z.shape[-1] != self.dim:
             raise ValueError(f"z: expected last dimension {self.dim}, got {tuple(z.shape)}")
+        if not z.is_floating_point():
+            raise TypeError(f"z: expected a floating-point dtype, got {z.dtype}")
+        # tau may be changed between steps (a schedule), so it is checked here, before the
+        # reservoir or any other state is touched.
+        if self.codebook_loss == "dense":
+            check.check_real("tau", self.tau, 0.0, inclusive=False)
         features = self._normalize(self.project_in(z.float()))
         # 0-dim, never read on the host: every state update below is gated on it.
         finite = torch.isfinite(features).all()

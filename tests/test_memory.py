@@ -91,3 +91,42 @@ def test_cpu_code_sums_are_bitwise_identical_across_thread_counts(cpu_backend):
     for counts, sums in results[1:]:
         assert torch.equal(counts, results[0][0])
         assert torch.equal(sums.view(torch.int32), results[0][1].view(torch.int32))
+
+
+FINITE_SCAN = """
+import sys, torch, wvq_kernels as wvq
+from wvq_kernels import _validation as check
+from wvq_kernels.bench.harness import PeakMemory
+mode = sys.argv[1]
+generator = torch.Generator().manual_seed(0)
+x = torch.randn(4096, 64, generator=generator)
+codebook = torch.randn(1 << 20, 64, generator=generator)
+wvq.assign(x[:8], codebook[:100], backend="cpu")
+peak = PeakMemory()
+peak.reset()
+if mode == "scan":
+    check.check_finite("x", x)
+    check.check_finite("codebook", codebook)
+else:
+    wvq.assign(x, codebook, backend="cpu", check_finite=mode == "assign checked")
+print(peak.peak_delta_mib() * 2**20, torch.get_num_threads())
+"""
+# x (4096, 64) and the codebook (2**20, 64), float32.
+FINITE_INPUTS = (4096 + (1 << 20)) * 64 * 4
+
+
+@pytest.mark.slow
+def test_finite_scan_extra_memory_is_bounded(cpu_backend):
+    """Issue 6: torch.isfinite over the whole reshaped input took ~1.75x its size; the scan now
+    goes block by block."""
+    peak, _ = _peak_bytes(FINITE_SCAN, "scan")
+    assert peak < 64 * MIB + FINITE_INPUTS // 10, f"{peak / MIB:.1f} MiB"
+
+
+@pytest.mark.slow
+def test_assign_with_the_default_finite_check_costs_little_more_than_without(cpu_backend):
+    """The cpu kernel itself packs the codebook (K x D float32, as large as the input); the
+    finite check adds at most 64 MiB + 10% of the inputs to that peak."""
+    unchecked, _ = _peak_bytes(FINITE_SCAN, "assign unchecked")
+    checked, _ = _peak_bytes(FINITE_SCAN, "assign checked")
+    assert checked < unchecked + 64 * MIB + FINITE_INPUTS // 10, (checked / MIB, unchecked / MIB)

@@ -390,3 +390,17 @@ def test_import_without_the_extension():
         "    raise AssertionError('backend=cpu should be refused')\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_finite_check_finds_every_kind_in_every_dtype_and_layout(dtype, value):
+    """The scan is a min/max reduction over the tensor as it lies: NaN and both infinities,
+    in a non-contiguous view, must still be found and the row named."""
+    x = torch.randn(8, 12, dtype=dtype)
+    x[5, 9] = value
+    codebook = torch.randn(4, 8, dtype=dtype)
+    with pytest.raises(ValueError, match="row 9 of x"):
+        wvq.assign(x.T, codebook)
+    with pytest.raises(ValueError, match="row 9 of x"):
+        wvq.moments(x.T)

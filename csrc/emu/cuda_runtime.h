@@ -1,0 +1,4 @@
+// Emulated cuda_runtime.h: everything lives in the force-included cuda_emu.h.
+#pragma once
+
+#include "cuda_emu.h"

@@ -8,7 +8,8 @@ shared memory), keeping every line where it was
 (`#line` points diagnostics at the original file). Each .cu is then compiled by g++ as C++20 with
 the emulation header force-included and csrc/emu first on the include path, and linked with
 csrc/emu/runtime.cpp into <out>/libwvq_cuda_emu.so, which exports the extern "C" launchers of
-launchers.h plus wvq_emu_reset, wvq_emu_fault_message and wvq_emu_set_schedule.
+launchers.h, the emulator's controls (wvq_emu_reset, wvq_emu_fault_message,
+wvq_emu_set_schedule) and its self-test kernels (csrc/emu/selftest.cu, wvq_emu_test_*).
 
 The emulation layer always comes from this checkout; the kernels from --csrc (default: this
 checkout's csrc; WVQ_EMU_CSRC overrides it), so that other trees can be checked against it.
@@ -145,7 +146,10 @@ def rewrite_shared(text: str) -> str:
                 f"auto& {name} = ::wvq_emu::shared_variable<{element}{dims}, {alignment}>([] {{}});"
             )
         indent = len(statement) - len(statement.lstrip())
-        pieces += [text[position : start + indent], replacement + "\n" * statement.lstrip().count("\n")]
+        pieces += [
+            text[position : start + indent],
+            replacement + "\n" * statement.lstrip().count("\n"),
+        ]
         position = end + 1
     pieces.append(text[position:])
     return "".join(pieces)
@@ -196,7 +200,7 @@ def build(csrc: Path, out: Path, opt: str = "-O1", extra: list[str] | None = Non
         shutil.rmtree(source_dir)
     source_dir.mkdir(parents=True)
     units = [EMU / "runtime.cpp"]
-    for path in sorted((csrc / "cuda").iterdir()):
+    for path in [EMU / "selftest.cu", *sorted((csrc / "cuda").iterdir())]:
         if not path.is_file():
             continue
         target = source_dir / path.name
@@ -242,7 +246,7 @@ def main() -> None:
     args = parser.parse_args()
     try:
         print(build(Path(args.csrc), args.out, args.opt, args.extra))
-    except RuntimeError as error:
+    except (RuntimeError, ValueError) as error:
         sys.exit(f"cuda_emu_build: {error}")
 
 

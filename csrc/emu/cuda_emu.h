@@ -5,7 +5,8 @@
 // stream>>>(args)` into `::wvq_emu::launch("k", k, grid, block, smem, stream)(args)`.
 //
 // What is emulated (runtime.cpp):
-// - Launches run synchronously on the calling thread, blocks one after another in grid order.
+// - Launches run synchronously on the calling thread, blocks one after another (in grid order;
+//   reversed or permuted under the reverse and random schedules).
 //   Each CUDA thread of a block is its own fiber (own stack, own registers); the fibers of a
 //   block switch only at synchronisation points, so a block runs deterministically. Between
 //   barriers the threads run one after another in an order that alternates each round (0..n-1,
@@ -240,7 +241,7 @@ inline unsigned shuffle_source(int mode, unsigned lane, int operand, int width) 
   const unsigned b = static_cast<unsigned>(operand);
   switch (mode) {
     case 0: {
-      const unsigned j = min_lane | (b & ~segment_mask);
+      const unsigned j = min_lane | (b & ~segment_mask & 31u);
       return j <= max_lane ? j : lane;
     }
     case 1: {

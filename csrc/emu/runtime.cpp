@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <memory>
 #include <mutex>
+#include <numeric>
 #include <random>
 #include <string>
 #include <thread>
@@ -367,9 +368,15 @@ const char* invalid_config(const LaunchConfig& c) {
 extern "C" __attribute__((visibility("hidden"), noreturn)) void wvq_emu_fiber_main(Fiber* f) {
   Emulator& e = emu();
   e.body(e.context);
+  Warp& warp = e.warps[f->linear / 32];
+  for (const WarpGroup& g : warp.groups) {
+    if (g.mask >> (f->linear % 32) & 1u) {
+      fault("exited while lanes %#x of mask %#x wait for it", g.arrived, g.mask);
+    }
+  }
   f->wait = Wait::kDone;
   --e.live;
-  e.warps[f->linear / 32].live &= ~(1u << (f->linear % 32));
+  warp.live &= ~(1u << (f->linear % 32));
   if (e.arrived > 0 && e.arrived == e.live) release_block();  // it no longer counts
   wvq_emu_switch_context(&f->sp, e.scheduler_sp);
   __builtin_unreachable();
@@ -403,14 +410,21 @@ void run_kernel(const char* name, const LaunchConfig& config, void (*body)(void*
   e.faulted = false;
   e.launch_started_ms = now_ms();
   e.running = name;
-  uint64_t count = 0;
-  for (unsigned z = 0; z < config.grid.z && !e.faulted; ++z) {
-    for (unsigned y = 0; y < config.grid.y && !e.faulted; ++y) {
-      for (unsigned x = 0; x < config.grid.x && !e.faulted; ++x) {
-        start_block(config, {x, y, z}, kPoison[count++ % 2]);
-        run_block();
-      }
-    }
+  // Blocks in grid order, or reversed or permuted with the schedule (a stride coprime to the
+  // block count visits every block once), so that results cannot depend on block order.
+  const uint64_t blocks = uint64_t{config.grid.x} * config.grid.y * config.grid.z;
+  uint64_t stride = 1, offset = 0;
+  if (e.schedule == Schedule::kRandom) {
+    offset = e.random() % blocks;
+    do stride = 1 + e.random() % blocks; while (std::gcd(stride, blocks) != 1);
+  }
+  for (uint64_t k = 0; k < blocks && !e.faulted; ++k) {
+    const uint64_t b = e.schedule == Schedule::kReverse ? blocks - 1 - k : (offset + k * stride) % blocks;
+    const uint3 block{static_cast<unsigned>(b % config.grid.x),
+                      static_cast<unsigned>(b / config.grid.x % config.grid.y),
+                      static_cast<unsigned>(b / (uint64_t{config.grid.x} * config.grid.y))};
+    start_block(config, block, kPoison[k % 2]);
+    run_block();
   }
   e.running = nullptr;
   if (e.trace) {

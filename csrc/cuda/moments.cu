@@ -95,8 +95,10 @@ template <typename T>
 __global__ void __launch_bounds__(kTileThreads)
     chunk_scatter_kernel(const T* x, int64_t n, int64_t dim, int64_t chunk_rows, int64_t tiles,
                          const double* means, double* partials) {
-  __shared__ double slab_i[kSlab][kTile], slab_j[kSlab][kTile];
-  __shared__ double centre_i[kTile], centre_j[kTile];
+  __shared__ double slab_i[kSlab][kTile];
+  __shared__ double slab_j[kSlab][kTile];
+  __shared__ double centre_i[kTile];
+  __shared__ double centre_j[kTile];
   int64_t tile_i, tile_j;
   upper_tile(blockIdx.x, tiles, tile_i, tile_j);
   const int64_t chunk = blockIdx.y;

@@ -424,3 +424,22 @@ def test_direct_op_calls_reject_zero_width_rows(op):
     indices = torch.zeros(4, dtype=torch.int64)
     with pytest.raises(RuntimeError, match="D >= 1"):
         ZERO_WIDTH_DIRECT_CALLS[op](x, codebook, indices)
+
+
+def test_auto_routes_each_op_to_its_preferred_gpu_backend(monkeypatch):
+    """No GPU here: the availability is faked, the routing table is what is tested."""
+    from wvq_kernels import _backends
+
+    available = _backends.BackendStatus(True, "faked")
+    statuses = {**_backends.BACKEND_STATUS, "triton": available, "cuda": available}
+    monkeypatch.setattr(_backends, "BACKEND_STATUS", statuses)
+    monkeypatch.setattr(_backends, "_CUDA_KERNELS", frozenset(_backends.SCHEMAS))
+    monkeypatch.delenv(_backends.ENV_BACKEND, raising=False)
+    gpu = torch.device("cuda")
+    assert _backends.resolve_backend("auto", gpu, "assign") == "triton"
+    for op in ("code_histogram", "code_sums", "usage", "moments", "soft_assign_stats"):
+        assert _backends.resolve_backend("auto", gpu, op) == "cuda", op
+    monkeypatch.setattr(_backends, "_CUDA_KERNELS", frozenset({"assign"}))
+    assert _backends.resolve_backend("auto", gpu, "moments") == "triton"
+    statuses["triton"] = _backends.BackendStatus(False, "faked")
+    assert _backends.resolve_backend("auto", gpu, "assign") == "cuda"

@@ -331,7 +331,7 @@ template <int precision>
 struct ChunkCarry {
   using C = Config<precision>;
   float4 vectors[C::kVectorsPerThread];
-  float4 bias;
+  float4 bias{};  // stored only by the threads that loaded it
 
   __device__ static int vectors_in(int width) { return kTileCodes * width / C::kPerVector; }
   __device__ static bool carries_bias() { return threadIdx.x < kTileCodes / 4; }

@@ -159,8 +159,7 @@ std::tuple<at::Tensor, at::Tensor> code_sums(const at::Tensor& indices_in, const
   const at::Tensor code_starts =
       at::searchsorted(sorted_codes, at::arange(num_codes + 1, indices.options()));
   at::Tensor counts = at::sub(code_starts.slice(0, 1), code_starts.slice(0, 0, num_codes));
-  at::Tensor sums = at::zeros({num_codes, d}, x.options().dtype(at::kFloat));
-  if (n == 0 || d == 0) return {counts, sums};
+  at::Tensor sums = at::empty({num_codes, d}, x.options().dtype(at::kFloat));
   at::Tensor work = workspace(wvq_code_sums_workspace_bytes(n, d), x);
   C10_CUDA_CHECK(wvq_code_sums(sorted_codes.data_ptr<int64_t>(), row_order.data_ptr<int64_t>(),
                                code_starts.data_ptr<int64_t>(), x.data_ptr(), dtype_code(x), n,

@@ -134,7 +134,10 @@ extern "C" cudaError_t wvq_code_sums(const int64_t* sorted_codes, const int64_t*
                                      const int64_t* code_starts, const void* x, int dtype,
                                      int64_t n, int64_t num_codes, int64_t dim, void* workspace,
                                      float* sums, cudaStream_t stream) {
-  if (n == 0 || dim == 0) return cudaSuccess;
+  if (num_codes * dim == 0) return cudaSuccess;
+  // Codes without rows are written by no kernel below.
+  const cudaError_t zeroed = cudaMemsetAsync(sums, 0, sizeof(float) * num_codes * dim, stream);
+  if (zeroed != cudaSuccess || n == 0) return zeroed;
   const int64_t rows_per_piece = piece_rows(dim), pieces = ceil_div(n, rows_per_piece);
   auto* head = static_cast<double*>(workspace);
   double* tail = head + pieces * dim;

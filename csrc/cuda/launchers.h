@@ -32,13 +32,13 @@ cudaError_t wvq_assign(const void* x, const void* codebook, int dtype, int64_t n
 cudaError_t wvq_code_histogram(const int64_t* indices, int64_t n, int64_t num_codes,
                                int64_t* counts, cudaStream_t stream);
 
-// Per-code sums of the rows of x (n, dim), row-major, written to sums (num_codes, dim, zeroed by
-// the caller: codes without rows are not written). sorted_codes (n) is a stable sort of the
-// indices and row_order (n) the rows in that order; code_starts (num_codes + 1) holds, for each
-// code k, the first position in sorted_codes whose value is >= k (so out-of-range indices, which
-// sort first or last, are skipped). The sorted order is cut into pieces of a size that depends
-// only on dim; each piece is summed in row order in float64, a code's pieces are added in a
-// fixed order, so the result does not depend on scheduling and a hot code is summed in parallel.
+// Per-code sums of the rows of x (n, dim), row-major, written to sums (num_codes, dim; codes
+// without rows get zeros). sorted_codes (n) is a stable sort of the indices and row_order (n)
+// the rows in that order; code_starts (num_codes + 1) holds, for each code k, the first position
+// in sorted_codes whose value is >= k (so out-of-range indices, which sort first or last, are
+// skipped). The sorted order is cut into pieces of a size that depends only on dim; each piece
+// is summed in row order in float64 and a code's pieces are added in a fixed order, so the
+// result does not depend on scheduling and a hot code is summed in parallel.
 // `workspace` holds wvq_code_sums_workspace_bytes(n, dim) bytes (at most 16 (n + dim)).
 size_t wvq_code_sums_workspace_bytes(int64_t n, int64_t dim);
 cudaError_t wvq_code_sums(const int64_t* sorted_codes, const int64_t* row_order,

@@ -36,9 +36,15 @@ def cpu_extension():
     )
 
 
+# SASS for sm_80 and sm_90, and sm_90 PTX that the driver compiles for newer GPUs. An explicit
+# TORCH_CUDA_ARCH_LIST wins; without one torch would target only the visible GPUs (none in CI).
+DEFAULT_CUDA_ARCH_LIST = "8.0;9.0+PTX"
+
+
 def cuda_extension():
     from torch.utils.cpp_extension import CUDAExtension
 
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCH_LIST)
     sources = ["csrc/ops_cuda.cpp", *sorted(glob.glob("csrc/cuda/*.cu"))]
     missing = [s for s in sources if not os.path.exists(os.path.join(ROOT, s))]
     if missing:

@@ -4,6 +4,8 @@ import sys
 
 import pytest
 import torch
+from hypothesis import settings
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 # Without a GPU the Triton kernels run in the interpreter on CPU tensors; triton reads this when
 # the kernels are defined, so it must be set before wvq_kernels is imported.
@@ -12,6 +14,23 @@ if not torch.cuda.is_available():
 
 from wvq_kernels import available_backends
 from wvq_kernels.testing import device_for
+
+# Hypothesis profiles (tests/test_properties.py, docs/testing.md): "ci" by default, reproducible
+# and sized for CI; WVQ_HYPOTHESIS_PROFILE=dev for a long search, whose failures are kept in
+# an ignored folder and replayed first on the next run.
+settings.register_profile(
+    "ci", derandomize=True, max_examples=12, deadline=None, print_blob=True, database=None
+)
+settings.register_profile(
+    "dev",
+    max_examples=600,
+    deadline=None,
+    print_blob=True,
+    database=DirectoryBasedExampleDatabase(
+        os.path.join(os.path.dirname(__file__), os.pardir, ".pytest_cache", "hypothesis")
+    ),
+)
+settings.load_profile(os.environ.get("WVQ_HYPOTHESIS_PROFILE", "ci"))
 
 BACKENDS = list(available_backends())
 # The CPU kernels' ISA levels, narrowest first (WVQ_CPU_ISA values).

@@ -404,3 +404,42 @@ def test_finite_check_finds_every_kind_in_every_dtype_and_layout(dtype, value):
         wvq.assign(x.T, codebook)
     with pytest.raises(ValueError, match="row 9 of x"):
         wvq.moments(x.T)
+
+
+ZERO_WIDTH_DIRECT_CALLS = {
+    "assign": lambda x, c, i: torch.ops.wvq.assign(x, c, "l2", "ieee", True),
+    "code_sums": lambda x, c, i: torch.ops.wvq.code_sums(i, x, 3),
+    "moments": lambda x, c, i: torch.ops.wvq.moments(x),
+    "soft_assign_stats": lambda x, c, i: torch.ops.wvq.soft_assign_stats(x, c, 1.0, 1.0),
+}
+
+
+@pytest.mark.parametrize("op", sorted(ZERO_WIDTH_DIRECT_CALLS))
+def test_direct_op_calls_reject_zero_width_rows(op):
+    """torch.ops.wvq is called directly by opcheck and torch.compile, past the Python checks;
+    D = 0 killed the process with a floating point exception in the cpu assign."""
+    if not wvq.available_backends()["cpu"]:
+        pytest.skip("no cpu backend")
+    x, codebook = torch.zeros(4, 0), torch.zeros(3, 0)
+    indices = torch.zeros(4, dtype=torch.int64)
+    with pytest.raises(RuntimeError, match="D >= 1"):
+        ZERO_WIDTH_DIRECT_CALLS[op](x, codebook, indices)
+
+
+def test_auto_routes_each_op_to_its_preferred_gpu_backend(monkeypatch):
+    """No GPU here: the availability is faked, the routing table is what is tested."""
+    from wvq_kernels import _backends
+
+    available = _backends.BackendStatus(True, "faked")
+    statuses = {**_backends.BACKEND_STATUS, "triton": available, "cuda": available}
+    monkeypatch.setattr(_backends, "BACKEND_STATUS", statuses)
+    monkeypatch.setattr(_backends, "_CUDA_KERNELS", frozenset(_backends.SCHEMAS))
+    monkeypatch.delenv(_backends.ENV_BACKEND, raising=False)
+    gpu = torch.device("cuda")
+    assert _backends.resolve_backend("auto", gpu, "assign") == "triton"
+    for op in ("code_histogram", "code_sums", "usage", "moments", "soft_assign_stats"):
+        assert _backends.resolve_backend("auto", gpu, op) == "cuda", op
+    monkeypatch.setattr(_backends, "_CUDA_KERNELS", frozenset({"assign"}))
+    assert _backends.resolve_backend("auto", gpu, "moments") == "triton"
+    statuses["triton"] = _backends.BackendStatus(False, "faked")
+    assert _backends.resolve_backend("auto", gpu, "assign") == "cuda"

@@ -115,12 +115,26 @@ def resolve_backend(backend: str, device: torch.device, op: str | None = None) -
     return backend
 
 
+# The order in which ``auto`` tries the GPU backends, per op. Until scripts/gpu_first_run.sh has
+# measured them on a GPU, it follows the roofline model of docs/gpu-routing.md: assign is bound
+# by its dot products, and only Triton's reach the sm_90 tensor cores through wgmma (the CUDA
+# kernel's WMMA lowers to mma.sync); every other op is bound by memory, atomics or float64 and
+# FMA work, where the CUDA kernels do no worse (warp-aggregated histogram atomics, split hot
+# codes in code_sums) and need no JIT compilation on first use.
+GPU_PREFERENCE = {"assign": ("triton", "cuda")}
+DEFAULT_GPU_PREFERENCE = ("cuda", "triton")
+
+
+def gpu_preference(op: str | None) -> tuple[str, ...]:
+    """The GPU backends ``auto`` tries for ``op``, best first."""
+    return GPU_PREFERENCE.get(op, DEFAULT_GPU_PREFERENCE)
+
+
 def _auto_backend(device: torch.device, op: str | None) -> str:
     if device.type == "cpu":
         return "cpu" if BACKEND_STATUS["cpu"] else "reference"
     if device.type == "cuda":
-        # The hand-written CUDA kernels when built (and registered for this op), else Triton.
-        for backend in ("cuda", "triton"):
+        for backend in gpu_preference(op):
             if BACKEND_STATUS[backend] and (op is None or has_kernel(backend, op)):
                 return backend
     return "reference"

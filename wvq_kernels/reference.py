@@ -28,13 +28,14 @@ def assign(
 
     Returns (indices int64 (N,), distances float32 (N,), counts int64 (K,) or (0,)).
     """
-    codes = _score_operand(codebook, metric, precision)
+    row_scale, code_scale = _input_scales(x, codebook, metric)
+    codes = _score_operand(codebook, metric, precision) * code_scale
     # For l2 the row norm is the same for every code, so the score is ||c||^2 - 2 x.c.
     code_sq_norms = codes.square().sum(dim=1) if metric == "l2" else None
     first_identical = _first_identical(codes)
     indices = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
     for start in range(0, x.shape[0], ROW_BLOCK):
-        rows = _score_operand(x[start : start + ROW_BLOCK], metric, precision)
+        rows = _score_operand(x[start : start + ROW_BLOCK], metric, precision) * row_scale
         best = _argmin_scores(rows, codes, code_sq_norms)
         indices[start : start + ROW_BLOCK] = first_identical[best]
     distances = _chosen_distances(x, codebook, indices, metric)
@@ -193,6 +194,35 @@ def _exact_sq_distances(rows: Tensor, codes: Tensor) -> Tensor:
     return torch.cdist(rows, codes, compute_mode="donot_use_mm_for_euclid_dist").square()
 
 
+def _input_scales(x: Tensor, codebook: Tensor, metric: str) -> tuple[Tensor, Tensor]:
+    """Powers of two for the rows and the codes (0-dim float32 tensors, no host sync), as the CPU
+    kernel chooses them: 1 while the largest magnitude lies in [2^-32, 2^32], else the power that
+    brings it into [1, 2). Exact, and the scores keep their order, but |c|^2 no longer overflows
+    above ~1.8e19, nor do tiny inputs vanish. l2 needs one scale for both sides; dot may scale
+    each alone; cosine normalises instead."""
+    one = torch.ones((), device=x.device)
+    if metric == "cosine":
+        return one, one
+    largest_row = _largest_magnitude(x) if x.numel() else one
+    largest_code = _largest_magnitude(codebook)
+    if metric == "l2":
+        largest_row = largest_code = torch.maximum(largest_row, largest_code)
+    return _power_of_two_scale(largest_row), _power_of_two_scale(largest_code)
+
+
+def _largest_magnitude(t: Tensor) -> Tensor:
+    low, high = torch.aminmax(t)  # no |t| temporary as large as t
+    return torch.maximum(-low, high).to(torch.float32)
+
+
+def _power_of_two_scale(largest: Tensor) -> Tensor:
+    _, exponent = torch.frexp(largest)  # largest = m * 2^exponent, m in [0.5, 1)
+    shift = (1 - exponent).clamp(-128, 126)  # largest * 2^shift lies in [1, 2)
+    keep = (exponent - 1).abs() <= 32
+    keep |= ~torch.isfinite(largest) | (largest == 0)
+    return torch.where(keep, 1.0, torch.ldexp(torch.ones_like(largest), shift.to(torch.float32)))
+
+
 def _score_operand(t: Tensor, metric: str, precision: str) -> Tensor:
     """The float32 values the scores are computed from: normalised for cosine, then rounded
     through bf16 when precision='bf16' (bf16 products are exact in float32, so only this
@@ -208,9 +238,11 @@ def _score_operand(t: Tensor, metric: str, precision: str) -> Tensor:
 def normalise_rows(t: Tensor) -> Tensor:
     """Rows scaled to unit L2 norm in their own dtype; all-zero rows stay zero (no epsilon, which
     would distort tiny but nonzero rows). The one zero-safe normalisation: the float64 oracle
-    (wvq_kernels.testing) and the Triton launcher use it too."""
-    norms = t.norm(dim=1, keepdim=True)
-    return torch.where(norms > 0, t / norms, torch.zeros_like(t))
+    (wvq_kernels.testing) and the Triton launcher use it too. The norm is taken in float64, where
+    the squares of any float32 value neither overflow (above ~1.8e19) nor vanish (below ~1e-23)."""
+    wide = t.to(torch.float64)
+    norms = wide.norm(dim=1, keepdim=True)
+    return torch.where(norms > 0, wide / norms, 0.0).to(t.dtype)
 
 
 def _first_identical(codes: Tensor) -> Tensor:

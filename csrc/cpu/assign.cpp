@@ -2,12 +2,20 @@
 //
 // Every score is bias_k + sum_u row_u * code_ku, with the operands prepared so that one
 // micro-kernel covers all metrics: l2 uses rows -2x and bias |c|^2, cosine rows -x/|x| and
-// codes c/|c|, dot rows -x. The codebook is packed once into chunks of `chunk_codes` codes
-// (unit-major, padded with +inf-bias codes); rows are encoded per block inside the parallel
-// loop. Work is split into (row block, code segment) tasks: code segments exist only when there
-// are too few rows to keep every thread busy, and their partial minima are merged in segment
-// order, so results never depend on the thread count. Within a task, code blocks sized for L2
-// are the outer loop and row tiles sized for registers the inner one.
+// codes c/|c|, dot rows -x. The codebook is packed into chunks of `chunk_codes` codes
+// (unit-major, padded with +inf-bias codes), one pass of at most kPassBytes at a time, so the
+// packed copy stays bounded whatever K (a whole K = 2^20, D = 64 codebook would add 256 MiB);
+// rows are encoded per block inside the parallel loop. Within a pass, work is split into
+// (row block, code segment) tasks: code segments exist only when there are too few rows to keep
+// every thread busy. Segments and passes are merged in code order with a strict '<', so ties go
+// to the smallest index and results never depend on the thread count. Within a task, code
+// blocks sized for L2 are the outer loop and row tiles sized for registers the inner one.
+//
+// Inputs whose largest magnitude lies outside [2^-32, 2^32] are scaled by a power of two first
+// (exact, and it preserves the order of the scores): otherwise |c|^2 overflows to inf above
+// ~1.8e19 and every score becomes inf or NaN, and bf16 dot products (vdpbf16ps treats subnormal
+// inputs as zero) lose subnormal inputs entirely. Reported distances come from the unscaled
+// inputs.
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
@@ -106,15 +114,16 @@ struct PackedCodes {
   int64_t num_chunks;
 };
 
+// Packs codes [first, first + num_codes) of the codebook, each multiplied by `scale`.
 template <typename scalar_t>
-PackedCodes pack_codes(const at::Tensor& codebook, Metric metric, const Encoding& e,
-                       int chunk_codes) {
-  const int64_t num_codes = codebook.size(0), units = e.units();
+PackedCodes pack_codes(const scalar_t* codebook, int64_t first, int64_t num_codes, double scale,
+                       Metric metric, const Encoding& e, int chunk_codes) {
+  const int64_t units = e.units();
   const int64_t num_chunks = (num_codes + chunk_codes - 1) / chunk_codes;
   at::Tensor values = at::zeros({num_chunks, units, chunk_codes}, at::kFloat);
   at::Tensor bias = at::full({num_chunks, chunk_codes}, std::numeric_limits<float>::infinity(),
                              at::kFloat);
-  const scalar_t* src = codebook.data_ptr<scalar_t>();
+  const scalar_t* src = codebook + first * e.dim;
   float* packed = values.data_ptr<float>();
   float* bias_out = bias.data_ptr<float>();
   parallel_for(0, num_chunks, 1, [&](int64_t begin, int64_t end) {
@@ -124,8 +133,9 @@ PackedCodes pack_codes(const at::Tensor& codebook, Metric metric, const Encoding
         const int64_t k = chunk * chunk_codes + lane;
         if (k >= num_codes) break;
         to_float(src + k * e.dim, e.dim, code.data());
-        const double scale = metric == Metric::kCosine ? cosine_scale(code.data(), e.dim) : 1.0;
-        const double squares = encode(code.data(), scale, e, operands.data());
+        const double code_scale =
+            metric == Metric::kCosine ? cosine_scale(code.data(), e.dim) : scale;
+        const double squares = encode(code.data(), code_scale, e, operands.data());
         for (int64_t u = 0; u < units; ++u)
           packed[(chunk * units + u) * chunk_codes + lane] = operands[u];
         bias_out[k] = metric == Metric::kL2 ? static_cast<float>(squares) : 0.0f;
@@ -135,12 +145,53 @@ PackedCodes pack_codes(const at::Tensor& codebook, Metric metric, const Encoding
   return {values, bias, num_chunks};
 }
 
-double row_scale(Metric metric, const float* row, int64_t dim) {
+// `scale` is the power of two applied to every row (1 for cosine, which normalises).
+double row_scale(Metric metric, const float* row, int64_t dim, double scale) {
   switch (metric) {
-    case Metric::kL2: return -2.0;  // exact in fp32 and bf16: rounding commutes with it
+    case Metric::kL2: return -2.0 * scale;  // exact in fp32 and bf16: rounding commutes with it
     case Metric::kCosine: return -cosine_scale(row, dim);
-    default: return -1.0;
+    default: return -scale;
   }
+}
+
+template <typename scalar_t>
+double max_magnitude(const scalar_t* data, int64_t count) {
+  constexpr int64_t kSlices = 64;
+  std::vector<double> slice_max(kSlices, 0.0);
+  const int64_t slice = (count + kSlices - 1) / kSlices;
+  parallel_for(0, kSlices, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t s = begin; s < end; ++s) {
+      double most = 0.0;
+      for (int64_t i = s * slice; i < std::min(count, (s + 1) * slice); ++i)
+        most = std::max(most, std::abs(static_cast<double>(data[i])));
+      slice_max[s] = most;
+    }
+  });
+  return *std::max_element(slice_max.begin(), slice_max.end());
+}
+
+// 1 for magnitudes in [2^-32, 2^32] (and for all-zero or non-finite inputs), else the power of
+// two that brings the largest magnitude into [1, 2).
+double power_of_two_scale(double largest) {
+  if (!(largest > 0.0) || !std::isfinite(largest)) return 1.0;
+  const int exponent = std::ilogb(largest);
+  return std::abs(exponent) <= 32 ? 1.0 : std::ldexp(1.0, -exponent);
+}
+
+struct Scales {
+  double rows, codes;
+};
+
+// l2 needs one scale for both sides (|c|^2 - 2 x.c must keep its order); dot may scale each
+// side alone; cosine normalises instead.
+template <typename scalar_t>
+Scales input_scales(Metric metric, const at::Tensor& x, const at::Tensor& codebook) {
+  if (metric == Metric::kCosine) return {1.0, 1.0};
+  const double rows = max_magnitude(x.data_ptr<scalar_t>(), x.numel());
+  const double codes = max_magnitude(codebook.data_ptr<scalar_t>(), codebook.numel());
+  if (metric == Metric::kDot) return {power_of_two_scale(rows), power_of_two_scale(codes)};
+  const double both = power_of_two_scale(std::max(rows, codes));
+  return {both, both};
 }
 
 // The distance reported for the chosen code, from the unrounded inputs, in double.
@@ -193,32 +244,43 @@ struct Partials {
   std::vector<int64_t> index;
 };
 
+// What every task of one call shares: how rows become operands, and the kernel.
+struct Problem {
+  Metric metric;
+  Encoding e;
+  const MicroKernel& kernel;
+  double row_scale;  // the power of two of input_scales
+};
+
+// Scans the codes of one pass (packed from code `first_code` on) for one block of rows.
 template <typename scalar_t>
 void scan_task(const scalar_t* x, int64_t num_rows, int64_t block, int64_t segment,
-               Metric metric, const Encoding& e, const PackedCodes& codes,
-               const MicroKernel& kernel, const Plan& plan, Partials& partials) {
-  const int64_t units = e.units(), chunk_codes = kernel.chunk_codes;
+               const Problem& p, const PackedCodes& codes, int64_t first_code, const Plan& plan,
+               Partials& partials) {
+  const int64_t units = p.e.units(), chunk_codes = p.kernel.chunk_codes, dim = p.e.dim;
   const int64_t first_row = block * plan.row_block;
   const int64_t count = std::min(plan.row_block, num_rows - first_row);
   // Rows past `count` stay zero: the last tile may extend beyond the block's rows.
-  std::vector<float> rows(plan.row_block * units), scratch(e.dim);
+  std::vector<float> rows(plan.row_block * units), scratch(dim);
   for (int64_t r = 0; r < count; ++r) {
-    to_float(x + (first_row + r) * e.dim, e.dim, scratch.data());
-    encode(scratch.data(), row_scale(metric, scratch.data(), e.dim), e, rows.data() + r * units);
+    to_float(x + (first_row + r) * dim, dim, scratch.data());
+    encode(scratch.data(), row_scale(p.metric, scratch.data(), dim, p.row_scale), p.e,
+           rows.data() + r * units);
   }
   const int64_t first_chunk = segment * plan.chunks_per_segment;
   const int64_t end_chunk = std::min(codes.num_chunks, first_chunk + plan.chunks_per_segment);
   std::vector<float> best(plan.row_block, std::numeric_limits<float>::infinity());
-  std::vector<int64_t> best_index(plan.row_block, first_chunk * chunk_codes);
+  std::vector<int64_t> best_index(plan.row_block, first_code + first_chunk * chunk_codes);
   const float* packed = codes.values.data_ptr<float>();
   const float* bias = codes.bias.data_ptr<float>();
   for (int64_t chunk = first_chunk; chunk < end_chunk; chunk += plan.block_chunks) {
     const int64_t chunks = std::min(plan.block_chunks, end_chunk - chunk);
-    for (int64_t t = 0; t < count; t += kernel.tile_rows) {
+    for (int64_t t = 0; t < count; t += p.kernel.tile_rows) {
       const ScanArgs args{rows.data() + t * units, units, packed + chunk * units * chunk_codes,
-                          bias + chunk * chunk_codes, units, chunks, chunk * chunk_codes,
-                          best.data() + t, best_index.data() + t};
-      kernel.scan(args);
+                          bias + chunk * chunk_codes, units, chunks,
+                          first_code + chunk * chunk_codes, best.data() + t,
+                          best_index.data() + t};
+      p.kernel.scan(args);
     }
   }
   const int64_t offset = segment * num_rows + first_row;
@@ -226,35 +288,60 @@ void scan_task(const scalar_t* x, int64_t num_rows, int64_t block, int64_t segme
   std::copy_n(best_index.begin(), count, partials.index.begin() + offset);
 }
 
-template <typename scalar_t>
-void scan_all(const scalar_t* x, int64_t num_rows, Metric metric, const Encoding& e,
-              const PackedCodes& codes, const MicroKernel& kernel, const Plan& plan,
-              Partials& partials) {
-  parallel_tasks(plan.num_row_blocks * plan.segments, [&](int64_t task) {
-    scan_task(x, num_rows, task / plan.segments, task % plan.segments, metric, e, codes, kernel,
-              plan, partials);
+// Folds one pass's segments, in order, into the running minima (strict "<": the earlier
+// segment or pass, holding smaller indices, wins ties).
+void merge_segments(int64_t num_rows, int64_t segments, const Partials& partials, float* best,
+                    int64_t* index) {
+  parallel_for(0, num_rows, 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t s = 0; s < segments; ++s) {
+      for (int64_t i = begin; i < end; ++i) {
+        if (partials.best[s * num_rows + i] < best[i]) {
+          best[i] = partials.best[s * num_rows + i];
+          index[i] = partials.index[s * num_rows + i];
+        }
+      }
+    }
   });
 }
 
-// Merges segments in order (strict "<": the earlier segment, holding smaller indices, wins
-// ties), then reports the distance and counts the code, all in one pass over the rows.
+// Codes per pass: a whole number of chunks whose operands take at most kPassBytes.
+int64_t codes_per_pass(const Encoding& e, int chunk_codes) {
+  constexpr int64_t kPassBytes = 16 << 20;
+  const int64_t chunk_bytes = e.units() * chunk_codes * int64_t{4};
+  return std::max<int64_t>(1, kPassBytes / chunk_bytes) * chunk_codes;
+}
+
+// The running minima over every pass, left in indices (and best, the scores).
+template <typename scalar_t>
+void scan_codebook(const scalar_t* x, int64_t num_rows, const scalar_t* codebook,
+                   int64_t num_codes, const Problem& p, double code_scale, int threads,
+                   float* best, int64_t* indices) {
+  std::fill_n(best, num_rows, std::numeric_limits<float>::infinity());
+  std::fill_n(indices, num_rows, int64_t{0});
+  const int64_t pass_codes = codes_per_pass(p.e, p.kernel.chunk_codes);
+  for (int64_t first = 0; first < num_codes; first += pass_codes) {
+    const PackedCodes codes =
+        pack_codes(codebook, first, std::min(pass_codes, num_codes - first), code_scale, p.metric,
+                   p.e, p.kernel.chunk_codes);
+    const Plan plan = make_plan(num_rows, codes.num_chunks, p.e.units(), p.kernel, threads);
+    Partials partials{std::vector<float>(plan.segments * num_rows),
+                      std::vector<int64_t>(plan.segments * num_rows)};
+    parallel_tasks(plan.num_row_blocks * plan.segments, [&](int64_t task) {
+      scan_task(x, num_rows, task / plan.segments, task % plan.segments, p, codes, first, plan,
+                partials);
+    });
+    merge_segments(num_rows, plan.segments, partials, best, indices);
+  }
+}
+
+// Reports the distance of each chosen code and counts it, in one pass over the rows.
 template <typename scalar_t>
 void finalize(const scalar_t* x, const scalar_t* codebook, int64_t num_rows, int64_t dim,
-              Metric metric, const Plan& plan, const Partials& partials, int64_t* indices,
-              float* distances, int64_t* counts) {
+              Metric metric, const int64_t* indices, float* distances, int64_t* counts) {
   parallel_for(0, num_rows, 1024, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      float best = partials.best[i];
-      int64_t index = partials.index[i];
-      for (int64_t s = 1; s < plan.segments; ++s) {
-        if (partials.best[s * num_rows + i] < best) {
-          best = partials.best[s * num_rows + i];
-          index = partials.index[s * num_rows + i];
-        }
-      }
-      indices[i] = index;
-      distances[i] = chosen_distance(metric, x + i * dim, codebook + index * dim, dim);
-      if (counts != nullptr) __atomic_fetch_add(counts + index, 1, __ATOMIC_RELAXED);
+      distances[i] = chosen_distance(metric, x + i * dim, codebook + indices[i] * dim, dim);
+      if (counts != nullptr) __atomic_fetch_add(counts + indices[i], 1, __ATOMIC_RELAXED);
     }
   });
 }
@@ -269,6 +356,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> assign(const at::Tensor& x_in,
   TORCH_CHECK(x_in.dim() == 2 && codebook_in.dim() == 2, "wvq::assign: x and codebook must be 2-D");
   TORCH_CHECK(x_in.size(1) == codebook_in.size(1), "wvq::assign: dimension mismatch");
   TORCH_CHECK(codebook_in.size(0) > 0, "wvq::assign: empty codebook");
+  TORCH_CHECK(x_in.size(1) > 0, "wvq::assign: x must have D >= 1 columns");
   TORCH_CHECK(precision == "ieee" || precision == "bf16",
               "wvq::assign: precision must be ieee or bf16, got ", precision);
   const Metric metric = parse_metric(metric_name);
@@ -289,14 +377,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> assign(const at::Tensor& x_in,
 
   const int threads = at::get_num_threads();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "wvq_assign_cpu", [&] {
-    const PackedCodes codes = pack_codes<scalar_t>(codebook, metric, encoding, kernel.chunk_codes);
-    const Plan plan = make_plan(num_rows, codes.num_chunks, encoding.units(), kernel, threads);
-    Partials partials{std::vector<float>(plan.segments * num_rows),
-                      std::vector<int64_t>(plan.segments * num_rows)};
+    const Scales scales = input_scales<scalar_t>(metric, x, codebook);
+    const Problem problem{metric, encoding, kernel, scales.rows};
     const scalar_t* x_data = x.data_ptr<scalar_t>();
-    scan_all(x_data, num_rows, metric, encoding, codes, kernel, plan, partials);
-    finalize(x_data, codebook.data_ptr<scalar_t>(), num_rows, dim, metric, plan, partials,
-             indices.data_ptr<int64_t>(), distances.data_ptr<float>(),
+    const scalar_t* codes = codebook.data_ptr<scalar_t>();
+    int64_t* chosen = indices.data_ptr<int64_t>();
+    // The scores are scratch: distances receives them, then the reported distances.
+    float* scores = distances.data_ptr<float>();
+    scan_codebook(x_data, num_rows, codes, num_codes, problem, scales.codes, threads, scores,
+                  chosen);
+    finalize(x_data, codes, num_rows, dim, metric, chosen, scores,
              histogram ? counts.data_ptr<int64_t>() : nullptr);
   });
   return {indices, distances, counts};

@@ -1,6 +1,6 @@
 // Code-usage statistics: histogram, per-code sums and the utilization/perplexity summary.
-// code_sums is deterministic whatever the thread count: rows are bucketed by code with a
-// stable counting sort, and each code's rows are summed in row order in double.
+// code_sums is deterministic whatever the thread count: each code's rows are summed in row order
+// in double, and only the split of the codes among the threads depends on it.
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -53,6 +53,34 @@ at::Tensor count_codes(const int64_t* codes, int64_t n, int64_t num_codes) {
   return counts;
 }
 
+// Each task owns a range of codes and scans all the indices, adding the rows of its codes in
+// row order into float64 totals that it rounds once at the end. No row-sized scratch (a sort
+// index would cost 8 N bytes) and at most kRangeBytes of totals per thread, whatever N and K;
+// the ranges only decide which thread sums a code, never the order of its terms.
+template <typename scalar_t>
+void sum_rows_by_code(const int64_t* codes, const scalar_t* rows, int64_t n, int64_t dim,
+                      int64_t num_codes, float* sums) {
+  constexpr int64_t kRangeBytes = 4 << 20;
+  const int64_t threads = detail::threads_for(n * dim, 1 << 15);
+  const int64_t by_size = (num_codes * dim * int64_t{8} + kRangeBytes - 1) / kRangeBytes;
+  const int64_t ranges = std::min(num_codes, std::max(threads, by_size));
+  const int64_t range_codes = (num_codes + ranges - 1) / ranges;
+  parallel_tasks(ranges, [&](int64_t range) {
+    const int64_t first = range * range_codes;
+    const int64_t width = std::min(range_codes, num_codes - first);
+    std::vector<double> total(width * dim, 0.0);
+    for (int64_t i = 0; i < n; ++i) {
+      const uint64_t slot = static_cast<uint64_t>(codes[i] - first);
+      if (slot >= static_cast<uint64_t>(width)) continue;
+      const scalar_t* row = rows + i * dim;
+      double* out = total.data() + slot * dim;
+      for (int64_t d = 0; d < dim; ++d) out[d] += static_cast<double>(row[d]);
+    }
+    float* out = sums + first * dim;
+    for (int64_t e = 0; e < width * dim; ++e) out[e] = static_cast<float>(total[e]);
+  });
+}
+
 }  // namespace
 
 at::Tensor code_histogram(const at::Tensor& indices_in, int64_t num_codes) {
@@ -66,35 +94,15 @@ std::tuple<at::Tensor, at::Tensor> code_sums(const at::Tensor& indices_in, const
   TORCH_CHECK(x_in.dim() == 2 && indices_in.dim() == 1 && indices_in.size(0) == x_in.size(0),
               "wvq::code_sums: expected indices (N,) and x (N, D)");
   TORCH_CHECK(at::isFloatingType(x_in.scalar_type()), "wvq::code_sums: x must be floating point");
+  TORCH_CHECK(x_in.size(1) > 0, "wvq::code_sums: x must have D >= 1 columns");
   const at::Tensor indices = indices_in.contiguous(), x = x_in.contiguous();
   check_indices(indices, num_codes);
   const int64_t n = x.size(0), dim = x.size(1);
   const int64_t* codes = indices.data_ptr<int64_t>();
   at::Tensor counts = count_codes(codes, n, num_codes);
   at::Tensor sums = at::zeros({num_codes, dim}, at::kFloat);
-
-  // Stable counting sort: bucket k holds the rows of code k in increasing row order.
-  std::vector<int64_t> start(num_codes + 1, 0), order(n);
-  const int64_t* count = counts.data_ptr<int64_t>();
-  for (int64_t k = 0; k < num_codes; ++k) start[k + 1] = start[k] + count[k];
-  std::vector<int64_t> cursor(start.begin(), start.end() - 1);
-  for (int64_t i = 0; i < n; ++i) order[cursor[codes[i]]++] = i;
-
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "wvq_code_sums", [&] {
-    const scalar_t* rows = x.data_ptr<scalar_t>();
-    float* out = sums.data_ptr<float>();
-    parallel_for(0, num_codes, 64, [&](int64_t begin, int64_t end) {
-      std::vector<double> total(dim);
-      for (int64_t k = begin; k < end; ++k) {
-        if (start[k] == start[k + 1]) continue;
-        std::fill(total.begin(), total.end(), 0.0);
-        for (int64_t p = start[k]; p < start[k + 1]; ++p) {
-          const scalar_t* row = rows + order[p] * dim;
-          for (int64_t d = 0; d < dim; ++d) total[d] += static_cast<double>(row[d]);
-        }
-        for (int64_t d = 0; d < dim; ++d) out[k * dim + d] = static_cast<float>(total[d]);
-      }
-    });
+    sum_rows_by_code(codes, x.data_ptr<scalar_t>(), n, dim, num_codes, sums.data_ptr<float>());
   });
   return {counts, sums};
 }

@@ -31,10 +31,15 @@ constexpr float kUnderflow = 104.0f;
 // for every y >= -104 is a normal float, and so are the loss terms w d for distances above 1/4
 // (smaller distances with y < -87 need tau < 0.003). Arithmetic on subnormals, which cost a
 // third of the run time at tau = 0.1 (measured), is thus avoided; the float64 sums are scaled
-// back. The price: scaled loss terms overflow for distances above 2^97 (|x - e| above ~4e14).
+// back. Scaled loss terms would overflow for distances above 2^97 (|x - e| above ~4e14), so a
+// vector holding a distance above kBigDistance adds its terms times 2^-64 to a second sum
+// (kept below 2^90 per term, like the first); its small terms may then lose bits below 2^-126
+// of that scale, ~2^-88 absolute each, nothing next to the big term beside them.
 constexpr int kScaleBits = 26;
 constexpr float kScale = 67108864.0f;
 constexpr float kUnscale = 1.0f / kScale;
+constexpr float kBigDistance = 0x1p64f;
+constexpr float kBigUnscale = 0x1p-64f;
 
 static V splat(float value) { return V{} + value; }
 
@@ -228,11 +233,11 @@ static void scan_rows(const SoftScanArgs& a) {
 // Overwrites a row's distances with its weights times kScale, w = exp(min(0, bias - (d - best)
 // / tau)): min(1, lam K softmax) with the softmax normaliser folded into the exponent, and 1 for
 // the winner (at offset `winner` into the block, possibly outside it). live[j] tells whether
-// vector j may hold a nonzero weight; `lanes` holds 0, 1, ..., kWidth - 1. Returns the lanes of
-// sum w d times kScale, without the 0 * inf of padded codes.
-static V weigh_row(float* values, bool* live, int64_t vectors, float best, float bias,
-                   int64_t winner, float inv_tau, V lanes) {
-  V loss{};
+// vector j may hold a nonzero weight; `lanes` holds 0, 1, ..., kWidth - 1. Adds the lanes of
+// sum w d times kScale to `loss`, or times kScale * kBigUnscale to `big_loss` for vectors with a
+// distance above kBigDistance, without the 0 * inf of padded codes.
+static void weigh_row(float* values, bool* live, int64_t vectors, float best, float bias,
+                      int64_t winner, float inv_tau, V lanes, V& loss, V& big_loss) {
   for (int64_t j = 0; j < vectors; ++j) {
     float* slot = values + j * kWidth;
     const V distance = Isa::load(slot);
@@ -247,10 +252,13 @@ static V weigh_row(float* values, bool* live, int64_t vectors, float best, float
     }
     V weight = scaled_exp(y);
     weight = lanes == static_cast<float>(winner_lane) ? splat(kScale) : weight;
-    loss += weight > 0.0f ? weight * distance : V{};
+    if (Isa::any_less(-distance, -kBigDistance)) {
+      big_loss += weight > 0.0f ? weight * (distance * kBigUnscale) : V{};
+    } else {
+      loss += weight > 0.0f ? weight * distance : V{};
+    }
     Isa::store(slot, weight);
   }
-  return loss;
 }
 
 // Adds the weights of vector j times dimensions d0 .. d0 + G of the live rows to the block's
@@ -312,16 +320,16 @@ static void accumulate_codes(const SoftAccumulateArgs& a) {
     const int64_t rows = std::min(kSoftRowTile, a.row_end - row0);
     block_distances<MR, NR>(a.x, row0, rows, a.row_end - 1, a.codes, a.first_chunk,
                             a.num_chunks, weights);
-    V tile_loss{};
+    V tile_loss{}, big_tile_loss{};
     const float* row_pointers[kSoftRowTile];
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t row = row0 + r;
       row_pointers[r] = a.x + row * dim;
-      tile_loss += weigh_row(weights + r * kSoftBlockCodes, live + r * vectors, vectors,
-                             a.best[row], a.bias[row], a.best_index[row] - first_code,
-                             a.inv_tau, lanes);
+      weigh_row(weights + r * kSoftBlockCodes, live + r * vectors, vectors, a.best[row],
+                a.bias[row], a.best_index[row] - first_code, a.inv_tau, lanes, tile_loss,
+                big_tile_loss);
     }
-    loss += horizontal_sum(tile_loss) * kUnscale;
+    loss += (horizontal_sum(tile_loss) + horizontal_sum(big_tile_loss) / kBigUnscale) * kUnscale;
     for (int64_t j = 0; j < vectors; ++j) {
       accumulate_vector(weights, live, vectors, row_pointers, rows, dim, j, a.weight_sums,
                         a.weighted_sums);

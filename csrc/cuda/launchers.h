@@ -28,14 +28,22 @@ cudaError_t wvq_assign(const void* x, const void* codebook, int dtype, int64_t n
                        cudaStream_t stream);
 
 // Adds the occurrences of each code in indices[0, n) to counts (num_codes, zeroed by caller).
-cudaError_t wvq_code_histogram(const int64_t* indices, int64_t n, int64_t* counts,
-                               cudaStream_t stream);
+// Indices outside [0, num_codes) are skipped, so that no call writes out of bounds.
+cudaError_t wvq_code_histogram(const int64_t* indices, int64_t n, int64_t num_codes,
+                               int64_t* counts, cudaStream_t stream);
 
-// Per-code sums of the rows of x (n, dim): row_order lists the rows code by code (a stable
-// sort of the indices), code_starts (num_codes + 1) delimits each code's rows in it. Each sum
-// runs over its rows in row order in float64, so the result does not depend on scheduling.
-cudaError_t wvq_code_sums(const int64_t* row_order, const int64_t* code_starts, const void* x,
-                          int dtype, int64_t num_codes, int64_t dim, float* sums,
+// Per-code sums of the rows of x (n, dim), row-major, written to sums (num_codes, dim; codes
+// without rows get zeros). sorted_codes (n) is a stable sort of the indices and row_order (n)
+// the rows in that order; code_starts (num_codes + 1) holds, for each code k, the first position
+// in sorted_codes whose value is >= k (so out-of-range indices, which sort first or last, are
+// skipped). The sorted order is cut into pieces of a size that depends only on dim; each piece
+// is summed in row order in float64 and a code's pieces are added in a fixed order, so the
+// result does not depend on scheduling and a hot code is summed in parallel.
+// `workspace` holds wvq_code_sums_workspace_bytes(n, dim) bytes (at most 16 (n + dim)).
+size_t wvq_code_sums_workspace_bytes(int64_t n, int64_t dim);
+cudaError_t wvq_code_sums(const int64_t* sorted_codes, const int64_t* row_order,
+                          const int64_t* code_starts, const void* x, int dtype, int64_t n,
+                          int64_t num_codes, int64_t dim, void* workspace, float* sums,
                           cudaStream_t stream);
 
 // utilization = nonzero / num_codes and perplexity = exp(-sum p log p) of a histogram,
@@ -43,7 +51,11 @@ cudaError_t wvq_code_sums(const int64_t* row_order, const int64_t* code_starts, 
 cudaError_t wvq_usage(const int64_t* counts, int64_t num_codes, float* utilization,
                       float* perplexity, cudaStream_t stream);
 
-// Mean (dim) and population covariance (dim, dim) in float64 of x (n, dim), n >= 1.
+// Mean (dim) and population covariance (dim, dim) in float64 of x (n, dim), row-major, of
+// `dtype`; n >= 1 and dim >= 1 (else cudaErrorInvalidValue). Chunks of rows are reduced as
+// centred tiled products and merged in a fixed order: results do not depend on scheduling.
+// `workspace` holds wvq_moments_workspace_bytes(n, dim) bytes: at most 256 chunks' partials of
+// 8 dim (dim + 1) bytes, and about 32 MiB unless one chunk alone needs more.
 size_t wvq_moments_workspace_bytes(int64_t n, int64_t dim);
 cudaError_t wvq_moments(const void* x, int dtype, int64_t n, int64_t dim, void* workspace,
                         double* mean, double* cov, cudaStream_t stream);

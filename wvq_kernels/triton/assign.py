@@ -14,10 +14,25 @@ Two ways to cut the work:
   segments finish in. A second small kernel then finishes the rows.
 
 Operands: the codebook is prepared once by PyTorch ops (O(K*D)): normalised for cosine,
-rounded to bf16 for precision="bf16", transposed to (D, K) so tiles load coalesced along K, and
-||c||^2 taken from exactly those values (tf32 rounds inside the tensor cores, which no fp32
-value can mirror, so its norms stay fp32). Rows are loaded raw and cast in the kernel; only
-cosine normalises them first, in fp32 (one O(N*D) pass, as the op contract prescribes).
+rounded to bf16 for precision="bf16" and transposed to (D, K) so tiles load coalesced along K;
+||c||^2 is then taken from exactly those values by code_norms_kernel (tf32 rounds inside the
+tensor cores, which no fp32 value can mirror, so its norms stay fp32). Rows are loaded raw and
+cast in the kernel; only cosine normalises them first, in fp32 (one O(N*D) pass, as the op
+contract prescribes).
+
+Exact ties. Identical codes must get bitwise-identical scores wherever they sit (which tile,
+which column of it, which split-K segment), or rounding picks a later copy. A score is
+||c||^2 - 2 x.c (l2) or -x.c:
+- ||c||^2 comes from code_norms_kernel, which reduces every code by the same sequence of
+  operations (D in BLOCK_D chunks, in order, each chunk one tl.sum whose tree depends only on
+  the layout, the same for every column). PyTorch's sum over dim 0 of the (D, K) codebook did
+  not: it vectorises across codes and sums a ragged tail of K in another order, so at K = 257
+  code 256 came out one ulp below identical codes 5 and 128 and won (issue 13, item 11).
+- x.c on a GPU: mma/wgmma (and the FMA dot of ieee) compute each output element by one fixed
+  reduction tree over its row and column, so equal code columns give equal dots in any tile.
+  The interpreter's tl.dot is numpy's matmul instead; see _tile_dot.
+- tl.min then takes the left-most of equal scores in a tile, a later tile must be strictly
+  smaller, and split-K segments merge on (score, index) keys: the smallest index wins.
 """
 
 import torch
@@ -88,8 +103,10 @@ def _load_code_tile(codes_t_ptr, cols, codes, code_mask, D, K, dtype: tl.constex
 @triton.jit
 def _tile_dot(row_tile, code_tile, dots, DOT_PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
     if INTERPRETED:
-        # The interpreter's dot is numpy's BLAS, which rounds equal columns differently, so
-        # equal codes would not tie. float64 products and sums rounded once to fp32 do tie.
+        # numpy's matmul. In float64 the products of fp32 (or bf16-valued) operands are exact,
+        # so a column's value depends only on the order of its d-sum, which gemm keeps the same
+        # for every column (checked for every tile shape of the tables: identical columns come
+        # out bitwise equal); rounding once to fp32 then gives identical codes identical dots.
         products = tl.dot(row_tile.to(tl.float64), code_tile.to(tl.float64), input_precision="ieee")
         return dots + products.to(tl.float32)
     return tl.dot(row_tile, code_tile, dots, input_precision=DOT_PRECISION)
@@ -293,6 +310,38 @@ def finish_split_kernel(
     )
 
 
+@triton.jit
+def code_norms_kernel(codes_t_ptr, norms_ptr, K, D, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    """||c||^2 of BLOCK_K codes of the (D, K) codebook, every code by the same operations (see
+    the module docstring), so identical codes get identical norms wherever they sit."""
+    codes = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+    code_mask = codes < K
+    norms = tl.zeros([BLOCK_K], dtype=tl.float32)
+    for start in range(0, D, BLOCK_D):
+        cols = start + tl.arange(0, BLOCK_D)
+        tile = _load_code_tile(codes_t_ptr, cols, codes, code_mask, D, K, tl.float32)
+        norms += tl.sum(tile * tile, axis=0)
+    tl.store(norms_ptr + codes, norms, mask=code_mask)
+
+
+def code_norms(codes_t: Tensor, arch: str | None) -> Tensor:
+    """||c||^2 (K,) fp32 of the transposed codebook's columns."""
+    dim, num_codes = codes_t.shape
+    config = configs.rows_config("code_norms", dim, arch)
+    norms = torch.empty(num_codes, dtype=torch.float32, device=codes_t.device)
+    wrap_triton(code_norms_kernel)[(triton.cdiv(num_codes, config.block_rows),)](
+        codes_t,
+        norms,
+        num_codes,
+        dim,
+        BLOCK_K=config.block_rows,
+        BLOCK_D=config.block_d,
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
+    return norms
+
+
 def split_count(num_rows: int, num_codes: int, config: configs.AssignConfig, sms: int) -> int:
     """Code segments per row block: 1 (row-owned) when the row blocks alone fill every SM,
     else enough segments for about one program per SM."""
@@ -302,8 +351,9 @@ def split_count(num_rows: int, num_codes: int, config: configs.AssignConfig, sms
     return min(triton.cdiv(num_codes, config.block_k), triton.cdiv(sms, row_blocks))
 
 
-def _scored_operands(x: Tensor, codebook: Tensor, metric: str, precision: str):
-    """(rows to score, codes to score transposed (D, K), ||c||^2, codes for the distance)."""
+def _scored_operands(x: Tensor, codebook: Tensor, metric: str, precision: str, arch: str | None):
+    """(rows to score, codes to score transposed (D, K), ||c||^2 (l2 only, else empty), codes
+    for the distance)."""
     codes = codebook.to(torch.float32)
     rows = x
     if metric == "cosine":
@@ -312,7 +362,9 @@ def _scored_operands(x: Tensor, codebook: Tensor, metric: str, precision: str):
     operand_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     codes_t = codes.to(operand_dtype).T.contiguous()
     # ||c||^2 of the values the dot product sees (bf16-rounded for bf16).
-    norms = codes_t.to(torch.float32).square().sum(dim=0)
+    norms = (
+        code_norms(codes_t, arch) if metric == "l2" else codes_t.new_empty(0, dtype=torch.float32)
+    )
     return rows, codes_t, norms, dist_codes
 
 
@@ -327,8 +379,8 @@ def launch_assign(
     """The op's body; ``splits`` forces a number of code segments (tests take both paths)."""
     num_rows, dim = x.shape
     num_codes = codebook.shape[0]
-    rows, codes_t, norms, dist_codes = _scored_operands(x, codebook, metric, precision)
     arch = configs.device_arch(x.device)
+    rows, codes_t, norms, dist_codes = _scored_operands(x, codebook, metric, precision, arch)
     config = configs.assign_config(dim, configs.dot_kind(precision), arch)
     if splits is None:
         splits = split_count(num_rows, num_codes, config, configs.sm_count(x.device))

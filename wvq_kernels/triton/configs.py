@@ -22,7 +22,10 @@ its report. Why these shapes:
   is the smallest), and far below it on sm_90.
 """
 
+import contextlib
+import contextvars
 import os
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -86,11 +89,13 @@ class RowsConfig(NamedTuple):
 # kernel -> (GPU config, interpreter config). On the GPU: the histogram is one atomic per
 # index; code sums add 8 rows of each of 16 codes per step over 32 columns (4K float64
 # values on 8 warps: 16 per thread); moments fold 64-row tiles
-# into a 32 x 32 block of the covariance. The interpreter gets tiles as large as the tests.
+# into a 32 x 32 block of the covariance; code norms (assign's ||c||^2) reduce 32 columns of
+# 128 codes per step. The interpreter gets tiles as large as the tests.
 ROWS_CONFIGS = {
     "histogram": (RowsConfig(1024, 1, 4, 1), RowsConfig(65536, 1, 1, 1)),
     "code_sums": (RowsConfig(8, 32, 8, 2, 16), RowsConfig(64, 256, 1, 1, 64)),
     "moments": (RowsConfig(64, 32, 4, 2), RowsConfig(4096, 256, 1, 1)),
+    "code_norms": (RowsConfig(128, 32, 4, 1), RowsConfig(4096, 256, 1, 1)),
 }
 
 
@@ -159,15 +164,74 @@ def soft_assign_config(kernel: str, dim: int, arch: str | None) -> SoftAssignCon
     return config._replace(block_d=min(config.block_d, max(16, next_power_of_two(dim))))
 
 
+class Emulated(NamedTuple):
+    arch: str  # the table the launch code uses for CPU tensors: "sm_80" or "sm_90"
+    sm_count: int
+
+
+# Set by emulate(): CPU tensors then take a GPU table's configs (and its SM count) instead of the
+# interpreter's big tiles, so that the interpreter runs exactly what that GPU would launch.
+_EMULATED: contextvars.ContextVar[Emulated | None] = contextvars.ContextVar(
+    "wvq_triton_emulated", default=None
+)
+
+
+@contextlib.contextmanager
+def emulate(arch: str, sms: int):
+    """Within the block, launches on CPU tensors (the interpreter) use the configs that
+    device_arch would choose for a GPU of table `arch` with `sms` SMs. For tests: slow."""
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    token = _EMULATED.set(Emulated(arch, sms))
+    try:
+        yield
+    finally:
+        _EMULATED.reset(token)
+
+
+# Compute capability major -> the table serving it. sm_86/89 run the sm_80 table (the gate holds
+# it to their smaller shared memory). No table has been checked for newer GPUs yet, so they fall
+# back, with a warning, to the table whose limits they share: sm_100 (228 KB shared memory,
+# wgmma's successor) to sm_90's; sm_120 (consumer Blackwell, ~100 KB, mma.sync) to sm_80's.
+TABLE_FOR_MAJOR = {8: "sm_80", 9: "sm_90"}
+FALLBACK_FOR_MAJOR = {10: "sm_90", 12: "sm_80"}
+_warned_fallbacks: set[tuple[int, int]] = set()
+
+
+def table_arch(capability: tuple[int, int]) -> str:
+    """The table for a GPU of compute capability (major, minor): its own, or a documented
+    fallback (warned once per capability); an error below sm_80 or above any fallback."""
+    major, minor = capability
+    if major in TABLE_FOR_MAJOR:
+        return TABLE_FOR_MAJOR[major]
+    if major not in FALLBACK_FOR_MAJOR:
+        raise RuntimeError(
+            f"no Triton launch table for sm_{major}{minor}: tables exist for {ARCHS} "
+            f"(fallbacks for majors {sorted(FALLBACK_FOR_MAJOR)})"
+        )
+    arch = FALLBACK_FOR_MAJOR[major]
+    if capability not in _warned_fallbacks:
+        _warned_fallbacks.add(capability)
+        warnings.warn(
+            f"wvq_kernels.triton: sm_{major}{minor} has no launch table of its own; using the "
+            f"{arch} table, which the ahead-of-time gate checked for {arch} only",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return arch
+
+
 def device_arch(device: torch.device) -> str | None:
-    """Which table serves this device: None (the interpreter) for CPU tensors."""
+    """Which table serves this device: for CPU tensors None (the interpreter's big tiles), or
+    the emulated arch inside emulate()."""
     if device.type != "cuda":
-        return None
-    major, _ = torch.cuda.get_device_capability(device)
-    return "sm_90" if major >= 9 else "sm_80"
+        emulated = _EMULATED.get()
+        return None if emulated is None else emulated.arch
+    return table_arch(torch.cuda.get_device_capability(device))
 
 
 def sm_count(device: torch.device) -> int:
     if device.type != "cuda":
-        return INTERPRETER_SM_COUNT
+        emulated = _EMULATED.get()
+        return INTERPRETER_SM_COUNT if emulated is None else emulated.sm_count
     return torch.cuda.get_device_properties(device).multi_processor_count

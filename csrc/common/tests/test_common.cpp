@@ -6,6 +6,7 @@
 #include <random>
 #include <vector>
 
+#include "common/assign_layout.h"
 #include "common/chan_merge.h"
 #include "common/packed_key.h"
 #include "common/pair_moments.h"
@@ -118,12 +119,43 @@ static void welford_pairs_merged_equal_two_pass() {
   }
 }
 
+// The packed codebook of the CUDA assignment: every (code, d) of the padded codebook gets its own
+// slot, and each (tile, chunk) run is the contiguous block the kernel copies with 16-byte loads.
+template <bool kDimMajor>
+static void assign_layout_is_a_bijection_of_contiguous_chunks() {
+  constexpr int kTile = 8, kChunk = 16, kStep = 4;
+  using Layout = wvq::AssignLayout<kTile, kChunk, kDimMajor>;
+  for (int64_t padded_dim : {4, 8, 16, 20, 44, 64}) {
+    const int64_t codes = 3 * kTile, chunks = (padded_dim + kChunk - 1) / kChunk;
+    std::vector<int> hits(codes * padded_dim, 0);
+    for (int64_t code = 0; code < codes; ++code) {
+      for (int64_t d = 0; d < padded_dim; ++d) {
+        const int64_t offset = Layout::packed_code_offset(code, d, padded_dim);
+        const int64_t chunk = d / kChunk, width = Layout::chunk_width(padded_dim, chunk);
+        const int64_t begin = Layout::chunk_begin(code / kTile, chunk, padded_dim);
+        EXPECT(width % kStep == 0 && width > 0 && width <= kChunk);
+        EXPECT(offset >= begin && offset < begin + width * kTile);
+        // The element the kernel's shared-memory copy puts at (code, d) of the chunk.
+        const int64_t e = offset - begin;
+        const int64_t c = kDimMajor ? e % kTile : e / width, dd = kDimMajor ? e / kTile : e % width;
+        EXPECT(c == code % kTile && dd == d % kChunk);
+        if (offset >= 0 && offset < static_cast<int64_t>(hits.size())) ++hits[offset];
+      }
+    }
+    for (int count : hits) EXPECT(count == 1);
+    EXPECT(Layout::chunk_begin(codes / kTile, 0, padded_dim) == codes * padded_dim);
+    EXPECT(Layout::chunk_width(padded_dim, chunks - 1) == padded_dim - (chunks - 1) * kChunk);
+  }
+}
+
 int main() {
   packed_key_orders_like_scores_then_indices();
   packed_key_round_trips();
   tie_break_prefers_smaller_score_then_index();
   chan_merge_of_splits_equals_whole();
   welford_pairs_merged_equal_two_pass();
+  assign_layout_is_a_bijection_of_contiguous_chunks<true>();
+  assign_layout_is_a_bijection_of_contiguous_chunks<false>();
   std::printf(failures == 0 ? "common host tests passed\n" : "%d failures\n", failures);
   return failures == 0 ? 0 : 1;
 }

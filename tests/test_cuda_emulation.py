@@ -49,8 +49,9 @@ i64, ptr, i32, f64 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_dou
 SIGNATURES = {
     "wvq_assign_workspace_bytes": (ctypes.c_size_t, [i64, i64, i64, i32]),
     "wvq_assign": (i32, [ptr, ptr, i32, i64, i64, i64, i32, i32, ptr, ptr, ptr, ptr, ptr]),
-    "wvq_code_histogram": (i32, [ptr, i64, ptr, ptr]),
-    "wvq_code_sums": (i32, [ptr, ptr, ptr, i32, i64, i64, ptr, ptr]),
+    "wvq_code_histogram": (i32, [ptr, i64, i64, ptr, ptr]),
+    "wvq_code_sums_workspace_bytes": (ctypes.c_size_t, [i64, i64]),
+    "wvq_code_sums": (i32, [ptr, ptr, ptr, ptr, i32, i64, i64, i64, ptr, ptr, ptr]),
     "wvq_usage": (i32, [ptr, i64, ptr, ptr, ptr]),
     "wvq_moments_workspace_bytes": (ctypes.c_size_t, [i64, i64]),
     "wvq_moments": (i32, [ptr, i32, i64, i64, ptr, ptr, ptr, ptr]),
@@ -146,19 +147,23 @@ def assign(lib, x, codebook, metric, precision, histogram=True):
 
 def code_histogram(lib, indices, num_codes):
     counts = torch.zeros(num_codes, dtype=torch.int64)
-    call(lib, "wvq_code_histogram", address(indices), len(indices), address(counts), None)
+    call(lib, "wvq_code_histogram", address(indices), len(indices), num_codes, address(counts),
+         None)  # fmt: skip
     return counts
 
 
 def code_sums(lib, indices, x, num_codes):
-    """Counts from torch, then the kernel's sums over rows in stable-sort order."""
-    counts = torch.bincount(indices, minlength=num_codes)
-    row_order = torch.sort(indices, stable=True).indices
-    code_starts = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
-    sums = poisoned((num_codes, x.shape[1]), torch.float32)
-    call(lib, "wvq_code_sums", address(row_order), address(code_starts), address(x),
-         DTYPES[x.dtype], num_codes, x.shape[1], address(sums), None)  # fmt: skip
-    return counts, sums
+    """The stable sort and the codes' starts from torch (as ops_cuda.cpp), the sums from the
+    kernels."""
+    (n, d), positions = x.shape, torch.arange(num_codes + 1)
+    sorted_codes, row_order = torch.sort(indices, stable=True)
+    code_starts = torch.searchsorted(sorted_codes, positions)
+    work = workspace(lib.wvq_code_sums_workspace_bytes(n, d))
+    sums = poisoned((num_codes, d), torch.float32)
+    call(lib, "wvq_code_sums", address(sorted_codes), address(row_order), address(code_starts),
+         address(x), DTYPES[x.dtype], n, num_codes, d, address(work), address(sums),
+         None)  # fmt: skip
+    return code_starts[1:] - code_starts[:-1], sums
 
 
 def usage(lib, counts):
@@ -194,9 +199,18 @@ def soft_assign(lib, x, codebook, tau, lam):
 
 # ---- assignment ----
 
-# (N, K, D): two row tiles, the last partial; D below, above and across the staged chunk of 32;
+# (N, K, D): two row tiles, the last partial; D below, above and across the staged chunks and
+# the WMMA k steps; D beyond the row window of 128 fp32 / 256 bf16 dimensions (restaged rows);
 # one row; no rows. K = 300 with 70 rows splits the codebook into 5 segments.
-ASSIGN_SHAPES = [(70, 300, 5), (70, 130, 33), (33, 65, 12), (1, 77, 59), (0, 10, 12)]
+ASSIGN_SHAPES = [
+    (70, 300, 5),
+    (70, 130, 33),
+    (33, 65, 12),
+    (1, 77, 59),
+    (0, 10, 12),
+    (40, 70, 150),
+    (20, 65, 300),
+]
 
 
 def assign_inputs(n, k, d, dtype):
@@ -274,14 +288,39 @@ def test_code_histogram_of_a_collapsed_codebook(lib):
     assert torch.equal(counts, expected)
 
 
+def out_of_range(indices: torch.Tensor, num_codes: int) -> torch.Tensor:
+    """Every 7th index replaced by -1, num_codes or num_codes + 5."""
+    spoiled = indices.clone()
+    outside = torch.tensor([-1, num_codes, num_codes + 5])
+    spoiled[::7] = outside[torch.arange(len(spoiled[::7])) % 3]
+    return spoiled
+
+
+def test_code_histogram_skips_indices_out_of_range(lib):
+    indices = out_of_range(skewed_indices((1000,), 77), 77)
+    valid = indices[(indices >= 0) & (indices < 77)]
+    assert torch.equal(code_histogram(lib, indices, 77), torch.bincount(valid, minlength=77))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n, k, d", [(0, 5, 3), (1, 4, 5), (500, 37, 33), (300, 9, 300)])
+@pytest.mark.parametrize(
+    "n, k, d", [(0, 5, 3), (1, 4, 5), (500, 37, 33), (300, 9, 300), (2000, 3, 12)]
+)
 def test_code_sums(lib, n, k, d, dtype):
-    """D = 300 takes two column blocks; codes without rows must come out zero."""
+    """Several pieces per code (2,000 rows, one hot code), two column blocks (D = 300); codes
+    without rows must come out zero."""
     x = random_inputs(n, 1, d, dtype=dtype, seed=d)[0]
     indices = skewed_indices((n,), k, seed=k)
     counts, sums = code_sums(lib, indices, x, k)
     assert not code_sums_failures(indices, x, counts, sums)
+
+
+def test_code_sums_skip_indices_out_of_range(lib):
+    x = random_inputs(1000, 1, 20, seed=8)[0]
+    indices = out_of_range(skewed_indices((1000,), 50, seed=8), 50)
+    valid = (indices >= 0) & (indices < 50)
+    counts, sums = code_sums(lib, indices, x, 50)
+    assert not code_sums_failures(indices[valid], x[valid], counts, sums)
 
 
 @pytest.mark.parametrize(
@@ -300,9 +339,10 @@ def test_usage(lib, counts):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n, d", [(1, 5), (70, 12), (5000, 33)])
+@pytest.mark.parametrize("n, d", [(1, 5), (70, 12), (5000, 33), (1500, 70)])
 def test_moments(lib, n, d, dtype):
-    """5,000 rows form three row groups, merged with the Chan formula."""
+    """Thousands of rows form several chunks, merged with the Chan formula; D = 70 takes
+    several covariance tiles."""
     x = (3 * random_inputs(n, 1, d, seed=n)[0] + 1).to(dtype)
     assert not moments_failures(moments(lib, x), x)
 

@@ -152,7 +152,6 @@ struct __align__(16) double2 {
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 inline float2 make_float2(float x, float y) { return {x, y}; }
 inline int4 make_int4(int x, int y, int z, int w) { return {x, y, z, w}; }
-inline dim3 make_dim3(unsigned x, unsigned y, unsigned z) { return dim3(x, y, z); }
 
 struct cudaDeviceProp {
   char name[256];
@@ -210,7 +209,6 @@ void run_kernel(const char* name, const LaunchConfig& config, void (*body)(void*
 
 // Aborts the running launch with a message (never returns to the caller).
 [[noreturn]] void fault(const char* format, ...) __attribute__((format(printf, 1, 2)));
-void set_error(cudaError_t error);
 
 // Block barrier; `value` takes part in the reduction `op` ('+', '&', '|', 0 for none).
 int block_barrier(int value, char op);
@@ -427,8 +425,12 @@ inline void __syncthreads() { ::wvq_emu::block_barrier(0, 0); }
 inline int __syncthreads_count(int predicate) {
   return ::wvq_emu::block_barrier(predicate != 0, '+');
 }
-inline int __syncthreads_and(int predicate) { return ::wvq_emu::block_barrier(predicate != 0, '&'); }
-inline int __syncthreads_or(int predicate) { return ::wvq_emu::block_barrier(predicate != 0, '|'); }
+inline int __syncthreads_and(int predicate) {
+  return ::wvq_emu::block_barrier(predicate != 0, '&');
+}
+inline int __syncthreads_or(int predicate) {
+  return ::wvq_emu::block_barrier(predicate != 0, '|');
+}
 inline void __syncwarp(unsigned mask = 0xffffffffu) {
   ::wvq_emu::warp_collective(mask, nullptr, nullptr);
 }
@@ -518,34 +520,55 @@ T atomic_update(T* address, Fn&& next) {
 }
 }  // namespace wvq_emu
 
-#define WVQ_EMU_ATOMIC_ARITH(T)                                                             \
-  inline T atomicAdd(T* a, T v) { return ::wvq_emu::atomic_update(a, [v](T o) { return static_cast<T>(o + v); }); } \
-  inline T atomicExch(T* a, T v) { return std::atomic_ref<T>(*a).exchange(v); }
-#define WVQ_EMU_ATOMIC_INTEGER(T)                                                           \
-  WVQ_EMU_ATOMIC_ARITH(T)                                                                   \
-  inline T atomicMin(T* a, T v) { return ::wvq_emu::atomic_update(a, [v](T o) { return v < o ? v : o; }); } \
-  inline T atomicMax(T* a, T v) { return ::wvq_emu::atomic_update(a, [v](T o) { return o < v ? v : o; }); } \
-  inline T atomicAnd(T* a, T v) { return std::atomic_ref<T>(*a).fetch_and(v); }             \
-  inline T atomicOr(T* a, T v) { return std::atomic_ref<T>(*a).fetch_or(v); }               \
-  inline T atomicXor(T* a, T v) { return std::atomic_ref<T>(*a).fetch_xor(v); }             \
-  inline T atomicCAS(T* a, T compare, T v) {                                                \
-    std::atomic_ref<T>(*a).compare_exchange_strong(compare, v);                             \
-    return compare;                                                                         \
-  }
-WVQ_EMU_ATOMIC_INTEGER(int)
-WVQ_EMU_ATOMIC_INTEGER(unsigned)
-WVQ_EMU_ATOMIC_INTEGER(unsigned long long)
-WVQ_EMU_ATOMIC_INTEGER(long long)
-WVQ_EMU_ATOMIC_ARITH(float)
-WVQ_EMU_ATOMIC_ARITH(double)
-#undef WVQ_EMU_ATOMIC_INTEGER
-#undef WVQ_EMU_ATOMIC_ARITH
-inline int atomicSub(int* a, int v) { return atomicAdd(a, -v); }
-inline unsigned atomicSub(unsigned* a, unsigned v) { return atomicAdd(a, 0u - v); }
-inline unsigned short atomicCAS(unsigned short* a, unsigned short compare, unsigned short v) {
-  std::atomic_ref<unsigned short>(*a).compare_exchange_strong(compare, v);
+namespace wvq_emu {
+template <typename T, typename... U>
+concept OneOf = (std::is_same_v<T, U> || ...);
+// The types CUDA's atomics take; the value's type follows the pointer's, as with the
+// overloads of CUDA.
+template <typename T>
+concept AtomicInteger = OneOf<T, int, unsigned, long long, unsigned long long>;
+template <typename T>
+concept AtomicNumber = AtomicInteger<T> || OneOf<T, float, double>;
+template <typename T>
+using Value = std::type_identity_t<T>;
+}  // namespace wvq_emu
+
+template <::wvq_emu::AtomicNumber T>
+T atomicAdd(T* address, ::wvq_emu::Value<T> value) {
+  return ::wvq_emu::atomic_update(address, [value](T old) { return static_cast<T>(old + value); });
+}
+template <::wvq_emu::AtomicNumber T>
+T atomicExch(T* address, ::wvq_emu::Value<T> value) {
+  return std::atomic_ref<T>(*address).exchange(value);
+}
+template <::wvq_emu::AtomicInteger T>
+T atomicMin(T* address, ::wvq_emu::Value<T> value) {
+  return ::wvq_emu::atomic_update(address, [value](T old) { return value < old ? value : old; });
+}
+template <::wvq_emu::AtomicInteger T>
+T atomicMax(T* address, ::wvq_emu::Value<T> value) {
+  return ::wvq_emu::atomic_update(address, [value](T old) { return old < value ? value : old; });
+}
+template <::wvq_emu::AtomicInteger T>
+T atomicAnd(T* address, ::wvq_emu::Value<T> value) {
+  return std::atomic_ref<T>(*address).fetch_and(value);
+}
+template <::wvq_emu::AtomicInteger T>
+T atomicOr(T* address, ::wvq_emu::Value<T> value) {
+  return std::atomic_ref<T>(*address).fetch_or(value);
+}
+template <::wvq_emu::AtomicInteger T>
+T atomicXor(T* address, ::wvq_emu::Value<T> value) {
+  return std::atomic_ref<T>(*address).fetch_xor(value);
+}
+template <typename T>
+  requires ::wvq_emu::AtomicInteger<T> || std::is_same_v<T, unsigned short>
+T atomicCAS(T* address, ::wvq_emu::Value<T> compare, ::wvq_emu::Value<T> value) {
+  std::atomic_ref<T>(*address).compare_exchange_strong(compare, value);
   return compare;
 }
+inline int atomicSub(int* a, int v) { return atomicAdd(a, -v); }
+inline unsigned atomicSub(unsigned* a, unsigned v) { return atomicAdd(a, 0u - v); }
 inline unsigned atomicInc(unsigned* a, unsigned limit) {
   return ::wvq_emu::atomic_update(a, [limit](unsigned o) { return o >= limit ? 0u : o + 1; });
 }

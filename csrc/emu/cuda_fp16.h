@@ -80,11 +80,22 @@ inline float2 __half22float2(__half2 h) { return {__half2float(h.x), __half2floa
 inline float __low2float(__half2 h) { return __half2float(h.x); }
 inline float __high2float(__half2 h) { return __half2float(h.y); }
 
-inline double __wvq_half_value(__half h) { return static_cast<float>(h); }
-inline __half operator+(__half a, __half b) { return __half(__wvq_half_value(a) + __wvq_half_value(b)); }
-inline __half operator-(__half a, __half b) { return __half(__wvq_half_value(a) - __wvq_half_value(b)); }
-inline __half operator*(__half a, __half b) { return __half(__wvq_half_value(a) * __wvq_half_value(b)); }
-inline __half operator/(__half a, __half b) { return __half(__wvq_half_value(a) / __wvq_half_value(b)); }
+namespace wvq_emu {
+inline double half_value(__half h) { return static_cast<float>(h); }
+}  // namespace wvq_emu
+
+inline __half operator+(__half a, __half b) {
+  return __half(::wvq_emu::half_value(a) + ::wvq_emu::half_value(b));
+}
+inline __half operator-(__half a, __half b) {
+  return __half(::wvq_emu::half_value(a) - ::wvq_emu::half_value(b));
+}
+inline __half operator*(__half a, __half b) {
+  return __half(::wvq_emu::half_value(a) * ::wvq_emu::half_value(b));
+}
+inline __half operator/(__half a, __half b) {
+  return __half(::wvq_emu::half_value(a) / ::wvq_emu::half_value(b));
+}
 inline __half operator-(__half a) { return __ushort_as_half(a.__x ^ 0x8000u); }
 inline __half& operator+=(__half& a, __half b) { return a = a + b; }
 inline __half& operator-=(__half& a, __half b) { return a = a - b; }

@@ -156,8 +156,9 @@ void mma_collective(void* const* lanes, unsigned) {
       float sum = static_cast<float>(mine.c->x[e]);
       for (int k = 0; k < K; ++k) {
         const int flat_a = row * K + k, flat_b = k * N + column;
-        const float x = multiplicand<TA>(operands(flat_a, A::num_elements)->a->x[flat_a % A::num_elements]);
-        const float y = multiplicand<TB>(operands(flat_b, B::num_elements)->b->x[flat_b % B::num_elements]);
+        const auto& a = operands(flat_a, A::num_elements)->a->x[flat_a % A::num_elements];
+        const auto& b = operands(flat_b, B::num_elements)->b->x[flat_b % B::num_elements];
+        const float x = multiplicand<TA>(a), y = multiplicand<TB>(b);
         sum = std::fma(x, y, sum);
       }
       result[e] = static_cast<typename D::element_type>(sum);

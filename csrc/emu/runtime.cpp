@@ -120,11 +120,11 @@ struct Emulator {
   uint64_t block_generation = 0;
   char reduce_op = 0;
   int reduction = 0, reduced = 0;
-  std::unique_ptr<unsigned char[]> dynamic;
-  size_t dynamic_bytes = 0;
-  // Static shared variables, carved per block from `arena`.
-  std::unique_ptr<unsigned char[]> arena{new (std::align_val_t{128}) unsigned char[kMaxStaticSharedBytes]};
-  size_t arena_used = 0;
+  // Shared memory: static variables carved per block from `arena`, then the launch's dynamic
+  // shared memory.
+  alignas(128) unsigned char arena[kMaxStaticSharedBytes];
+  alignas(128) unsigned char dynamic[kMaxSharedBytes];
+  size_t arena_used = 0, dynamic_bytes = 0;
   uint64_t block_serial = 0;
   unsigned char poison = 0;
   bool faulted = false;
@@ -179,7 +179,9 @@ void read_environment() {
     }
   }
   if (const char* timeout = std::getenv("WVQ_EMU_TIMEOUT")) emu().timeout_s = std::atof(timeout);
-  if (const char* trace = std::getenv("WVQ_EMU_TRACE")) emu().trace = *trace != '\0' && *trace != '0';
+  if (const char* trace = std::getenv("WVQ_EMU_TRACE")) {
+    emu().trace = *trace != '\0' && *trace != '0';
+  }
 }
 
 // Aborts the process when one launch runs past the timeout: a thread looping forever never
@@ -348,7 +350,7 @@ void start_block(const LaunchConfig& config, uint3 block, unsigned char poison) 
   e.poison = poison;
   e.arena_used = 0;
   ++e.block_serial;
-  if (e.dynamic_bytes > 0) std::memset(e.dynamic.get(), poison, e.dynamic_bytes);
+  std::memset(e.dynamic, poison, e.dynamic_bytes);
 }
 
 const char* invalid_config(const LaunchConfig& c) {
@@ -402,9 +404,6 @@ void run_kernel(const char* name, const LaunchConfig& config, void (*body)(void*
   e.context = context;
   e.threads = config.block.x * config.block.y * config.block.z;
   e.dynamic_bytes = config.shared_bytes;
-  e.dynamic.reset(config.shared_bytes > 0 ? new (std::align_val_t{128})
-                                                unsigned char[config.shared_bytes]
-                                          : nullptr);
   builtins.block_dim = config.block;
   builtins.grid_dim = config.grid;
   e.faulted = false;
@@ -419,7 +418,8 @@ void run_kernel(const char* name, const LaunchConfig& config, void (*body)(void*
     do stride = 1 + e.random() % blocks; while (std::gcd(stride, blocks) != 1);
   }
   for (uint64_t k = 0; k < blocks && !e.faulted; ++k) {
-    const uint64_t b = e.schedule == Schedule::kReverse ? blocks - 1 - k : (offset + k * stride) % blocks;
+    const uint64_t b =
+        e.schedule == Schedule::kReverse ? blocks - 1 - k : (offset + k * stride) % blocks;
     const uint3 block{static_cast<unsigned>(b % config.grid.x),
                       static_cast<unsigned>(b / config.grid.x % config.grid.y),
                       static_cast<unsigned>(b / (uint64_t{config.grid.x} * config.grid.y))};
@@ -432,7 +432,6 @@ void run_kernel(const char* name, const LaunchConfig& config, void (*body)(void*
                  config.grid.x, config.grid.y, config.grid.z, config.block.x, config.block.y,
                  config.block.z, now_ms() - e.launch_started_ms.load());
   }
-  e.dynamic.reset();
   e.dynamic_bytes = 0;
   e.kernel = nullptr;
 }
@@ -449,8 +448,6 @@ void fault(const char* format, ...) {
   wvq_emu_switch_context(&e.current->sp, e.scheduler_sp);  // never resumed
   __builtin_unreachable();
 }
-
-void set_error(cudaError_t error) { emu().last_error = error; }
 
 int block_barrier(int value, char op) {
   Emulator& e = emu();
@@ -526,7 +523,7 @@ void yield_thread() {
   if (e.current != nullptr) suspend(Wait::kRunnable, nullptr);
 }
 
-void* dynamic_shared() { return emu().dynamic.get(); }
+void* dynamic_shared() { return emu().dynamic; }
 
 void* allocate_shared(size_t bytes, size_t alignment) {
   Emulator& e = emu();
@@ -536,8 +533,8 @@ void* allocate_shared(size_t bytes, size_t alignment) {
     fault("static shared memory over %zu bytes per block", kMaxStaticSharedBytes);
   }
   e.arena_used = offset + bytes;
-  std::memset(e.arena.get() + offset, e.poison, bytes);
-  return e.arena.get() + offset;
+  std::memset(e.arena + offset, e.poison, bytes);
+  return e.arena + offset;
 }
 
 uint64_t block_serial() { return emu().block_serial; }

@@ -21,7 +21,8 @@ __global__ void warp_primitives_kernel(int* out) {
   mine[2] = __shfl_down_sync(0xffffffffu, t, 3, 16);
   mine[3] = __shfl_xor_sync(0xffffffffu, t, 5);
   mine[4] = static_cast<int>(__ballot_sync(0xffffffffu, t % 3 == 0));
-  mine[5] = static_cast<int>(__match_any_sync(0xffffffffu, static_cast<unsigned long long>(lane / 4)));
+  const auto quad = static_cast<unsigned long long>(lane / 4);
+  mine[5] = static_cast<int>(__match_any_sync(0xffffffffu, quad));
   mine[6] = __reduce_add_sync(0xffffffffu, t);
   mine[7] = __syncthreads_count(t % 5 == 0);
   mine[8] = __any_sync(0xffffffffu, t == 40) + 2 * __all_sync(0xffffffffu, lane < 31);

@@ -95,12 +95,14 @@ def lib():
 
 @pytest.fixture(autouse=True)
 def clean_emulator(lib):
-    """Every test starts without a pending error, under the default schedule."""
+    """Every test starts without a pending error, under the default schedule (alternate, or
+    WVQ_EMU_SCHEDULE)."""
+    default = os.environ.get("WVQ_EMU_SCHEDULE", "alternate")
     lib.wvq_emu_reset()
-    lib.wvq_emu_set_schedule(b"alternate")
+    schedule(lib, default)
     yield
     lib.wvq_emu_reset()
-    lib.wvq_emu_set_schedule(b"alternate")
+    schedule(lib, default)
 
 
 def call(lib, name: str, *args) -> None:

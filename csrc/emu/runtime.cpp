@@ -62,7 +62,6 @@ void wvq_emu_switch_context(void** save, void* resume) __attribute__((visibility
 void wvq_emu_fiber_start() __attribute__((visibility("hidden")));
 }
 
-
 namespace wvq_emu {
 
 Builtins builtins;
@@ -143,20 +142,14 @@ struct Emulator {
   bool trace = false;  // WVQ_EMU_TRACE: one line per launch on stderr
 };
 
-Emulator& emu() {
-  static Emulator* instance = new Emulator();  // never destroyed: the watchdog may outlive main
-  return *instance;
-}
-
 long long now_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
 
-bool parse_schedule(const char* text) {
+bool parse_schedule(Emulator& e, const char* text) {
   const std::string name = text;
-  Emulator& e = emu();
   if (name == "forward") {
     e.schedule = Schedule::kForward;
   } else if (name == "reverse") {
@@ -172,16 +165,25 @@ bool parse_schedule(const char* text) {
   return true;
 }
 
-void read_environment() {
+// WVQ_EMU_SCHEDULE, WVQ_EMU_TIMEOUT and WVQ_EMU_TRACE, read once when the emulator starts.
+void read_environment(Emulator& e) {
   if (const char* schedule = std::getenv("WVQ_EMU_SCHEDULE")) {
-    if (!parse_schedule(schedule)) {
+    if (!parse_schedule(e, schedule)) {
       std::fprintf(stderr, "wvq_emu: unknown WVQ_EMU_SCHEDULE %s, using alternate\n", schedule);
     }
   }
-  if (const char* timeout = std::getenv("WVQ_EMU_TIMEOUT")) emu().timeout_s = std::atof(timeout);
-  if (const char* trace = std::getenv("WVQ_EMU_TRACE")) {
-    emu().trace = *trace != '\0' && *trace != '0';
-  }
+  if (const char* timeout = std::getenv("WVQ_EMU_TIMEOUT")) e.timeout_s = std::atof(timeout);
+  if (const char* trace = std::getenv("WVQ_EMU_TRACE")) e.trace = *trace != '\0' && *trace != '0';
+}
+
+Emulator& emu() {
+  // Never destroyed: the watchdog may outlive main.
+  static Emulator* instance = [] {
+    auto* e = new Emulator();
+    read_environment(*e);
+    return e;
+  }();
+  return *instance;
 }
 
 // Aborts the process when one launch runs past the timeout: a thread looping forever never
@@ -389,10 +391,7 @@ void run_kernel(const char* name, const LaunchConfig& config, void (*body)(void*
   Emulator& e = emu();
   if (e.current != nullptr) fault("kernel %s launched from a kernel", name);
   const std::lock_guard<std::mutex> lock(e.launch_mutex);
-  std::call_once(e.watchdog_started, [] {
-    read_environment();
-    std::thread(watchdog).detach();
-  });
+  std::call_once(e.watchdog_started, [] { std::thread(watchdog).detach(); });
   if (e.sticky) return;  // after a fault every launch fails, as on a GPU
   if (const char* what = invalid_config(config)) {
     std::fprintf(stderr, "wvq_emu: launch of %s: invalid %s\n", name, what);
@@ -562,7 +561,9 @@ int wvq_emu_reset(void) {
 const char* wvq_emu_fault_message(void) { return emu().fault_message.c_str(); }
 
 // forward, reverse, alternate or random:<seed>; returns 0, or -1 for an unknown name.
-int wvq_emu_set_schedule(const char* name) { return wvq_emu::parse_schedule(name) ? 0 : -1; }
+int wvq_emu_set_schedule(const char* name) {
+  return wvq_emu::parse_schedule(emu(), name) ? 0 : -1;
+}
 
 // ---- the runtime API ----
 

@@ -1,45 +1,53 @@
 // CUDA host emulation: the unchanged csrc/cuda sources compiled by g++ for the CPU, so that the
 // kernels execute (slowly) where there is no GPU. scripts/cuda_emu_build.py force-includes this
 // header (-include), puts csrc/emu first on the include path (its cuda_runtime.h, cuda_fp16.h,
-// cuda_bf16.h and mma.h stand in for the toolkit's) and rewrites every `k<<<grid, block, smem,
-// stream>>>(args)` into `::wvq_emu::launch("k", k, grid, block, smem, stream)(args)`.
+// cuda_bf16.h and mma.h stand in for the toolkit's) and rewrites, in copies of the sources,
+// every `k<<<grid, block, smem, stream>>>(args)` into
+// `::wvq_emu::launch("k", k, grid, block, smem, stream)(args)` and every `__shared__` variable
+// into a reference to the block's shared storage. __CUDACC__ is defined and __CUDA_ARCH__ is 900
+// in all code, host code included.
 //
 // What is emulated (runtime.cpp):
 // - Launches run synchronously on the calling thread, blocks one after another (in grid order;
-//   reversed or permuted under the reverse and random schedules).
-//   Each CUDA thread of a block is its own fiber (own stack, own registers); the fibers of a
-//   block switch only at synchronisation points, so a block runs deterministically. Between
-//   barriers the threads run one after another in an order that alternates each round (0..n-1,
-//   then n-1..0; WVQ_EMU_SCHEDULE=forward|reverse|alternate|random:<seed>), so that a missing
+//   reversed or permuted under the reverse and random schedules). Each CUDA thread of a block
+//   is its own fiber (own stack, own registers); a block's fibers switch only at
+//   synchronisation points, so a block runs deterministically. Between two barriers the
+//   threads run one after another, in an order that alternates each round (0..n-1, then
+//   n-1..0; WVQ_EMU_SCHEDULE=forward|reverse|alternate|random:<seed>), so that a missing
 //   barrier makes a thread read data not yet written, or already overwritten, whichever
 //   thread the race favours.
 // - __syncthreads (and _count/_and/_or) is a barrier over the block's live threads; exited
 //   threads no longer count, as on the hardware.
-// - Warp primitives (__shfl*_sync, __ballot_sync, __any/__all_sync, __match_any/all_sync,
-//   __reduce_*_sync, __syncwarp, __activemask) are rendezvous of the lanes named in the mask:
-//   every lane of the mask must call with the same mask (Volta+ rules); reading a lane outside
-//   the mask, a mask naming an exited lane, a deadlock (every live thread waiting, none
-//   released) or __trap() abort the launch with a message on stderr and a sticky
-//   cudaErrorLaunchFailure, which every later launch and cudaGetLastError report until
-//   wvq_emu_reset().
+// - Warp primitives (__shfl*_sync, __ballot_sync, __any/__all/__uni_sync, __match_any/all_sync,
+//   __reduce_*_sync, __syncwarp, and WMMA's load/store/mma_sync) are rendezvous of the lanes
+//   named in the mask, Volta-style: every lane of the mask must call the same primitive with
+//   the same mask, disjoint masks may meet at the same time. __activemask() is the warp's lanes
+//   that have not exited.
+// - Broken rules abort the launch with a message on stderr and a sticky cudaErrorLaunchFailure
+//   (every later launch and cudaGetLastError report it until wvq_emu_reset()): a deadlock
+//   (every live thread waits, none can be released), a shuffle from a lane outside the mask, a
+//   mask naming an exited lane, a lane exiting while its group waits for it, lanes meeting at
+//   different primitives, over 48 KiB of static shared memory, __trap().
 // - __shared__ variables are carved from a per-block arena when a block first uses them and
 //   poisoned with a byte pattern that alternates between blocks (large negative, then large
-//   positive values), so a read of shared memory that the block never wrote gives wrong
-//   results; dynamic (extern __shared__) memory, the launch's smem bytes, is poisoned alike.
-//   Static shared memory over 48 KiB per block faults, as ptxas would refuse it.
-// - Atomics are std::atomic_ref operations; __half, __nv_bfloat16 convert with correct
-//   rounding (denormals kept); WMMA (mma.h) computes in scalar code: fragments are spread over
-//   the lanes, inputs rounded as the tensor cores do (tf32: the low 13 mantissa bits dropped),
+//   positive values), so reading shared memory the block never wrote gives wrong results;
+//   dynamic (extern __shared__) memory, the launch's smem bytes, is poisoned alike.
+// - Atomics are std::atomic_ref operations. __half and __nv_bfloat16 convert with correct
+//   rounding (denormals kept). WMMA (mma.h) computes in scalar code, fragments spread over the
+//   lanes, inputs rounded as the tensor cores do (tf32: the low 13 mantissa bits dropped),
 //   products and sums in fp32.
 // - The runtime API the launchers use (streams, memset/memcpy, malloc, attributes of an
 //   sm_90-like device with 132 SMs and 228 KiB of shared memory per SM) maps to host calls.
 // - A launch running longer than WVQ_EMU_TIMEOUT seconds (default 300) aborts the process with
 //   the kernel's name: an endless loop inside a thread cannot otherwise be interrupted.
+//   WVQ_EMU_TRACE=1 prints each launch's grid, block and time.
 //
 // What is not: a memory model beyond what barriers give (no reordering, no caches), asynchronous
 // copies (cp.async, TMA), cooperative groups, clusters, textures, dynamic parallelism, bounds
 // checks on shared or global memory, timing or occupancy. Threads of different blocks never
-// overlap, so inter-block races do not show.
+// overlap, so races between blocks do not show. Float results may differ from a GPU's in the
+// last bits: g++ does not contract a * b + c into FMAs as nvcc does, and the fast intrinsics
+// (__expf, __fdividef, ...) are computed exactly.
 #pragma once
 
 #include <algorithm>

@@ -14,6 +14,7 @@ WVQ_EMU_CSRC picks another csrc tree to build the kernels from, WVQ_EMU_BUILD th
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import math
 import os
 import shutil
@@ -40,6 +41,7 @@ from wvq_kernels.testing import (
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = Path(os.environ.get("WVQ_EMU_CSRC", ROOT / "csrc"))
 BUILD = Path(os.environ.get("WVQ_EMU_BUILD", ROOT / "build" / "cuda-emu"))
+BUILDER = ROOT / "scripts" / "cuda_emu_build.py"
 
 DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 METRICS = {"l2": 0, "cosine": 1, "dot": 2}
@@ -71,9 +73,17 @@ SIGNATURES = {
 }
 
 
+def load_builder():
+    """scripts/cuda_emu_build.py as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("cuda_emu_build", BUILDER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def build_library(csrc: Path, out: Path) -> Path:
     """The emulation library for the kernels of `csrc` (built unless up to date)."""
-    command = [sys.executable, str(ROOT / "scripts" / "cuda_emu_build.py")]
+    command = [sys.executable, str(BUILDER)]
     result = subprocess.run(
         [*command, "--csrc", str(csrc), "--out", str(out)], capture_output=True, text=True
     )
@@ -130,6 +140,36 @@ def poisoned(shape, dtype) -> torch.Tensor:
 
 def schedule(lib, name: str) -> None:
     assert lib.wvq_emu_set_schedule(name.encode()) == 0
+
+
+# ---- the builder's source rewriting ----
+
+
+def test_rewrite_turns_launches_and_shared_memory_into_calls():
+    source = """\
+  extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ __align__(128) Tiles<T, 4> tiles;
+  __shared__ double scratch[kThreads][2];
+  // k<<<1, 2>>>() in a comment, "<<<" in a string
+  ns::k<T, (a > b)><<<dim3(x,
+      y), 32, 0, stream>>>(p, "<<<");
+  plain<<<1, 1>>>();
+"""
+    expected = """\
+  unsigned char* const smem = ::wvq_emu::dynamic_shared_as<unsigned char>();
+  auto& tiles = ::wvq_emu::shared_variable<Tiles<T, 4>, 128>([] {});
+  auto& scratch = ::wvq_emu::shared_variable<double[kThreads][2], 0>([] {});
+  // k<<<1, 2>>>() in a comment, "<<<" in a string
+  ::wvq_emu::launch("ns::k<T, (a > b)>", ns::k<T, (a > b)>, dim3(x,
+      y), 32, 0, stream)(p, "<<<");
+  ::wvq_emu::launch("plain", plain, 1, 1)();
+"""
+    assert load_builder().rewrite(source) == expected
+
+
+def test_rewrite_refuses_what_it_cannot_parse():
+    with pytest.raises(ValueError, match="shared declaration"):
+        load_builder().rewrite("__shared__ float a[4], b[4];")
 
 
 # ---- the launchers, called as ops_cuda.cpp calls them ----

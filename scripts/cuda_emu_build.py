@@ -13,7 +13,7 @@ wvq_emu_set_schedule) and its self-test kernels (csrc/emu/selftest.cu, wvq_emu_t
 
 The emulation layer always comes from this checkout; the kernels from --csrc (default: this
 checkout's csrc; WVQ_EMU_CSRC overrides it), so that other trees can be checked against it.
-A build whose inputs and flags are unchanged is skipped.
+A build whose inputs and flags are unchanged is skipped. WVQ_EMU_ASAN=1 adds AddressSanitizer.
 
     python scripts/cuda_emu_build.py [--csrc DIR] [--out DIR] [--opt -O1] [--extra FLAG ...]
 """
@@ -155,7 +155,13 @@ def rewrite_shared(text: str) -> str:
     return "".join(pieces)
 
 
+# WVQ_EMU_ASAN=1: AddressSanitizer on the kernels and the runtime (the process that loads the
+# library must preload libasan, see scripts/cuda_emu.sh --asan).
+ASAN = ["-fsanitize=address", "-fno-omit-frame-pointer"]
+
+
 def compiler_flags(csrc: Path, out: Path, opt: str, extra: list[str]) -> list[str]:
+    sanitize = ASAN if os.environ.get("WVQ_EMU_ASAN", "0") not in ("", "0") else []
     return [
         "-std=c++20",
         opt,
@@ -173,6 +179,7 @@ def compiler_flags(csrc: Path, out: Path, opt: str, extra: list[str]) -> list[st
         str(out / "src" / "cuda"),
         "-I",
         str(csrc),
+        *sanitize,
         *extra,
     ]
 

@@ -17,6 +17,10 @@
 
 #include "cuda_emu.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#endif
+
 #if !defined(__x86_64__)
 #error "the CUDA emulator switches fibers with x86-64 assembly"
 #endif
@@ -87,6 +91,7 @@ struct Fiber {
   Wait wait = Wait::kRunnable;
   const uint64_t* release = nullptr;  // the generation counter this fiber waits on
   uint64_t generation = 0;
+  void* fake_stack = nullptr;  // AddressSanitizer's, while the fiber is switched out
 };
 
 // Lanes of one warp meeting in a rendezvous with one mask.
@@ -109,6 +114,10 @@ struct Emulator {
   std::vector<std::unique_ptr<Fiber>> fibers;
   Fiber* current = nullptr;
   void* scheduler_sp = nullptr;
+  // The scheduler's (the launching thread's) stack, for AddressSanitizer.
+  const void* scheduler_stack = nullptr;
+  size_t scheduler_stack_bytes = 0;
+  void* scheduler_fake_stack = nullptr;
   // The running launch and block.
   const char* kernel = nullptr;
   void (*body)(void*) = nullptr;
@@ -234,6 +243,27 @@ void start_frame(Fiber& f) {
   f.sp = frame;
 }
 
+// Switches from the running context, whose stack pointer goes to *save, to `resume`, whose
+// stack spans [stack, stack + bytes). Under AddressSanitizer the switch is announced, with the
+// leaving context's fake stack kept in *fake_stack (null: the context never resumes).
+void switch_context(void** save, void* resume, const void* stack, size_t bytes,
+                    void** fake_stack) {
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_start_switch_fiber(fake_stack, stack, bytes);
+#endif
+  wvq_emu_switch_context(save, resume);
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_finish_switch_fiber(fake_stack != nullptr ? *fake_stack : nullptr, nullptr, nullptr);
+#endif
+}
+
+// From a fiber back to the scheduler; `resumable` is false when the fiber is done for good.
+void to_scheduler(Fiber& f, bool resumable) {
+  Emulator& e = emu();
+  switch_context(&f.sp, e.scheduler_sp, e.scheduler_stack, e.scheduler_stack_bytes,
+                 resumable ? &f.fake_stack : nullptr);
+}
+
 std::string where() {
   const Emulator& e = emu();
   const uint3 b = builtins.block_idx;
@@ -263,7 +293,7 @@ void suspend(Wait wait, const uint64_t* release) {
   me->wait = wait;
   me->release = release;
   me->generation = release != nullptr ? *release : 0;
-  wvq_emu_switch_context(&me->sp, e.scheduler_sp);
+  to_scheduler(*me, true);
 }
 
 void release_block() {
@@ -318,7 +348,8 @@ void run_block() {
       e.current = &f;
       builtins.thread_idx = f.index;
       f.wait = Wait::kRunnable;
-      wvq_emu_switch_context(&e.scheduler_sp, f.sp);
+      switch_context(&e.scheduler_sp, f.sp, f.stack + kGuardBytes, kStackBytes,
+                     &e.scheduler_fake_stack);
       e.current = nullptr;
       resumed = true;
       if (e.faulted || e.block_generation != generation) break;
@@ -371,6 +402,9 @@ const char* invalid_config(const LaunchConfig& c) {
 // Entered on a fresh fiber stack: runs the kernel, then leaves for good.
 extern "C" __attribute__((visibility("hidden"), noreturn)) void wvq_emu_fiber_main(Fiber* f) {
   Emulator& e = emu();
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_finish_switch_fiber(nullptr, &e.scheduler_stack, &e.scheduler_stack_bytes);
+#endif
   e.body(e.context);
   Warp& warp = e.warps[f->linear / 32];
   for (const WarpGroup& g : warp.groups) {
@@ -382,7 +416,7 @@ extern "C" __attribute__((visibility("hidden"), noreturn)) void wvq_emu_fiber_ma
   --e.live;
   warp.live &= ~(1u << (f->linear % 32));
   if (e.arrived > 0 && e.arrived == e.live) release_block();  // it no longer counts
-  wvq_emu_switch_context(&f->sp, e.scheduler_sp);
+  to_scheduler(*f, false);
   __builtin_unreachable();
 }
 
@@ -444,7 +478,7 @@ void fault(const char* format, ...) {
   Emulator& e = emu();
   record_fault(where() + ": " + message);
   if (e.current == nullptr) std::abort();  // a device function called outside a kernel
-  wvq_emu_switch_context(&e.current->sp, e.scheduler_sp);  // never resumed
+  to_scheduler(*e.current, false);
   __builtin_unreachable();
 }
 

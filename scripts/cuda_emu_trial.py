@@ -94,19 +94,23 @@ def run_trial(name: str, csrc: Path, work: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--csrc", type=Path, default=os.environ.get("WVQ_EMU_CSRC", ROOT / "csrc"))
-    parser.add_argument("--work", type=Path, default=None, help="default: a temporary folder")
+    parser.add_argument("--work", type=Path, default=None, help="kept; default: a temporary one")
     parser.add_argument("names", nargs="*", help=f"of {', '.join(MUTATIONS)} (default: all)")
     args = parser.parse_args()
     unknown = set(args.names) - set(MUTATIONS)
     if unknown:
         parser.error(f"unknown mutations {', '.join(sorted(unknown))}")
-    work = args.work or Path(tempfile.mkdtemp(prefix="wvq-emu-trial-"))
-    survived = []
-    for name in args.names or MUTATIONS:
-        print(f"== {name}: {MUTATIONS[name][0]}", flush=True)
-        verdict = run_trial(name, Path(args.csrc).resolve(), work)
-        print(f"   {verdict}", flush=True)
-        survived += [name] if verdict in ("SURVIVED", "BUILD FAILED", "NO TESTS") else []
+    survived, applied = [], 0
+    with tempfile.TemporaryDirectory(prefix="wvq-emu-trial-") as temporary:
+        work = args.work or Path(temporary)
+        for name in args.names or MUTATIONS:
+            print(f"== {name}: {MUTATIONS[name][0]}", flush=True)
+            verdict = run_trial(name, Path(args.csrc).resolve(), work)
+            print(f"   {verdict}", flush=True)
+            survived += [name] if verdict in ("SURVIVED", "BUILD FAILED", "NO TESTS") else []
+            applied += verdict != "not applicable"
+    if applied == 0:
+        sys.exit("no mutation applies to these kernels: update MUTATIONS")
     if survived:
         sys.exit(f"mutations the emulation tests did not catch: {', '.join(survived)}")
 

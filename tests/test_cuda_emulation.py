@@ -83,10 +83,8 @@ def load_builder():
 
 def build_library(csrc: Path, out: Path) -> Path:
     """The emulation library for the kernels of `csrc` (built unless up to date)."""
-    command = [sys.executable, str(BUILDER)]
-    result = subprocess.run(
-        [*command, "--csrc", str(csrc), "--out", str(out)], capture_output=True, text=True
-    )
+    command = [sys.executable, str(BUILDER), "--csrc", str(csrc), "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         pytest.fail(f"building the CUDA emulation failed:\n{result.stdout}{result.stderr}")
     return Path(result.stdout.strip().splitlines()[-1])
@@ -116,10 +114,11 @@ def clean_emulator(lib):
 
 
 def call(lib, name: str, *args) -> None:
-    """Runs a launcher; a non-zero status fails with the emulator's diagnosis."""
+    """Runs a launcher; a non-zero status, or a fault the status does not show, fails with the
+    emulator's diagnosis."""
     status = getattr(lib, name)(*args)
     message = lib.wvq_emu_fault_message().decode()
-    assert status == 0, f"{name} returned CUDA error {status}: {message}"
+    assert status == 0 and not message, f"{name} returned CUDA error {status}: {message}"
 
 
 def address(t: torch.Tensor | None) -> int | None:

@@ -2,8 +2,9 @@
 (configs.emulate): the tiles, chunk counts and split-K segmentation a GPU would launch, not the
 interpreter's single big tile, compared with the float64 oracle of wvq_kernels.testing. Shapes
 are small and ragged (no multiple of any block), so that masks, several tiles, several D chunks
-and both ways of cutting assign's work are all exercised. Inputs are strided (x[:, ::2]), the
-general-stride variants the AOT gate also compiles."""
+and both ways of cutting assign's work are all exercised. Inputs are strided (x[:, ::2]): code
+sums, moments and soft-assign then run their general-stride variants (which the AOT gate also
+compiles), while assign copies them to a unit inner stride (checked at the end)."""
 
 import contextlib
 import warnings

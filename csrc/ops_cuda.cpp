@@ -150,6 +150,7 @@ std::tuple<at::Tensor, at::Tensor> code_sums(const at::Tensor& indices_in, const
   const at::Tensor indices = checked_indices(indices_in, num_codes);
   TORCH_CHECK(indices.size(0) == x.size(0), "wvq::code_sums: expected indices (N,) and x (N, D)");
   const int64_t n = x.size(0), d = x.size(1);
+  TORCH_CHECK(d > 0, "wvq::code_sums: D must be at least 1, got 0");
   // A stable sort lists each code's rows in row order: the fixed summation order.
   // (An explicit optional: a plain `true` would bind to the overload's `dim` argument.)
   const auto [sorted_codes, row_order] =
@@ -186,10 +187,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> moments(const at::Tensor& x_in) {
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = float_rows(x_in, "x");
   const int64_t n = x.size(0), d = x.size(1);
+  TORCH_CHECK(d > 0, "wvq::moments: D must be at least 1, got 0");
   at::Tensor count = at::full({}, n, x.options().dtype(at::kLong));
   at::Tensor mean = at::zeros({d}, x.options().dtype(at::kDouble));
   at::Tensor cov = at::zeros({d, d}, x.options().dtype(at::kDouble));
-  if (n == 0 || d == 0) return {count, mean, cov};  // as the CPU op: zeros, or empty for D = 0
+  if (n == 0) return {count, mean, cov};  // as the CPU op: zeros
   at::Tensor work = workspace(wvq_moments_workspace_bytes(n, d), x);
   C10_CUDA_CHECK(wvq_moments(x.data_ptr(), dtype_code(x), n, d, work.data_ptr(),
                              mean.data_ptr<double>(), cov.data_ptr<double>(), current_stream()));

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # GPU first run: on the first machine with a CUDA GPU, in under 10 minutes (sized for an H200
 # with 16 cores), each step under its own time box:
-#   1. build _C and _C_cuda into the CUDA venv, as README "Building the CUDA backend" does:
+#   1. build _C and _C_cuda into the CUDA venv, as README "Building the CUDA backend" does
+#      (plus --no-deps: the venv already holds the pins, and a GPU box may be offline):
 #        WVQ_BUILD_CUDA=1 CUDA_HOME=/usr/local/cuda TORCH_CUDA_ARCH_LIST="8.0;9.0" \
-#          $PYTHON -m pip install --no-build-isolation -e .                       (240 s)
+#          $PYTHON -m pip install --no-build-isolation --no-deps -e .             (240 s)
 #   2. the `gpu` tests: $PYTHON -m pytest -q -m gpu tests/                         (150 s)
 #   3. CUDA vs Triton vs PyTorch (materialised and chunked) for every op at K = 65,536
 #      (python -m wvq_kernels.bench.first_run, on the benchmarks' inputs and peers),
@@ -66,7 +67,7 @@ step() {  # step NAME SECONDS LOG COMMAND...: runs COMMAND under a time box, not
 
 step build 240 "$OUT/gpu-first-run-build.log" \
     env WVQ_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST="8.0;9.0" \
-    "$PYTHON" -m pip install --no-build-isolation -e .
+    "$PYTHON" -m pip install --no-build-isolation --no-deps -e .
 if "$PYTHON" -c "import pytest" 2> /dev/null; then
     step "gpu tests" 150 "$OUT/gpu-first-run-tests.log" \
         "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider tests/

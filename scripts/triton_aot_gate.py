@@ -10,6 +10,15 @@ configuration from a stated roofline model, to docs/gpu-kernels.md.
 
 Assign is compiled in its heaviest form (l2, which also loads code norms, with the fused
 histogram): cosine and dot only drop work. Calibrated for the triton pinned in pyproject.toml.
+
+Strides. A contiguous input launches a kernel with its inner stride specialised to the
+constant 1; a strided one (x[:, ::2], y.T) with the inner stride as an i32 run-time argument,
+which costs registers and vectorisation. code_sums, moments and soft_assign are compiled in
+both forms. assign and finish_split only in the first: their launch copies strided rows or
+codes to a unit inner stride (wvq_kernels/triton/assign.py; tested in
+tests/test_triton_launch_tables.py), because their general-stride form spills on sm_90.
+Strides of 2**31 elements or more (i64 arguments) are not compiled: every offset is already
+computed in int64 (checked by hand in every kernel), so only the argument's width would change.
 """
 
 import argparse
@@ -61,6 +70,7 @@ class Case(NamedTuple):
     dim: int = 0
     precision: str = ""
     block_d: int = 0
+    strided: bool = False
 
 
 class Result(NamedTuple):
@@ -75,6 +85,18 @@ def _signature(fn, types: dict, constexprs: dict) -> dict:
     return {name: "constexpr" if name in constexprs else types[name] for name in fn.arg_names}
 
 
+def _inner_strides(names, strided: bool) -> tuple[dict, dict]:
+    """(constexprs, types) of the inner strides: the constant 1 of a contiguous input, or i32
+    run-time arguments for a strided one."""
+    if strided:
+        return {}, {name: "i32" for name in names}
+    return {name: 1 for name in names}, {}
+
+
+def _label(variant: str, strided: bool) -> str:
+    return f"{variant} strided" if strided else variant
+
+
 def assign_cases():
     for arch in configs.ARCHS:
         for precision in ASSIGN_PRECISIONS:
@@ -85,10 +107,12 @@ def assign_cases():
                 for split in (False, True):
                     yield _assign_case(arch, precision, operand, dim, config, chunks, split)
         for operand in POINTER_TYPES:
+            yield _code_norms_case(arch, operand)
             yield _finish_case(arch, operand)
 
 
 def _assign_case(arch, precision, operand, dim, config, chunks, split):
+    """Unit inner strides only: the launch guarantees them (see the module docstring)."""
     fn = assign.assign_kernel
     constexprs = {
         "stride_xd": 1,
@@ -142,8 +166,18 @@ def _assign_case(arch, precision, operand, dim, config, chunks, split):
     )
 
 
+def _code_norms_case(arch, operand):
+    """||c||^2 for assign's l2 scores, at the largest D of the report (BLOCK_D is capped)."""
+    config = configs.rows_config("code_norms", max(DIMS), arch)
+    fn = assign.code_norms_kernel
+    constexprs = {"BLOCK_K": config.block_rows, "BLOCK_D": config.block_d}
+    types = {"codes_t_ptr": POINTER_TYPES[operand], "norms_ptr": "*fp32", "K": "i32", "D": "i32"}
+    return _fma_case("code_norms", arch, f"{operand} any D", fn, types, constexprs, config)
+
+
 def _finish_case(arch, operand):
-    """The split-K finishing kernel, at the largest D of the table (most unrolled)."""
+    """The split-K finishing kernel, at the largest D of the table (most unrolled); unit inner
+    strides only, as for assign."""
     fn = assign.finish_split_kernel
     config = configs.assign_config(max(DIMS), operand if operand == "bf16" else "tf32", arch)
     chunks = triton.cdiv(max(DIMS), config.block_d)
@@ -203,15 +237,17 @@ def rows_cases():
             tensor_core=False,
         )
         for dim in (8, 256):
-            yield _code_sums_case(arch, dim)
-            yield _moments_case(arch, dim)
+            for strided in (False, True):
+                yield _code_sums_case(arch, dim, strided)
+                yield _moments_case(arch, dim, strided)
 
 
-def _code_sums_case(arch, dim):
+def _code_sums_case(arch, dim, strided):
     config = configs.rows_config("code_sums", dim, arch)
     fn = histogram.code_sums_kernel
+    strides, stride_types = _inner_strides(("stride_xd",), strided)
     constexprs = {
-        "stride_xd": 1,
+        **strides,
         "BLOCK_CODES": config.block_codes,
         "BLOCK_ROWS": config.block_rows,
         "BLOCK_D": config.block_d,
@@ -225,11 +261,13 @@ def _code_sums_case(arch, dim):
         "stride_xn": "i32",
         "K": "i32",
         "D": "i32",
+        **stride_types,
     }
-    return _fma_case("code_sums", arch, f"fp32 D={dim}", fn, types, constexprs, config)
+    variant = _label(f"fp32 D={dim}", strided)
+    return _fma_case("code_sums", arch, variant, fn, types, constexprs, config, strided)
 
 
-def _fma_case(kernel, arch, variant, fn, types, constexprs, config):
+def _fma_case(kernel, arch, variant, fn, types, constexprs, config, strided=False):
     """A case for a kernel without tensor-core dots whose pointers are all 16-byte aligned."""
     divisible = tuple(n for n, t in types.items() if t.startswith("*"))
     signature = _signature(fn, types, constexprs)
@@ -244,14 +282,17 @@ def _fma_case(kernel, arch, variant, fn, types, constexprs, config):
         config.num_warps,
         config.num_stages,
         tensor_core=False,
+        strided=strided,
     )
 
 
-def _moments_case(arch, dim):
+def _moments_case(arch, dim, strided):
     config = configs.rows_config("moments", dim, arch)
     fn = moments.moments_kernel
-    constexprs = {"stride_xd": 1, "BLOCK_ROWS": config.block_rows, "BLOCK_D": config.block_d}
+    strides, stride_types = _inner_strides(("stride_xd",), strided)
+    constexprs = {**strides, "BLOCK_ROWS": config.block_rows, "BLOCK_D": config.block_d}
     types = {
+        **stride_types,
         "x_ptr": "*fp32",
         "means_ptr": "*fp64",
         "m2_ptr": "*fp64",
@@ -265,7 +306,7 @@ def _moments_case(arch, dim):
     return Case(
         "moments",
         arch,
-        f"fp32 D={dim}",
+        _label(f"fp32 D={dim}", strided),
         fn,
         _signature(fn, types, constexprs),
         constexprs,
@@ -273,6 +314,7 @@ def _moments_case(arch, dim):
         config.num_warps,
         config.num_stages,
         tensor_core=False,
+        strided=strided,
     )
 
 
@@ -281,14 +323,17 @@ def soft_assign_cases():
     BLOCK_D do, so it is compiled for every D of the report."""
     for arch in configs.ARCHS:
         for operand in POINTER_TYPES:
-            yield _soft_assign_case(arch, "scan", operand, max(DIMS))
-            for dim in DIMS:
-                yield _soft_assign_case(arch, "accumulate", operand, dim)
+            for strided in (False, True):
+                yield _soft_assign_case(arch, "scan", operand, max(DIMS), strided)
+                for dim in DIMS:
+                    yield _soft_assign_case(arch, "accumulate", operand, dim, strided)
 
 
-def _soft_assign_case(arch, kernel, operand, dim):
+def _soft_assign_case(arch, kernel, operand, dim, strided):
     config = configs.soft_assign_config(kernel, dim, arch)
+    strides, stride_types = _inner_strides(("stride_xd",), strided)
     types = {
+        **stride_types,
         "x_ptr": POINTER_TYPES[operand],
         "codes_t_ptr": "*fp32",
         "best_ptr": "*fp32",
@@ -300,7 +345,7 @@ def _soft_assign_case(arch, kernel, operand, dim):
         "D": "i32",
         "inv_tau": "fp32",
     }
-    constexprs = {"stride_xd": 1, "BLOCK_N": config.block_n, "BLOCK_K": config.block_k}
+    constexprs = {**strides, "BLOCK_N": config.block_n, "BLOCK_K": config.block_k}
     if kernel == "scan":
         fn = soft_assign.soft_assign_scan_kernel
         types["log_scale"] = "fp32"
@@ -315,7 +360,8 @@ def _soft_assign_case(arch, kernel, operand, dim):
         )
         constexprs["BLOCK_D"] = config.block_d
         variant = f"{operand} D={dim}"
-    return _fma_case(f"soft_assign_{kernel}", arch, variant, fn, types, constexprs, config)
+    variant = _label(variant, strided)
+    return _fma_case(f"soft_assign_{kernel}", arch, variant, fn, types, constexprs, config, strided)
 
 
 def all_cases():
@@ -406,7 +452,8 @@ def table(cases, results) -> list[str]:
     ]
     for case, result in zip(cases, results):
         estimate = ("", "", "")
-        if case.kernel == "assign" and "row-owned" in case.variant and case.arch == "sm_90":
+        estimated = (case.kernel, case.arch, case.strided) == ("assign", "sm_90", False)
+        if estimated and "row-owned" in case.variant:
             ours, baseline = estimate_ms(case)
             estimate = (f"{ours:.2f}", f"{baseline:.2f}", f"{baseline / ours:.1f}x")
         verdict = "; ".join(problems(case, result)) or "ok"
@@ -425,8 +472,13 @@ shipped Triton configuration is compiled with `triton.compile` for sm_80 and sm_
 {version}, no GPU needed); registers and spills come from `ptxas -v` on the generated PTX,
 shared memory from the compiled metadata, the instruction kind from the PTX (`wgmma`,
 `mma.sync`, or `fma` where no tensor-core instruction appears). `assign` is compiled in its
-heaviest form: metric l2 with the fused histogram. `soft_assign_scan` and
-`soft_assign_accumulate` (the two passes of `soft_assign_stats`) run on the FMA units by design.
+heaviest form: metric l2 with the fused histogram; `code_norms` is its ||c||^2 pre-pass.
+`soft_assign_scan` and `soft_assign_accumulate` (the two passes of `soft_assign_stats`) run on
+the FMA units by design. `code_sums`, `moments` and the `soft_assign` kernels appear twice: as
+contiguous inputs launch them (inner stride the constant 1) and, marked `strided`, with the
+inner stride as an i32 run-time argument, as a non-contiguous input (`x[:, ::2]`, `y.T`) does.
+`assign` and `finish_split` are launched with unit inner strides only: their launch copies
+strided rows or codes first (their general-stride form spills on sm_90).
 
 ## Roofline model (estimated H100 SXM5 time, N = K = 65,536)
 

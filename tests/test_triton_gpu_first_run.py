@@ -2,8 +2,10 @@
 script stops at once with its documented status; the driver's report logic runs on the CPU
 backends at a small K."""
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,3 +64,19 @@ def test_a_spent_time_budget_skips_every_cell(tmp_path):
     # assign: (ours, 2 peers) ieee, (ours, 1 peer) bf16; five more ops: (ours, 1 baseline).
     assert report.count("skipped: time budget spent") == 5 + 5 * 2
     assert report.count("| none |") == 7
+
+
+@pytest.mark.skipif(torch.version.cuda is not None, reason="needs a CPU-only torch")
+def test_script_with_a_gpu_but_no_cuda_torch_exits_4(tmp_path):
+    """A GPU (a stand-in nvidia-smi listing one) but PYTHON without a CUDA torch: status 4, and
+    the message says how to make the CUDA venv."""
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\necho 'GPU 0: stand-in'\n")
+    fake.chmod(0o755)
+    environment = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    environment["PYTHON"] = sys.executable
+    done = subprocess.run(
+        ["bash", str(SCRIPT)], capture_output=True, text=True, timeout=120, env=environment
+    )
+    assert done.returncode == 4, done
+    assert "has no CUDA build of torch" in done.stderr and ".venv-cuda" in done.stderr

@@ -2,8 +2,9 @@
 (configs.emulate): the tiles, chunk counts and split-K segmentation a GPU would launch, not the
 interpreter's single big tile, compared with the float64 oracle of wvq_kernels.testing. Shapes
 are small and ragged (no multiple of any block), so that masks, several tiles, several D chunks
-and both ways of cutting assign's work are all exercised. Inputs are strided (x[:, ::2]), the
-general-stride variants the AOT gate also compiles."""
+and both ways of cutting assign's work are all exercised. Inputs are strided (x[:, ::2]): code
+sums, moments and soft-assign then run their general-stride variants (which the AOT gate also
+compiles), while assign copies them to a unit inner stride (checked at the end)."""
 
 import contextlib
 import warnings
@@ -213,3 +214,44 @@ def test_issue_13_codes_5_128_and_256_tie_to_5(arch):
             with configs.emulate(arch, 4) if arch else contextlib.nullcontext():
                 indices, _, _ = triton_assign.launch_assign(x, codebook, metric, precision, False)
             assert (indices == 5).all(), (metric, precision, indices.unique().tolist())
+
+
+def test_assign_kernels_always_get_unit_inner_strides(monkeypatch):
+    """The launch copies strided rows and codes (y.T, x[:, ::2]) to a unit inner stride, the
+    only variant of assign_kernel and finish_split_kernel the AOT gate compiles; one column
+    passes 1 whatever its stride. The inputs are left as they were."""
+    launches = []
+    real_wrap = triton_assign.wrap_triton
+
+    def recording_wrap(kernel):
+        launcher = real_wrap(kernel)
+
+        class Recorder:
+            def __getitem__(self, grid):
+                def launch(*args, **kwargs):
+                    launches.append((kernel.fn.__name__, dict(zip(kernel.arg_names, args))))
+                    return launcher[grid](*args, **kwargs)
+
+                return launch
+
+        return Recorder()
+
+    monkeypatch.setattr(triton_assign, "wrap_triton", recording_wrap)
+    for dim in (1, 24):
+        rows_t, codes = random_inputs(dim, 1, 150, seed=dim)[0], random_inputs(300, 1, dim)[0]
+        x, codebook = rows_t.T, strided(codes)  # (150, D) and (300, D)
+        assert x.stride() == (1, 150) and codebook.stride() == (2 * dim, 2)
+        before = (x.clone(), codebook.clone())
+        for metric in METRICS:
+            launches.clear()
+            with _emulate("sm_80"):  # 64-code tiles: 3 segments of 300 codes
+                indices, distances, _ = triton_assign.launch_assign(
+                    x, codebook, metric, "ieee", True, 3
+                )
+            kernels = {name for name, _ in launches}
+            assert {"assign_kernel", "finish_split_kernel"} <= kernels
+            for name, arguments in launches:
+                if name in ("assign_kernel", "finish_split_kernel"):
+                    assert arguments["stride_xd"] == 1 and arguments["stride_cd"] == 1, name
+            check_assignment(x, codebook, indices, distances, metric, "ieee")
+        assert torch.equal(x, before[0]) and torch.equal(codebook, before[1])

@@ -422,7 +422,7 @@ def test_direct_op_calls_reject_zero_width_rows(op):
         pytest.skip("no cpu backend")
     x, codebook = torch.zeros(4, 0), torch.zeros(3, 0)
     indices = torch.zeros(4, dtype=torch.int64)
-    with pytest.raises(RuntimeError, match="D >= 1"):
+    with pytest.raises(RuntimeError, match="D must be at least 1"):
         ZERO_WIDTH_DIRECT_CALLS[op](x, codebook, indices)
 
 

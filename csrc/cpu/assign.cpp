@@ -356,7 +356,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> assign(const at::Tensor& x_in,
   TORCH_CHECK(x_in.dim() == 2 && codebook_in.dim() == 2, "wvq::assign: x and codebook must be 2-D");
   TORCH_CHECK(x_in.size(1) == codebook_in.size(1), "wvq::assign: dimension mismatch");
   TORCH_CHECK(codebook_in.size(0) > 0, "wvq::assign: empty codebook");
-  TORCH_CHECK(x_in.size(1) > 0, "wvq::assign: x must have D >= 1 columns");
+  TORCH_CHECK(x_in.size(1) > 0, "wvq::assign: D must be at least 1, got 0");
   TORCH_CHECK(precision == "ieee" || precision == "bf16",
               "wvq::assign: precision must be ieee or bf16, got ", precision);
   const Metric metric = parse_metric(metric_name);

@@ -94,7 +94,7 @@ std::tuple<at::Tensor, at::Tensor> code_sums(const at::Tensor& indices_in, const
   TORCH_CHECK(x_in.dim() == 2 && indices_in.dim() == 1 && indices_in.size(0) == x_in.size(0),
               "wvq::code_sums: expected indices (N,) and x (N, D)");
   TORCH_CHECK(at::isFloatingType(x_in.scalar_type()), "wvq::code_sums: x must be floating point");
-  TORCH_CHECK(x_in.size(1) > 0, "wvq::code_sums: x must have D >= 1 columns");
+  TORCH_CHECK(x_in.size(1) > 0, "wvq::code_sums: D must be at least 1, got 0");
   const at::Tensor indices = indices_in.contiguous(), x = x_in.contiguous();
   check_indices(indices, num_codes);
   const int64_t n = x.size(0), dim = x.size(1);

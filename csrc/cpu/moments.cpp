@@ -74,7 +74,7 @@ void add_tile(const scalar_t* x, int64_t rows, int64_t dim, Accumulator& group,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> moments(const at::Tensor& x_in) {
   TORCH_CHECK(x_in.dim() == 2, "wvq::moments: x must be 2-D (N, D)");
   TORCH_CHECK(at::isFloatingType(x_in.scalar_type()), "wvq::moments: x must be floating point");
-  TORCH_CHECK(x_in.size(1) > 0, "wvq::moments: x must have D >= 1 columns");
+  TORCH_CHECK(x_in.size(1) > 0, "wvq::moments: D must be at least 1, got 0");
   const at::Tensor x = x_in.contiguous();
   const int64_t n = x.size(0), dim = x.size(1);
   const int64_t tiles = (n + kTileRows - 1) / kTileRows;

@@ -176,7 +176,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> soft_assi
               "wvq::soft_assign_stats: x and codebook must be 2-D");
   TORCH_CHECK(x_in.size(1) == codebook_in.size(1), "wvq::soft_assign_stats: dimension mismatch");
   TORCH_CHECK(codebook_in.size(0) > 0, "wvq::soft_assign_stats: empty codebook");
-  TORCH_CHECK(x_in.size(1) > 0, "wvq::soft_assign_stats: x must have D >= 1 columns");
+  TORCH_CHECK(x_in.size(1) > 0, "wvq::soft_assign_stats: D must be at least 1, got 0");
   TORCH_CHECK(at::isFloatingType(x_in.scalar_type()) &&
                   at::isFloatingType(codebook_in.scalar_type()),
               "wvq::soft_assign_stats: inputs must be floating point");

@@ -18,7 +18,11 @@ rounded to bf16 for precision="bf16" and transposed to (D, K) so tiles load coal
 ||c||^2 is then taken from exactly those values by code_norms_kernel (tf32 rounds inside the
 tensor cores, which no fp32 value can mirror, so its norms stay fp32). Rows are loaded raw and
 cast in the kernel; only cosine normalises them first, in fp32 (one O(N*D) pass, as the op
-contract prescribes).
+contract prescribes). Rows or codes whose columns are strided (x[:, ::2], y.T) are copied to a
+unit inner stride first, one O(N*D) pass: the kernels then always run their unit-stride
+variant, which the ahead-of-time gate checks. The general-stride variant spills on sm_90 (a
+run-time column stride costs registers in every reloaded row chunk; measured by the gate) and
+its loads would not coalesce.
 
 Exact ties. Identical codes must get bitwise-identical scores wherever they sit (which tile,
 which column of it, which split-K segment), or rounding picks a later copy. A score is
@@ -368,6 +372,14 @@ def _scored_operands(x: Tensor, codebook: Tensor, metric: str, precision: str, a
     return rows, codes_t, norms, dist_codes
 
 
+def _unit_inner_stride(t: Tensor) -> tuple[Tensor, int, int]:
+    """(t, its row stride, 1): copied first if its columns are strided. With one column the
+    column stride addresses nothing, so 1 is passed whatever it is."""
+    if t.shape[1] > 1 and t.stride(1) != 1:
+        t = t.contiguous()
+    return t, t.stride(0), 1
+
+
 def launch_assign(
     x: Tensor,
     codebook: Tensor,
@@ -398,8 +410,8 @@ def launch_assign(
         "BLOCK_D": config.block_d,
         "D_CHUNKS": triton.cdiv(dim, config.block_d),
     }
-    row_args = (rows, rows.stride(0), rows.stride(1))
-    dist_codes_args = (dist_codes, dist_codes.stride(0), dist_codes.stride(1))
+    row_args = _unit_inner_stride(rows)
+    dist_codes_args = _unit_inner_stride(dist_codes)
     outputs = (indices, distances, counts)
     grid = (triton.cdiv(num_rows, config.block_n), splits)
     wrap_triton(assign_kernel)[grid](

@@ -44,6 +44,8 @@ INDEX_DTYPES = [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64]
 METRICS = ["l2", "cosine", "dot"]
 PRECISIONS = ["ieee", "bf16", "auto"]
 LAYOUTS = ["contiguous", "strided", "transposed"]
+# Rows of a "spread" case are scaled apart by up to 10^SPREAD either way.
+SPREAD = 6
 # Scales of N(0, 1) values: float32 denormals to 1e30; each dtype keeps those it can hold.
 SCALES = [1e-40, 1e-30, 1e-20, 1e-10, 1e-3, 1.0, 1e3, 1e10, 1e18, 1e20, 1e30]
 # The Triton interpreter runs programs one after another in Python: a share of the examples.
@@ -83,6 +85,8 @@ batch_shapes = st.one_of(
     st.tuples(st.integers(0, 8), st.integers(0, 8)),
     st.tuples(st.integers(1, 3), st.integers(0, 4), st.integers(0, 4)),
 )
+# Enough rows for the compiled kernels to split the work between threads and tiles.
+large_batch_shapes = st.one_of(batch_shapes, st.tuples(st.integers(2000, 40000)))
 small_batch_shapes = st.one_of(
     st.just(()), st.tuples(st.integers(0, 24)), st.tuples(st.integers(0, 3), st.integers(0, 5))
 )
@@ -105,8 +109,9 @@ class AssignCase:
     (num_codes, dim) of N(0, 1) values times ``scale`` and ``code_scale``. ``ties``: "none";
     "codes" (rows are codes or codes plus noise; the codebook always has exact duplicates);
     "rows" (duplicated rows); "near" (rows halfway between two codes, plus noise 1e-6 of a
-    code); "integers" (small integers at scale 1, so every float32 score is exact). The ties
-    are exact when both scales are equal."""
+    code); "integers" (small integers at scale 1, so every float32 score is exact); "spread"
+    (no ties, but rows scaled apart by up to 1e6 either way). The ties are exact when both
+    scales are equal."""
 
     batch: tuple[int, ...]
     num_codes: int
@@ -119,6 +124,11 @@ class AssignCase:
     metric: str
     precision: str
     seed: int
+
+    def scales(self) -> tuple[float, ...]:
+        """The scales of the rows and of the codebook."""
+        spread = 10.0**SPREAD if self.ties == "spread" else 1.0
+        return self.scale / spread, self.scale * spread, self.code_scale
 
     def build(self) -> tuple[Tensor, Tensor]:
         generator = torch.Generator().manual_seed(self.seed)
@@ -135,6 +145,8 @@ class AssignCase:
             x = (codebook[picks[0]] + codebook[picks[1]]) / 2 + 1e-6 * x
         elif self.ties == "integers":
             x, codebook = (x * 3).round(), (codebook * 3).round()
+        elif self.ties == "spread":
+            x = x * 10.0 ** torch.randint(-SPREAD, SPREAD + 1, (rows, 1), generator=generator)
         exact = self.ties == "integers"
         x = (x * (1.0 if exact else self.scale)).to(self.dtype).reshape(*self.batch, self.dim)
         codebook = (codebook * (1.0 if exact else self.code_scale)).to(self.dtype)
@@ -155,10 +167,10 @@ DOT_SCALE_PRODUCT_LIMIT_UNTIL_OVERFLOW_FIX = 1e30
 
 
 def _within_known_bugs(case: AssignCase, backend: str) -> bool:
-    scales = (case.scale, case.code_scale)
+    scales = case.scales()
     if case.metric == "l2" and max(scales) > L2_SCALE_LIMIT_UNTIL_OVERFLOW_FIX:
         return False
-    dot_overflows = math.prod(scales) > DOT_SCALE_PRODUCT_LIMIT_UNTIL_OVERFLOW_FIX
+    dot_overflows = max(scales[:2]) * scales[2] > DOT_SCALE_PRODUCT_LIMIT_UNTIL_OVERFLOW_FIX
     if case.metric == "dot" and backend != "cpu" and dot_overflows:
         return False
     low, high = REFERENCE_COSINE_SCALES_UNTIL_NORM_FIX
@@ -170,12 +182,14 @@ def _within_known_bugs(case: AssignCase, backend: str) -> bool:
 def assign_cases(
     draw,
     batch=batch_shapes,
-    ties=("none", "codes", "rows", "near", "integers"),
+    ties=("none", "codes", "rows", "near", "integers", "spread"),
     metrics=tuple(METRICS),
 ):
     dtype = draw(st.sampled_from(FLOAT_DTYPES))
     metric = draw(st.sampled_from(metrics))
-    scale = draw(st.sampled_from(_scales_for(dtype)))
+    tie = draw(st.sampled_from(ties))
+    headroom = 8 * 10.0**SPREAD if tie == "spread" else 8
+    scale = draw(st.sampled_from(_scales_for(dtype, headroom)))
     return AssignCase(
         batch=draw(batch),
         num_codes=draw(code_counts),
@@ -184,7 +198,7 @@ def assign_cases(
         scale=scale,
         code_scale=draw(st.one_of(st.just(scale), st.sampled_from(_scales_for(dtype)))),
         layout=draw(st.sampled_from(LAYOUTS)),
-        ties=draw(st.sampled_from(ties)),
+        ties=tie,
         metric=metric,
         precision=draw(st.sampled_from(PRECISIONS)),
         seed=draw(st.integers(0, 2**16)),
@@ -218,6 +232,7 @@ def _check_assign(case: AssignCase, backend: str) -> None:
 @given(case=assign_cases())
 @example(case=LARGE_K)
 @example(case=replace(LARGE_K, metric="cosine", precision="bf16", dtype=torch.bfloat16))
+@example(case=replace(LARGE_K, batch=(3000,), num_codes=3000, dim=59, ties="near"))
 def test_assign_meets_the_oracle(backend, case):
     _check_assign(case, backend)
 
@@ -226,7 +241,7 @@ def test_assign_meets_the_oracle(backend, case):
 @given(case=assign_cases(batch=small_batch_shapes))
 def test_triton_assign_meets_the_oracle(case):
     bf16 = case.dtype == torch.bfloat16 or case.precision == "bf16"
-    assume(_interpreter_safe(bf16, case.scale, case.code_scale))
+    assume(_interpreter_safe(bf16, *case.scales()))
     _check_assign(case, "triton")
 
 
@@ -292,7 +307,7 @@ class IndexCase:
 
 
 @st.composite
-def index_cases(draw, batch=batch_shapes):
+def index_cases(draw, batch=large_batch_shapes):
     dtype = draw(st.sampled_from(FLOAT_DTYPES))
     scale = draw(st.sampled_from(_scales_for(dtype)))
     batch = draw(batch)
@@ -410,7 +425,7 @@ MOMENTS_DTYPES = [*FLOAT_DTYPES, torch.float64]
 
 
 @st.composite
-def rows_cases(draw, batch=batch_shapes):
+def rows_cases(draw, batch=large_batch_shapes):
     dtype = draw(st.sampled_from(MOMENTS_DTYPES))
     offset = draw(st.sampled_from([0.0, 1.0, 100.0]))
     # float64 rows span float32's scales: the kernels may compute in float32.

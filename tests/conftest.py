@@ -19,7 +19,7 @@ from wvq_kernels.testing import device_for
 # and sized for CI; WVQ_HYPOTHESIS_PROFILE=dev for a long search, whose failures are kept in
 # an ignored folder and replayed first on the next run.
 settings.register_profile(
-    "ci", derandomize=True, max_examples=12, deadline=None, print_blob=True, database=None
+    "ci", derandomize=True, max_examples=30, deadline=None, print_blob=True, database=None
 )
 settings.register_profile(
     "dev",

@@ -230,7 +230,7 @@ class AssignmentTruth:
     def failures(self, indices: Tensor, distances: Tensor, precision: str) -> list[str]:
         """What an assignment owes, as messages (empty when it meets all): dtypes and range,
         regret within the bound, the expected index on decisive rows, the reported distance
-        within its bound and, but for dot, not negative."""
+        within its bound (never NaN) and, but for dot, not negative."""
         indices, distances = indices.reshape(-1).cpu(), distances.reshape(-1).cpu()
         if indices.dtype != torch.int64 or distances.dtype != torch.float32:
             return [f"dtypes {indices.dtype}, {distances.dtype} instead of int64, float32"]
@@ -273,6 +273,8 @@ class AssignmentTruth:
                 f"row {row}: distance {float(distances[row]):.6g} vs float64 "
                 f"{float(exact[row]):.6g} (bound {float(allowed[row]):.2g})"
             )
+        if distances.isnan().any():
+            problems.append(f"NaN distance in row {int(distances.isnan().nonzero()[0, 0])}")
         if self.metric != "dot" and (distances < 0).any():
             problems.append(f"negative {self.metric} distance {float(distances.min()):.3g}")
         return problems

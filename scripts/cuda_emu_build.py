@@ -12,7 +12,8 @@ launchers.h, the emulator's controls (wvq_emu_reset, wvq_emu_fault_message,
 wvq_emu_set_schedule) and its self-test kernels (csrc/emu/selftest.cu, wvq_emu_test_*).
 
 The emulation layer always comes from this checkout; the kernels from --csrc (default: this
-checkout's csrc; WVQ_EMU_CSRC overrides it), so that other trees can be checked against it.
+checkout's csrc; WVQ_EMU_CSRC overrides it), so that other trees can be checked against it;
+the library goes to --out (default build/cuda-emu; WVQ_EMU_BUILD overrides it).
 A build whose inputs and flags are unchanged is skipped. WVQ_EMU_ASAN=1 adds AddressSanitizer.
 
     python scripts/cuda_emu_build.py [--csrc DIR] [--out DIR] [--opt -O1] [--extra FLAG ...]
@@ -247,7 +248,8 @@ def _run(command: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--csrc", type=Path, default=os.environ.get("WVQ_EMU_CSRC", ROOT / "csrc"))
-    parser.add_argument("--out", type=Path, default=ROOT / "build" / "cuda-emu")
+    default_out = os.environ.get("WVQ_EMU_BUILD", ROOT / "build" / "cuda-emu")
+    parser.add_argument("--out", type=Path, default=default_out)
     parser.add_argument("--opt", default="-O1")
     parser.add_argument("--extra", action="append", default=[], help="more g++ flags")
     args = parser.parse_args()

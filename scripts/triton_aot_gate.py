@@ -131,6 +131,7 @@ def _assign_case(arch, precision, operand, dim, config, chunks, split):
     pointer = POINTER_TYPES[operand]
     types = {
         "x_ptr": pointer,
+        "row_scale_ptr": "*fp32",
         "codes_t_ptr": pointer,
         "dist_codes_ptr": pointer,
         "norms_ptr": "*fp32",

@@ -8,19 +8,9 @@ import torch
 import wvq_kernels as wvq
 from wvq_kernels.testing import check_assignment, relative_error, soft_assign_truth
 
-# The backends that scale their inputs so far; the Triton launcher follows.
-SCALING_BACKENDS = ["reference", "cpu"]
-
 # Largest magnitudes around and beyond what |c|^2 survives in float32 (~1.8e19), and below the
 # smallest normal float32 (~1.2e-38).
 MAGNITUDES = [1e20, 1e30, 1e-25, 1e-40]
-
-
-@pytest.fixture(params=SCALING_BACKENDS)
-def backend(request) -> str:
-    if not wvq.available_backends()[request.param]:
-        pytest.skip(f"no {request.param} backend")
-    return request.param
 
 
 def _codebook(magnitude: float, num_codes: int = 50, dim: int = 8) -> torch.Tensor:
@@ -45,9 +35,16 @@ def test_a_row_equal_to_a_code_picks_that_code(backend, metric, precision, magni
         assert (result.distances <= 1e-6).all(), result.distances
 
 
+# dot's reported distance -x.c is a float32 sum whose terms overflow above ~1.8e19 (inf - inf
+# is NaN): its large magnitudes stop where the products still fit, yet above 2^32 (scaled).
+ORACLE_CASES = [
+    *((metric, magnitude) for metric in ("l2", "cosine") for magnitude in MAGNITUDES),
+    *(("dot", magnitude) for magnitude in (1e15, 1e-25, 1e-40)),
+]
+
+
 @pytest.mark.parametrize("precision", ["ieee", "bf16"])
-@pytest.mark.parametrize("metric", ["l2", "cosine", "dot"])
-@pytest.mark.parametrize("magnitude", MAGNITUDES)
+@pytest.mark.parametrize("metric, magnitude", ORACLE_CASES)
 def test_extreme_magnitudes_against_the_oracle(backend, metric, precision, magnitude):
     codebook = _codebook(magnitude, num_codes=300)
     generator = torch.Generator().manual_seed(1)

@@ -28,14 +28,14 @@ def assign(
 
     Returns (indices int64 (N,), distances float32 (N,), counts int64 (K,) or (0,)).
     """
-    row_scale, code_scale = _input_scales(x, codebook, metric)
-    codes = _score_operand(codebook, metric, precision) * code_scale
+    row_scale, code_scale = input_scales(x, codebook, metric)
+    codes = _score_operand(codebook, metric, precision, code_scale)
     # For l2 the row norm is the same for every code, so the score is ||c||^2 - 2 x.c.
     code_sq_norms = codes.square().sum(dim=1) if metric == "l2" else None
     first_identical = _first_identical(codes)
     indices = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
     for start in range(0, x.shape[0], ROW_BLOCK):
-        rows = _score_operand(x[start : start + ROW_BLOCK], metric, precision) * row_scale
+        rows = _score_operand(x[start : start + ROW_BLOCK], metric, precision, row_scale)
         best = _argmin_scores(rows, codes, code_sq_norms)
         indices[start : start + ROW_BLOCK] = first_identical[best]
     distances = _chosen_distances(x, codebook, indices, metric)
@@ -194,7 +194,7 @@ def _exact_sq_distances(rows: Tensor, codes: Tensor) -> Tensor:
     return torch.cdist(rows, codes, compute_mode="donot_use_mm_for_euclid_dist").square()
 
 
-def _input_scales(x: Tensor, codebook: Tensor, metric: str) -> tuple[Tensor, Tensor]:
+def input_scales(x: Tensor, codebook: Tensor, metric: str) -> tuple[Tensor, Tensor]:
     """Powers of two for the rows and the codes (0-dim float32 tensors, no host sync), as the CPU
     kernel chooses them: 1 while the largest magnitude lies in [2^-32, 2^32], else the power that
     brings it into [1, 2). Exact, and the scores keep their order, but |c|^2 no longer overflows
@@ -223,13 +223,15 @@ def _power_of_two_scale(largest: Tensor) -> Tensor:
     return torch.where(keep, 1.0, torch.ldexp(torch.ones_like(largest), shift.to(torch.float32)))
 
 
-def _score_operand(t: Tensor, metric: str, precision: str) -> Tensor:
-    """The float32 values the scores are computed from: normalised for cosine, then rounded
-    through bf16 when precision='bf16' (bf16 products are exact in float32, so only this
-    rounding distinguishes the bf16 path)."""
+def _score_operand(t: Tensor, metric: str, precision: str, scale: Tensor) -> Tensor:
+    """The float32 values the scores are computed from: normalised for cosine, times the power
+    of two of input_scales, then rounded through bf16 when precision='bf16' (bf16 products are
+    exact in float32, so only this rounding distinguishes the bf16 path; scaling first keeps
+    subnormal inputs' bits, as the CPU and GPU kernels do)."""
     t = t.to(torch.float32)
     if metric == "cosine":
         t = normalise_rows(t)
+    t = t * scale
     if precision == "bf16":
         t = t.to(torch.bfloat16).to(torch.float32)
     return t

@@ -45,7 +45,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
-from wvq_kernels.reference import normalise_rows
+from wvq_kernels.reference import input_scales, normalise_rows
 from wvq_kernels.triton import configs
 
 METRIC_CODES = {"l2": 0, "cosine": 1, "dot": 2}
@@ -72,14 +72,16 @@ def _load_rows(
     cols,
     D,
     stride_xd,
+    row_scale,
     ROUND_BF16: tl.constexpr,
     INTERPRETED: tl.constexpr,
 ):
-    """A (rows, cols) tile of x as the dot sees it: fp32, or rounded to bf16 (kept in fp32 when
-    INTERPRETED: the interpreter's bf16 conversion and arithmetic are wrong)."""
+    """A (rows, cols) tile of x as the dot sees it: fp32 times row_scale (a power of two), or
+    that rounded to bf16 (kept in fp32 when INTERPRETED: the interpreter's bf16 conversion and
+    arithmetic are wrong)."""
     mask = row_mask[:, None] & (cols < D)[None, :]
     pointers = x_ptr + row_offsets[:, None] + cols[None, :].to(tl.int64) * stride_xd
-    tile = tl.load(pointers, mask=mask, other=0.0).to(tl.float32)
+    tile = tl.load(pointers, mask=mask, other=0.0).to(tl.float32) * row_scale
     if ROUND_BF16:
         if INTERPRETED:
             tile = _round_to_bf16_in_fp32(tile)
@@ -173,6 +175,7 @@ def assign_kernel(
     x_ptr,
     stride_xn,
     stride_xd,  # rows (N, D) as scored: x, or unit rows for cosine
+    row_scale_ptr,  # (1,) fp32: the power of two of reference.input_scales for the rows
     codes_t_ptr,  # scored codes, (D, K) contiguous, fp32 or bf16
     norms_ptr,  # (K,) fp32 ||c||^2 of the scored codes (l2 only)
     dist_codes_ptr,
@@ -203,8 +206,9 @@ def assign_kernel(
     # The first BLOCK_D columns of the rows stay in registers for the whole codebook stream;
     # wider rows reload their other chunks (from L1/L2) for every code tile.
     first_cols = tl.arange(0, BLOCK_D)
+    row_scale = tl.load(row_scale_ptr)
     first_rows = _load_rows(
-        x_ptr, row_offsets, row_mask, first_cols, D, stride_xd, ROUND_BF16, INTERPRETED
+        x_ptr, row_offsets, row_mask, first_cols, D, stride_xd, row_scale, ROUND_BF16, INTERPRETED
     )
     best_score = tl.full([BLOCK_N], float("inf"), dtype=tl.float32)
     best_index = tl.zeros([BLOCK_N], dtype=tl.int32)
@@ -226,7 +230,15 @@ def assign_kernel(
         for chunk in range(1, D_CHUNKS):
             cols = chunk * BLOCK_D + tl.arange(0, BLOCK_D)
             row_tile = _load_rows(
-                x_ptr, row_offsets, row_mask, cols, D, stride_xd, ROUND_BF16, INTERPRETED
+                x_ptr,
+                row_offsets,
+                row_mask,
+                cols,
+                D,
+                stride_xd,
+                row_scale,
+                ROUND_BF16,
+                INTERPRETED,
             )
             code_tile = _load_code_tile(codes_t_ptr, cols, codes, code_mask, D, K, row_tile.dtype)
             dots = _tile_dot(row_tile, code_tile, dots, DOT_PRECISION, INTERPRETED)
@@ -356,9 +368,11 @@ def split_count(num_rows: int, num_codes: int, config: configs.AssignConfig, sms
 
 
 def _scored_operands(x: Tensor, codebook: Tensor, metric: str, precision: str, arch: str | None):
-    """(rows to score, codes to score transposed (D, K), ||c||^2 (l2 only, else empty), codes
-    for the distance)."""
-    codes = codebook.to(torch.float32)
+    """(rows to score, their scale (1,), codes to score transposed (D, K), ||c||^2 (l2 only,
+    else empty), codes for the distance). l2 and dot scale extreme inputs by powers of two as
+    the reference does (reference.input_scales): the codes here, the rows in the kernel."""
+    row_scale, code_scale = input_scales(x, codebook, metric)
+    codes = codebook.to(torch.float32) * code_scale
     rows = x
     if metric == "cosine":
         rows, codes = normalise_rows(x.to(torch.float32)), normalise_rows(codes)
@@ -369,7 +383,7 @@ def _scored_operands(x: Tensor, codebook: Tensor, metric: str, precision: str, a
     norms = (
         code_norms(codes_t, arch) if metric == "l2" else codes_t.new_empty(0, dtype=torch.float32)
     )
-    return rows, codes_t, norms, dist_codes
+    return rows, row_scale.reshape(1), codes_t, norms, dist_codes
 
 
 def _unit_inner_stride(t: Tensor) -> tuple[Tensor, int, int]:
@@ -392,7 +406,9 @@ def launch_assign(
     num_rows, dim = x.shape
     num_codes = codebook.shape[0]
     arch = configs.device_arch(x.device)
-    rows, codes_t, norms, dist_codes = _scored_operands(x, codebook, metric, precision, arch)
+    rows, row_scale, codes_t, norms, dist_codes = _scored_operands(
+        x, codebook, metric, precision, arch
+    )
     config = configs.assign_config(dim, configs.dot_kind(precision), arch)
     if splits is None:
         splits = split_count(num_rows, num_codes, config, configs.sm_count(x.device))
@@ -416,6 +432,7 @@ def launch_assign(
     grid = (triton.cdiv(num_rows, config.block_n), splits)
     wrap_triton(assign_kernel)[grid](
         *row_args,
+        row_scale,
         codes_t,
         norms,
         *dist_codes_args,

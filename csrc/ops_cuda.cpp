@@ -3,12 +3,15 @@
 // build of torch, as the separate object wvq_kernels._C_cuda.
 #include <Python.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/aminmax.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
+#include <ATen/ops/maximum.h>
 #include <ATen/ops/searchsorted.h>
 #include <ATen/ops/sub.h>
 #include <ATen/ops/sort.h>
+#include <ATen/ops/stack.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -88,6 +91,13 @@ void check_rows_and_codebook(const at::Tensor& x, const at::Tensor& codebook, co
   TORCH_CHECK(x.size(1) > 0, "wvq::", op, ": D must be at least 1, got 0");
 }
 
+// max |t| as a float32 0-dim device tensor (no host sync, no |t| temporary), from which the
+// assignment kernels take their input scales.
+at::Tensor largest_magnitude(const at::Tensor& t) {
+  const auto [low, high] = at::aminmax(t);
+  return at::maximum(-low, high).to(at::kFloat);
+}
+
 // Mixed inputs: both promoted, since the kernels read one element type.
 void promote_to_common_type(at::Tensor& x, at::Tensor& codebook) {
   if (codebook.scalar_type() == x.scalar_type()) return;
@@ -114,8 +124,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> assign(const at::Tensor& x_in,
   at::Tensor counts = at::zeros({histogram ? k : 0}, x.options().dtype(at::kLong));
   if (n == 0) return {indices, distances, counts};
   at::Tensor work = workspace(wvq_assign_workspace_bytes(n, k, d, mode), x);
+  const at::Tensor largest = at::stack({largest_magnitude(x), largest_magnitude(codebook)});
   C10_CUDA_CHECK(wvq_assign(x.data_ptr(), codebook.data_ptr(), dtype_code(x), n, k, d,
-                            metric_code(metric), mode, work.data_ptr(), indices.data_ptr<int64_t>(),
+                            metric_code(metric), mode, largest.data_ptr<float>(),
+                            work.data_ptr(), indices.data_ptr<int64_t>(),
                             distances.data_ptr<float>(),
                             histogram ? counts.data_ptr<int64_t>() : nullptr, current_stream()));
   return {indices, distances, counts};

@@ -28,8 +28,8 @@ MUTATIONS = {
     ),
     "assign-barrier-after-restaging": (
         "cuda/assign.cu",
-        "window_width(next_chunk), tiles);\n      __syncthreads();\n",
-        "window_width(next_chunk), tiles);\n",
+        "window_width(next_chunk), magnitude, tiles);\n      __syncthreads();\n",
+        "window_width(next_chunk), magnitude, tiles);\n",
         "assign_matches_float64 and l2",
     ),
     "assign-row-column-index": (

@@ -50,7 +50,7 @@ POISON = 0xCD
 i64, ptr, i32, f64 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_double
 SIGNATURES = {
     "wvq_assign_workspace_bytes": (ctypes.c_size_t, [i64, i64, i64, i32]),
-    "wvq_assign": (i32, [ptr, ptr, i32, i64, i64, i64, i32, i32, ptr, ptr, ptr, ptr, ptr]),
+    "wvq_assign": (i32, [ptr, ptr, i32, i64, i64, i64, i32, i32, ptr, ptr, ptr, ptr, ptr, ptr]),
     "wvq_code_histogram": (i32, [ptr, i64, i64, ptr, ptr]),
     "wvq_code_sums_workspace_bytes": (ctypes.c_size_t, [i64, i64]),
     "wvq_code_sums": (i32, [ptr, ptr, ptr, ptr, i32, i64, i64, i64, ptr, ptr, ptr]),
@@ -180,9 +180,11 @@ def assign(lib, x, codebook, metric, precision, histogram=True):
     work = workspace(lib.wvq_assign_workspace_bytes(n, k, d, mode))
     indices, distances = poisoned((n,), torch.int64), poisoned((n,), torch.float32)
     counts = torch.zeros(k, dtype=torch.int64) if histogram else None
+    # The largest magnitudes of x and the codebook, as ops_cuda.cpp computes them.
+    largest = torch.stack([x.abs().amax() if n else torch.zeros(()), codebook.abs().amax()]).float()
     call(lib, "wvq_assign", address(x), address(codebook), DTYPES[x.dtype], n, k, d,
-         METRICS[metric], mode, address(work), address(indices), address(distances),
-         address(counts), None)  # fmt: skip
+         METRICS[metric], mode, address(largest), address(work), address(indices),
+         address(distances), address(counts), None)  # fmt: skip
     return indices, distances, counts
 
 
@@ -291,6 +293,22 @@ def test_assign_ties_go_to_the_smallest_index_across_segments(lib, precision, or
     indices, _, counts = assign(lib, x, codebook, "l2", precision)
     assert (indices == 0).all()
     assert counts[0] == 5 and counts.sum() == 5
+
+
+@pytest.mark.parametrize("precision", ["ieee", "tf32", "bf16"])
+@pytest.mark.parametrize("metric", ["l2", "cosine", "dot"])
+@pytest.mark.parametrize("magnitude", [1e20, 1e30, 1e-25, 1e-40])
+def test_assign_extreme_magnitudes(lib, metric, precision, magnitude):
+    """Norms whose squares overflow float32 and subnormal inputs (issue 13, item 9): the input
+    scales of common/input_scale.h; rows equal to codes must find them."""
+    generator = torch.Generator().manual_seed(0)
+    codebook = torch.randn(300, 8, generator=generator) * magnitude
+    chosen = [7, 3, 299, 0]
+    x = torch.cat([codebook[chosen], torch.randn(30, 8, generator=generator) * magnitude])
+    indices, distances, _ = assign(lib, x, codebook, metric, precision)
+    check_assignment(x, codebook, indices, distances, metric, precision)
+    if metric != "dot":
+        assert indices[: len(chosen)].tolist() == chosen
 
 
 def test_assign_without_histogram(lib):

@@ -12,7 +12,7 @@
 // blocks sized for L2 are the outer loop and row tiles sized for registers the inner one.
 //
 // Inputs whose largest magnitude lies outside [2^-32, 2^32] are scaled by a power of two first
-// (exact, and it preserves the order of the scores): otherwise |c|^2 overflows to inf above
+// (common/input_scale.h; exact, and it preserves the order of the scores): otherwise |c|^2 overflows to inf above
 // ~1.8e19 and every score becomes inf or NaN, and bf16 dot products (vdpbf16ps treats subnormal
 // inputs as zero) lose subnormal inputs entirely. Reported distances come from the unscaled
 // inputs.
@@ -28,6 +28,7 @@
 #include <limits>
 #include <vector>
 
+#include "common/input_scale.h"
 #include "cpu_ops.h"
 #include "microkernel.h"
 #include "parallel.h"
@@ -170,14 +171,6 @@ double max_magnitude(const scalar_t* data, int64_t count) {
   return *std::max_element(slice_max.begin(), slice_max.end());
 }
 
-// 1 for magnitudes in [2^-32, 2^32] (and for all-zero or non-finite inputs), else the power of
-// two that brings the largest magnitude into [1, 2).
-double power_of_two_scale(double largest) {
-  if (!(largest > 0.0) || !std::isfinite(largest)) return 1.0;
-  const int exponent = std::ilogb(largest);
-  return std::abs(exponent) <= 32 ? 1.0 : std::ldexp(1.0, -exponent);
-}
-
 struct Scales {
   double rows, codes;
 };
@@ -187,8 +180,10 @@ struct Scales {
 template <typename scalar_t>
 Scales input_scales(Metric metric, const at::Tensor& x, const at::Tensor& codebook) {
   if (metric == Metric::kCosine) return {1.0, 1.0};
-  const double rows = max_magnitude(x.data_ptr<scalar_t>(), x.numel());
-  const double codes = max_magnitude(codebook.data_ptr<scalar_t>(), codebook.numel());
+  // Maxima of float-representable values: exact as floats.
+  const auto rows = static_cast<float>(max_magnitude(x.data_ptr<scalar_t>(), x.numel()));
+  const auto codes =
+      static_cast<float>(max_magnitude(codebook.data_ptr<scalar_t>(), codebook.numel()));
   if (metric == Metric::kDot) return {power_of_two_scale(rows), power_of_two_scale(codes)};
   const double both = power_of_two_scale(std::max(rows, codes));
   return {both, both};

@@ -19,8 +19,14 @@
 // folds the scores into a running (min, argmin) per row held in registers. Each segment's
 // winner enters a per-row packed 64-bit key with atomicMin, which keeps the smallest score and,
 // on ties, the smallest index, whatever order segments finish in. finish_kernel decodes the
-// keys, recomputes the distance from the unrounded inputs and adds the chosen codes to the
+// keys, recomputes the distance from the unrounded inputs (in double, so that norms above
+// ~1.8e19 or below ~1e-19 neither overflow nor vanish) and adds the chosen codes to the
 // histogram with warp-aggregated atomics.
+//
+// Inputs whose largest magnitude (`largest`, computed on the device by the caller) lies outside
+// [2^-32, 2^32] are multiplied by a power of two as they become operands (common/input_scale.h):
+// one scale for both sides under l2, one per side otherwise. Exact, the scores keep their order,
+// and |c|^2 cannot overflow nor fp32 norms vanish for cosine.
 #include <mma.h>
 
 #include <algorithm>
@@ -28,6 +34,7 @@
 #include <type_traits>
 
 #include "common/assign_layout.h"
+#include "common/input_scale.h"
 #include "common/packed_key.h"
 #include "device_utils.cuh"
 
@@ -274,36 +281,58 @@ struct TensorCoreMath {
 template <int precision>
 using TileMath = std::conditional_t<precision == kWvqIeee, SimtMath, TensorCoreMath<precision>>;
 
-// The factor each row is multiplied by before it becomes an operand (see the file comment).
+// The powers of two of the file comment, for the rows and for the codes.
+struct InputScales {
+  float rows, codes;
+};
+
+__device__ InputScales input_scales(const float* largest, int metric) {
+  if (metric == kWvqL2) {
+    const float both = power_of_two_scale(fmaxf(largest[0], largest[1]));
+    return {both, both};
+  }
+  return {power_of_two_scale(largest[0]), power_of_two_scale(largest[1])};
+}
+
+// The factor each row, once multiplied by its power of two `magnitude` (which keeps the cosine
+// norm's squares in range), is multiplied by before it becomes an operand (see the file
+// comment). Two factors, not their product: that would overflow for subnormal rows.
 template <typename T>
-__device__ float row_scale(const T* row, int64_t dim, int metric) {
+__device__ float row_scale(const T* row, int64_t dim, int metric, float magnitude) {
   if (metric == kWvqL2) return -2.0f;
   if (metric == kWvqDot) return -1.0f;
   float squares = 0.0f;
-  for (int64_t d = 0; d < dim; ++d) squares = fmaf(to_float(row[d]), to_float(row[d]), squares);
+  for (int64_t d = 0; d < dim; ++d) {
+    const float value = to_float(row[d]) * magnitude;
+    squares = fmaf(value, value, squares);
+  }
   return squares > 0.0f ? -1.0f / sqrtf(squares) : 0.0f;  // zero rows stay zero
 }
 
 // One warp per (padded) code: writes its operands and its bias.
 template <typename T, int precision>
 __global__ void pack_codebook_kernel(const T* codebook, int64_t num_codes, int64_t dim,
-                                     int64_t padded_dim, int metric, Operand<precision>* codes,
-                                     float* bias) {
+                                     int64_t padded_dim, int metric, const float* largest,
+                                     Operand<precision>* codes, float* bias) {
   using Layout = typename Config<precision>::Layout;
   const int64_t code = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   const bool real = code < num_codes;
   const T* source = codebook + (real ? code : 0) * dim;
+  const float magnitude = input_scales(largest, metric).codes;
   float squares = 0.0f;
   if (metric == kWvqCosine && real) {
-    for (int64_t d = lane; d < dim; d += 32) squares = fmaf(to_float(source[d]), to_float(source[d]), squares);
+    for (int64_t d = lane; d < dim; d += 32) {
+      const float value = to_float(source[d]) * magnitude;
+      squares = fmaf(value, value, squares);
+    }
     for (int offset = 16; offset > 0; offset /= 2) squares += __shfl_xor_sync(0xffffffffu, squares, offset);
   }
   const float scale = metric != kWvqCosine ? 1.0f : (squares > 0.0f ? 1.0f / sqrtf(squares) : 0.0f);
   float operand_squares = 0.0f;  // the l2 bias comes from the values the kernel multiplies
   for (int64_t d = lane; d < padded_dim; d += 32) {
     Operand<precision>& out = codes[Layout::packed_code_offset(code, d, padded_dim)];
-    store_operand(real && d < dim ? to_float(source[d]) * scale : 0.0f, out);
+    store_operand(real && d < dim ? to_float(source[d]) * magnitude * scale : 0.0f, out);
     operand_squares = fmaf(operand_value(out), operand_value(out), operand_squares);
   }
   for (int offset = 16; offset > 0; offset /= 2)
@@ -315,12 +344,13 @@ __global__ void pack_codebook_kernel(const T* codebook, int64_t num_codes, int64
 // element map follows the shared layout, so that consecutive lanes store consecutive words.
 template <typename T, int precision>
 __device__ void stage_rows(const T* x, int64_t num_rows, int64_t dim, int64_t first_row,
-                           int64_t d0, int width, SharedTiles<precision>& tiles) {
+                           int64_t d0, int width, float magnitude, SharedTiles<precision>& tiles) {
   for (int e = threadIdx.x; e < kTileRows * width; e += kThreads) {
     const bool dim_major = Config<precision>::kDimMajor;
     const int r = dim_major ? e % kTileRows : e / width, d = dim_major ? e / kTileRows : e % width;
     const int64_t row = first_row + r, column = d0 + d;
-    const float value = row < num_rows && column < dim ? to_float(x[row * dim + column]) : 0.0f;
+    const float value =
+        row < num_rows && column < dim ? to_float(x[row * dim + column]) * magnitude : 0.0f;
     store_operand(value * tiles.row_scale[r], tiles.row(r, d));
   }
 }
@@ -357,7 +387,7 @@ template <typename T, int precision>
 __global__ void __launch_bounds__(kThreads)
     assign_kernel(const T* x, int64_t num_rows, int64_t dim, int64_t padded_dim,
                   const Operand<precision>* codes, const float* bias, int64_t num_codes,
-                  int64_t codes_per_segment, int metric, uint64_t* keys) {
+                  int64_t codes_per_segment, int metric, const float* largest, uint64_t* keys) {
   using C = Config<precision>;
   constexpr int kChunksPerWindow = C::kWindowDim / C::kChunkDim;
   __shared__ __align__(128) SharedTiles<precision> tiles;
@@ -374,14 +404,15 @@ __global__ void __launch_bounds__(kThreads)
   const auto chunk_start = [&](int64_t tile, int chunk) {
     return codes + C::Layout::chunk_begin(first_tile + tile, chunk, padded_dim);
   };
+  const float magnitude = input_scales(largest, metric).rows;
   for (int r = threadIdx.x; r < kTileRows; r += kThreads) {
     const int64_t row = min(first_row + r, num_rows - 1);
-    tiles.row_scale[r] = row_scale(x + row * dim, dim, metric);
+    tiles.row_scale[r] = row_scale(x + row * dim, dim, metric, magnitude);
   }
   ChunkCarry<precision> carry;
   carry.load(chunk_start(0, 0), C::Layout::chunk_width(padded_dim, 0), bias + segment_begin);
   __syncthreads();  // row scales
-  stage_rows<T, precision>(x, num_rows, dim, first_row, 0, window_width(0), tiles);
+  stage_rows<T, precision>(x, num_rows, dim, first_row, 0, window_width(0), magnitude, tiles);
   carry.store(tiles, 0, C::Layout::chunk_width(padded_dim, 0), true, 0);
   __syncthreads();
 
@@ -411,7 +442,7 @@ __global__ void __launch_bounds__(kThreads)
       // Only when D exceeds the window: restage the rows for the next chunk.
       stage_rows<T, precision>(x, num_rows, dim, first_row,
                                int64_t{next_chunk / kChunksPerWindow} * C::kWindowDim,
-                               window_width(next_chunk), tiles);
+                               window_width(next_chunk), magnitude, tiles);
       __syncthreads();
     }
     chunk = next_chunk;
@@ -421,21 +452,22 @@ __global__ void __launch_bounds__(kThreads)
   math.commit_rows(keys, first_row, num_rows);
 }
 
-// The reported distance of the chosen code, in fp32 from the unrounded inputs.
+// The reported distance of the chosen code from the unrounded inputs, accumulated in double
+// (one row's worth of work) and rounded once.
 template <typename T>
 __device__ float chosen_distance(const T* row, const T* code, int64_t dim, int metric) {
-  float dot = 0.0f, row_squares = 0.0f, code_squares = 0.0f, l2 = 0.0f;
+  double dot = 0.0, row_squares = 0.0, code_squares = 0.0, l2 = 0.0;
   for (int64_t d = 0; d < dim; ++d) {
-    const float a = to_float(row[d]), b = to_float(code[d]);
-    dot = fmaf(a, b, dot);
-    row_squares = fmaf(a, a, row_squares);
-    code_squares = fmaf(b, b, code_squares);
-    l2 = fmaf(a - b, a - b, l2);
+    const double a = to_float(row[d]), b = to_float(code[d]);
+    dot = fma(a, b, dot);
+    row_squares = fma(a, a, row_squares);
+    code_squares = fma(b, b, code_squares);
+    l2 = fma(a - b, a - b, l2);
   }
-  if (metric == kWvqL2) return l2;
-  if (metric == kWvqDot) return -dot;
-  const float norms = sqrtf(row_squares) * sqrtf(code_squares);
-  return fmaxf(1.0f - (norms > 0.0f ? dot / norms : 0.0f), 0.0f);
+  if (metric == kWvqL2) return static_cast<float>(l2);
+  if (metric == kWvqDot) return static_cast<float>(-dot);
+  const double norms = sqrt(row_squares) * sqrt(code_squares);
+  return static_cast<float>(fmax(1.0 - (norms > 0.0 ? dot / norms : 0.0), 0.0));
 }
 
 template <typename T>
@@ -488,17 +520,19 @@ int64_t codes_per_segment(int64_t num_rows, int64_t num_codes) {
 
 template <typename T, int precision>
 cudaError_t launch_assign(const T* x, const T* codebook, int64_t num_rows, int64_t num_codes,
-                          int64_t dim, int metric, const Workspace& work, int64_t* indices,
-                          float* distances, int64_t* counts, cudaStream_t stream) {
+                          int64_t dim, int metric, const float* largest, const Workspace& work,
+                          int64_t* indices, float* distances, int64_t* counts,
+                          cudaStream_t stream) {
   auto* codes = static_cast<Operand<precision>*>(work.codes);
   const int64_t wide_dim = padded_dim(dim, precision), wide_codes = padded_codes(num_codes);
   pack_codebook_kernel<T, precision><<<ceil_div(wide_codes * 32, kThreads), kThreads, 0, stream>>>(
-      codebook, num_codes, dim, wide_dim, metric, codes, work.bias);
+      codebook, num_codes, dim, wide_dim, metric, largest, codes, work.bias);
   cudaMemsetAsync(work.keys, 0xff, sizeof(uint64_t) * num_rows, stream);
   const int64_t per_segment = codes_per_segment(num_rows, num_codes);
   const dim3 grid(ceil_div(num_rows, kTileRows), ceil_div(num_codes, per_segment));
   assign_kernel<T, precision><<<grid, kThreads, 0, stream>>>(
-      x, num_rows, dim, wide_dim, codes, work.bias, num_codes, per_segment, metric, work.keys);
+      x, num_rows, dim, wide_dim, codes, work.bias, num_codes, per_segment, metric, largest,
+      work.keys);
   finish_kernel<T><<<ceil_div(num_rows, kThreads), kThreads, 0, stream>>>(
       x, codebook, num_rows, dim, metric, work.keys, indices, distances, counts);
   return cudaGetLastError();
@@ -518,8 +552,9 @@ extern "C" size_t wvq_assign_workspace_bytes(int64_t num_rows, int64_t num_codes
 
 extern "C" cudaError_t wvq_assign(const void* x, const void* codebook, int dtype,
                                   int64_t num_rows, int64_t num_codes, int64_t dim, int metric,
-                                  int precision, void* workspace, int64_t* indices,
-                                  float* distances, int64_t* counts, cudaStream_t stream) {
+                                  int precision, const float* largest, void* workspace,
+                                  int64_t* indices, float* distances, int64_t* counts,
+                                  cudaStream_t stream) {
   if (num_rows == 0) return cudaSuccess;
   const Workspace work = carve(workspace, num_rows, num_codes);
   return with_input_type(dtype, [&](auto type_tag) {
@@ -528,14 +563,14 @@ extern "C" cudaError_t wvq_assign(const void* x, const void* codebook, int dtype
     const auto* codes = static_cast<const T*>(codebook);
     switch (precision) {
       case kWvqIeee:
-        return launch_assign<T, kWvqIeee>(rows, codes, num_rows, num_codes, dim, metric, work,
-                                          indices, distances, counts, stream);
+        return launch_assign<T, kWvqIeee>(rows, codes, num_rows, num_codes, dim, metric, largest,
+                                          work, indices, distances, counts, stream);
       case kWvqTf32:
-        return launch_assign<T, kWvqTf32>(rows, codes, num_rows, num_codes, dim, metric, work,
-                                          indices, distances, counts, stream);
+        return launch_assign<T, kWvqTf32>(rows, codes, num_rows, num_codes, dim, metric, largest,
+                                          work, indices, distances, counts, stream);
       case kWvqBf16:
-        return launch_assign<T, kWvqBf16>(rows, codes, num_rows, num_codes, dim, metric, work,
-                                          indices, distances, counts, stream);
+        return launch_assign<T, kWvqBf16>(rows, codes, num_rows, num_codes, dim, metric, largest,
+                                          work, indices, distances, counts, stream);
       default: return cudaErrorInvalidValue;
     }
   });

@@ -18,14 +18,16 @@ enum WvqPrecision { kWvqIeee = 0, kWvqTf32 = 1, kWvqBf16 = 2 };
 
 // Assignment: x (num_rows, dim) and codebook (num_codes, dim), both row-major and of `dtype`.
 // Writes indices (num_rows) and distances (num_rows); with counts != nullptr (zeroed,
-// num_codes) also the histogram of the chosen codes. `workspace` holds
-// wvq_assign_workspace_bytes(...) bytes: the packed codebook and one 64-bit key per row.
+// num_codes) also the histogram of the chosen codes. `largest` (device, two floats) holds the
+// largest magnitudes of x and of the codebook, from which the kernels take the power-of-two
+// input scales of common/input_scale.h. `workspace` holds wvq_assign_workspace_bytes(...)
+// bytes: the packed codebook and one 64-bit key per row.
 size_t wvq_assign_workspace_bytes(int64_t num_rows, int64_t num_codes, int64_t dim,
                                   int precision);
 cudaError_t wvq_assign(const void* x, const void* codebook, int dtype, int64_t num_rows,
                        int64_t num_codes, int64_t dim, int metric, int precision,
-                       void* workspace, int64_t* indices, float* distances, int64_t* counts,
-                       cudaStream_t stream);
+                       const float* largest, void* workspace, int64_t* indices,
+                       float* distances, int64_t* counts, cudaStream_t stream);
 
 // Adds the occurrences of each code in indices[0, n) to counts (num_codes, zeroed by caller).
 // Indices outside [0, num_codes) are skipped, so that no call writes out of bounds.

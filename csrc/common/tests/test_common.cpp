@@ -8,6 +8,7 @@
 
 #include "common/assign_layout.h"
 #include "common/chan_merge.h"
+#include "common/input_scale.h"
 #include "common/packed_key.h"
 #include "common/pair_moments.h"
 
@@ -148,6 +149,20 @@ static void assign_layout_is_a_bijection_of_contiguous_chunks() {
   }
 }
 
+static void input_scale_is_one_in_range_else_a_power_of_two() {
+  for (float largest : {0.0f, 1.0f, 3e-10f, 4e9f, std::numeric_limits<float>::infinity(),
+                        std::numeric_limits<float>::quiet_NaN()}) {
+    EXPECT(wvq::power_of_two_scale(largest) == 1.0f);
+  }
+  for (float largest : {1e20f, 3.4e38f, 1e-25f, 1e-40f}) {
+    const float scale = wvq::power_of_two_scale(largest);
+    int exponent = 0;
+    EXPECT(std::frexp(scale, &exponent) == 0.5f);  // a power of two
+    const float scaled = largest * scale;
+    EXPECT(largest < 1e-38f ? scaled > 1e-10f && scaled < 2.0f : scaled >= 1.0f && scaled < 2.0f);
+  }
+}
+
 int main() {
   packed_key_orders_like_scores_then_indices();
   packed_key_round_trips();
@@ -156,6 +171,7 @@ int main() {
   welford_pairs_merged_equal_two_pass();
   assign_layout_is_a_bijection_of_contiguous_chunks<true>();
   assign_layout_is_a_bijection_of_contiguous_chunks<false>();
+  input_scale_is_one_in_range_else_a_power_of_two();
   std::printf(failures == 0 ? "common host tests passed\n" : "%d failures\n", failures);
   return failures == 0 ? 0 : 1;
 }

@@ -479,7 +479,9 @@ the FMA units by design. `code_sums`, `moments` and the `soft_assign` kernels ap
 contiguous inputs launch them (inner stride the constant 1) and, marked `strided`, with the
 inner stride as an i32 run-time argument, as a non-contiguous input (`x[:, ::2]`, `y.T`) does.
 `assign` and `finish_split` are launched with unit inner strides only: their launch copies
-strided rows or codes first (their general-stride form spills on sm_90).
+strided rows or codes first (their general-stride form spills on sm_90). Which GPU backend
+`backend="auto"` runs each op on, and the roofline reasoning behind it until the first GPU run
+measures it, is in docs/gpu-routing.md.
 
 ## Roofline model (estimated H100 SXM5 time, N = K = 65,536)
 

@@ -14,6 +14,7 @@ import torch
 import wvq_kernels as wvq
 from wvq_kernels import reference
 from wvq_kernels.testing import (
+    SOFT_ASSIGN_GPU_SHAPES,
     SOFT_ASSIGN_TOLERANCE,
     check_assignment,
     code_sums_failures,
@@ -100,23 +101,9 @@ def _check_soft_assign(x, codebook, tau, lam, result):
     check_assignment(x, codebook, result.indices, result.distances, "l2", "ieee")
 
 
-# (N, K, D): empty and single rows, one chunk of dimensions and several, few rows and many codes
-# (the scan splits the codebook), many rows and few codes (row segments in the accumulation).
-SOFT_ASSIGN_SHAPES = [
-    (0, 17, 12),
-    (1, 17, 59),
-    (1, 1, 1),
-    (777, 300, 12),
-    (2049, 300, 59),
-    (3, 5000, 8),
-    (5000, 17, 8),
-    (600, 130, 40),
-]
-
-
 @pytest.mark.parametrize("lam", [0.01, 1.0])
 @pytest.mark.parametrize("tau", [0.1, 1.0, 10.0])
-@pytest.mark.parametrize("n, k, d", SOFT_ASSIGN_SHAPES)
+@pytest.mark.parametrize("n, k, d", SOFT_ASSIGN_GPU_SHAPES)
 def test_soft_assign_matches_float64(n, k, d, tau, lam):
     x, codebook = random_inputs(n, k, d, seed=n + k + d, device="cuda")
     result = wvq.soft_assign_stats(x, codebook, tau=tau, lam=lam, backend="cuda")

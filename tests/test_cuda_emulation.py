@@ -27,6 +27,7 @@ import torch
 
 from wvq_kernels import reference
 from wvq_kernels.testing import (
+    SOFT_ASSIGN_GPU_SHAPES,
     SOFT_ASSIGN_TOLERANCE,
     check_assignment,
     code_sums_failures,
@@ -434,23 +435,8 @@ def check_soft_assign(x, codebook, tau, lam, result):
     check_assignment(x, codebook, result[3], result[4], "l2", "ieee")
 
 
-# (N, K, D) of test_cuda.py: empty and single rows, one chunk of dimensions and several, few
-# rows and many codes (the scan splits the codebook), many rows and few codes (row segments in
-# the accumulation), every column-block width (8, 16, 32).
-SOFT_ASSIGN_SHAPES = [
-    (0, 17, 12),
-    (1, 17, 59),
-    (1, 1, 1),
-    (777, 300, 12),
-    (2049, 300, 59),
-    (3, 5000, 8),
-    (5000, 17, 8),
-    (600, 130, 40),
-]
-
-
 @pytest.mark.parametrize("tau, lam", [(0.1, 0.01), (1.0, 1.0), (10.0, 0.01)])
-@pytest.mark.parametrize("n, k, d", SOFT_ASSIGN_SHAPES)
+@pytest.mark.parametrize("n, k, d", SOFT_ASSIGN_GPU_SHAPES)
 def test_soft_assign_matches_float64(lib, n, k, d, tau, lam):
     x, codebook = random_inputs(n, k, d, seed=n + k + d)
     check_soft_assign(x, codebook, tau, lam, soft_assign(lib, x, codebook, tau, lam))

@@ -68,6 +68,20 @@ USAGE_TOLERANCE = 1e-5
 # Norm-wise relative error allowed on soft_assign_stats' float outputs and gradient: float32
 # distances and exponentials (each ~1e-7 relative) summed in float32 over K codes.
 SOFT_ASSIGN_TOLERANCE = 1e-4
+# (N, K, D) that take every path of the GPU soft_assign_stats kernels: empty and single rows,
+# one chunk of dimensions and several, few rows and many codes (the scan splits the codebook),
+# many rows and few codes (row segments in the accumulation), every column-block width (8, 16,
+# 32). tests/test_cuda.py runs them on a GPU, tests/test_cuda_emulation.py in the emulation.
+SOFT_ASSIGN_GPU_SHAPES = [
+    (0, 17, 12),
+    (1, 17, 59),
+    (1, 1, 1),
+    (777, 300, 12),
+    (2049, 300, 59),
+    (3, 5000, 8),
+    (5000, 17, 8),
+    (600, 130, 40),
+]
 # Low-precision rule: where the inputs are half precision, an op accumulating in float32 errs
 # against float64 by no more than this many times what plain PyTorch computing the same
 # definition in the inputs' precision errs (both judged on the same rounded inputs).

@@ -10,6 +10,7 @@ import functools
 import os
 import tempfile
 import time
+from unittest import mock
 
 import torch
 import torch.distributed as dist
@@ -125,10 +126,18 @@ def worker(rank: int, world: int, folder: str) -> None:
     dist.destroy_process_group()
 
 
+def spawn(function, world: int, folder: str) -> None:
+    # The ranks run CPU kernels only: without TRITON_INTERPRET (set by conftest.py) their import
+    # of wvq_kernels skips Triton, seconds per process on this machine.
+    with mock.patch.dict(os.environ):
+        os.environ.pop("TRITON_INTERPRET", None)
+        mp.spawn(function, args=(world, folder), nprocs=world, join=True)
+
+
 @functools.cache
 def run_world(world: int) -> list[dict]:
     folder = tempfile.mkdtemp(prefix="wvq-dist-")
-    mp.spawn(worker, args=(world, folder), nprocs=world, join=True)
+    spawn(worker, world, folder)
     # These files hold the ranks' Moments and Assignment tuples, written by this test.
     paths = [os.path.join(folder, f"rank{rank}.pt") for rank in range(world)]
     return [torch.load(path, weights_only=False) for path in paths]
@@ -257,7 +266,8 @@ def mismatched_worker(rank: int, world: int, folder: str) -> None:
 
 def test_a_mismatched_rank_fails_within_its_timeout():
     folder = tempfile.mkdtemp(prefix="wvq-dist-")
-    mp.spawn(mismatched_worker, args=(2, folder), nprocs=2, join=True)
+    spawn(mismatched_worker, 2, folder)
     outcome, seconds = torch.load(os.path.join(folder, "report.pt"))
-    assert outcome.startswith("raised"), outcome
-    assert seconds < 10 * MISMATCH_TIMEOUT.total_seconds()
+    assert outcome.startswith("raised") and "timed out" in outcome.lower(), outcome
+    limit = MISMATCH_TIMEOUT.total_seconds()
+    assert limit <= seconds < limit + 5

@@ -4,6 +4,8 @@ Importing works without the compiled extension: the pure-PyTorch reference backe
 there, and ``available_backends()`` says why the others are missing.
 """
 
+from wvq_kernels import distributed
+from wvq_kernels.distributed import assign_sharded
 from wvq_kernels.kmeans import kmeans
 from wvq_kernels.losses import gaussian_w2
 from wvq_kernels.ops import (
@@ -30,9 +32,11 @@ __all__ = [
     "SoftAssignStats",
     "__version__",
     "assign",
+    "assign_sharded",
     "available_backends",
     "code_histogram",
     "code_sums",
+    "distributed",
     "gaussian_w2",
     "kmeans",
     "moments",

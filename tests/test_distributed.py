@@ -12,6 +12,7 @@ import tempfile
 import time
 from unittest import mock
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -155,6 +156,13 @@ def test_is_distributed_and_no_op_without_a_group():
     assert not wd.is_distributed()
     assert wd.all_reduce_histogram(counts) is counts
     assert wd.all_gather_sizes(5) == [5]
+    x, codebook = global_rows(40, 0), torch.randn(9, D)
+    alone = wd.assign_sharded(x, codebook, metric="dot")
+    assert torch.equal(alone.indices, assign(x, codebook, metric="dot").indices)
+    with pytest.raises(TypeError, match="codebook_shard"):
+        wd.assign_sharded(x, codebook.double())
+    with pytest.raises(ValueError, match="codebook_shard"):
+        wd.assign_sharded(x, codebook[:0])
     assert all(run_world(world)[0]["distributed"] for world in (2, 3))
 
 

@@ -4,8 +4,9 @@ on GPU), and the sharded-codebook assignment built on them.
 Every function takes ``process_group``: ``None`` means the world group when torch.distributed
 is initialised; when it is not (or the group has one member) each function returns the local
 value unchanged, so single-process code needs no branch. Every rank of the group must call the
-same functions in the same order; a rank that does not makes the others fail after the group's
-``timeout`` (give every process group one) instead of hanging.
+same functions in the same order; a rank that does not (or that raises on its own bad input
+before a collective) makes the others fail after the group's ``timeout`` (give every process
+group one) instead of hanging.
 
 Tensors travel on the group's device (CPU for gloo, the current CUDA device for NCCL) and come
 back on the caller's device. Results are bitwise identical on every rank and do not depend on
@@ -185,8 +186,10 @@ def assign_sharded(
             x, codebook_shard, metric=metric, precision=precision, backend=backend
         )
     rows = x.detach().reshape(-1, x.shape[-1])
-    shard_sizes = all_gather_sizes(codebook_shard.shape[0], process_group)
-    row_counts = all_gather_sizes(rows.shape[0], process_group)
+    # One collective for both sizes of every rank.
+    local_sizes = torch.tensor([codebook_shard.shape[0], rows.shape[0]], dtype=torch.int64)
+    sizes = _gather_equal(local_sizes, process_group)
+    shard_sizes, row_counts = ([int(part[i]) for part in sizes] for i in range(2))
     if sum(shard_sizes) == 0 or sum(shard_sizes) >= 2**_INDEX_BITS:
         raise ValueError(
             f"codebook_shard: expected 1 to 2**32 - 1 codes in all, got {sum(shard_sizes)}"

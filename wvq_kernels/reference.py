@@ -284,7 +284,8 @@ def _argmin_scores(rows: Tensor, codes: Tensor, code_sq_norms: Tensor | None) ->
 
 
 def _chosen_distances(x: Tensor, codebook: Tensor, indices: Tensor, metric: str) -> Tensor:
-    """Distance to the chosen code, recomputed from the unrounded inputs in float32."""
+    """Distance to the chosen code, recomputed from the unrounded inputs in float32 (dot's
+    products in float64)."""
     distances = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
     for start in range(0, x.shape[0], ROW_BLOCK):
         rows = x[start : start + ROW_BLOCK].to(torch.float32)
@@ -299,7 +300,9 @@ def _pair_distances(rows: Tensor, codes: Tensor, metric: str) -> Tensor:
     if metric == "cosine":
         similarity = (normalise_rows(rows) * normalise_rows(codes)).sum(dim=1)
         return (1.0 - similarity).clamp_min(0.0)
-    return -(rows * codes).sum(dim=1)
+    # In float64, as the CPU and CUDA kernels: float32 terms beyond ~1.8e19 would add up to
+    # inf - inf = NaN where the true -x.c merely rounds to -inf or to a finite float32.
+    return -(rows.double() * codes.double()).sum(dim=1).to(torch.float32)
 
 
 def _counts(indices: Tensor, num_codes: int) -> Tensor:

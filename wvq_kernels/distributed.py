@@ -74,7 +74,8 @@ def all_reduce_histogram(counts: Tensor, process_group=None) -> Tensor:
     """The sum over ranks of the integer ``counts`` (K,), exactly, as int64."""
     if not is_distributed(process_group):
         return counts
-    total = counts.detach().to(_group_device(process_group), torch.int64)
+    # A copy: the in-place all_reduce must not write into the caller's tensor.
+    total = counts.detach().to(_group_device(process_group), torch.int64, copy=True)
     dist.all_reduce(total, op=dist.ReduceOp.SUM, group=process_group)
     return total.to(counts.device)
 

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from .. import _trusted as kernels
 from .. import _validation as check
+from .. import distributed
 from ..kmeans import kmeans
 from ..losses import gaussian_w2
 from ..ops import Assignment
@@ -89,6 +90,22 @@ class VectorQuantizer(nn.Module):
     int64 buffer ``skipped_nonfinite`` counts it. Training continues as if the batch had never
     been seen. The one exception is ``kmeans_init``: k-means syncs with the host anyway, so a
     non-finite first batch simply leaves the fit to the first finite one.
+
+    Many processes (``torch.distributed``): ``sync_stats=None`` (default) synchronises the
+    training statistics over ``process_group`` (None: the world group) whenever it has more
+    than one member; ``False`` keeps them per process. Synchronised, every training forward
+    all-reduces the EMA counts and sums (the histogram exactly, the sums in rank order), so
+    ``cluster_size``, ``usage_counts`` and the EMA codebook follow the global batch; feeds the
+    feature queue and the reservoir with every rank's rows in rank order (W's feature moments
+    and the dead-code refills are the global stream's, drawn alike on every rank); and skips
+    the batch on every rank if any rank's is non-finite. Every rank then holds bitwise the same
+    codebook and buffers, up to float summation order those of one process on the concatenated
+    batch, provided the learned codebook gets the same (averaged) gradients, as under DDP.
+    Every rank must run the same number of training forwards. ``kmeans_init`` fits the union
+    of the ranks' first batches whenever torch.distributed is initialised (also with
+    ``sync_stats=False``). Evaluation forwards never communicate, so one rank may evaluate
+    alone; their ``usage_counts`` and the per-batch ``utilization`` and ``perplexity`` are
+    the rank's own.
     """
 
     def __init__(
@@ -114,6 +131,8 @@ class VectorQuantizer(nn.Module):
         tau: float = 1.0,
         lam: float = 0.01,
         reservoir_size: int = 0,
+        sync_stats: bool | None = None,
+        process_group=None,
     ):
         super().__init__()
         dim = check.check_count("dim", dim, 1)
@@ -131,6 +150,7 @@ class VectorQuantizer(nn.Module):
         self.dead_code_threshold, self.target_cov_scale = dead_code_threshold, target_cov_scale
         self.codebook_loss, self.tau, self.lam = codebook_loss, tau, lam
         self.initialized = not kmeans_init
+        self.sync_stats, self.process_group = sync_stats, process_group
         self.project_in = nn.Linear(dim, codebook_dim) if codebook_dim != dim else nn.Identity()
         self.project_out = nn.Linear(codebook_dim, dim) if codebook_dim != dim else nn.Identity()
         self._init_codebook()
@@ -194,16 +214,15 @@ class VectorQuantizer(nn.Module):
         if self.codebook_loss == "dense":
             check.check_real("tau", self.tau, 0.0, inclusive=False)
         features = self._normalize(self.project_in(z.float()))
+        sync = self.training and self._syncs()
         # 0-dim, never read on the host: every state update below is gated on it.
-        finite = torch.isfinite(features).all()
+        finite = self._all_finite(torch.isfinite(features).all(), sync)
         # k-means validates (and so syncs on) its input anyway; a non-finite first batch leaves
         # the fit to the first finite one.
         if self.training and not self.initialized and bool(finite):
             self._kmeans_init(features)
-        if self.training and self.queue is not None:
-            self.queue.push(features, finite)
-        if self.training and self.reservoir is not None:
-            self.reservoir.push(features, self.generator, finite)
+        if self.training:
+            self._push_stream(features, finite, sync)
         codes = self._normalize(self.codes())
         result, codebook_term = self._assign(features, codes)
         quantized_codes = gather_codes(codes, result.indices, self.backend)
@@ -214,15 +233,43 @@ class VectorQuantizer(nn.Module):
             loss = loss + self.alpha * codebook_term
         if self.distribution_loss is not None:
             loss = loss + self.gamma * wasserstein
+        counts = self._global(distributed.all_reduce_histogram, result.counts, sync)
         # Counted in eval mode too: reset_usage() then an evaluation pass gives its utilization.
-        self.usage_counts.add_(result.counts * finite)
+        self.usage_counts.add_(counts * finite)
         if self.training:
-            self._update_codebook_state(features, result.indices, result.counts, finite)
+            self._update_codebook_state(features, result.indices, counts, finite, sync)
             self.skipped_nonfinite.add_(~finite)
         straight_through = features + (quantized_codes - features).detach()
         quantized = self.project_out(straight_through).to(z.dtype)
         stats = self._stats(result, commitment, codebook_term, wasserstein)
         return QuantizerOutput(quantized, result.indices, loss.float(), stats)
+
+    def _syncs(self) -> bool:
+        return self.sync_stats is not False and distributed.is_distributed(self.process_group)
+
+    def _global(self, collective, value: Tensor, sync: bool) -> Tensor:
+        """``collective(value)`` over the quantizer's group when this forward synchronises."""
+        return collective(value, self.process_group) if sync else value
+
+    def _all_finite(self, finite: Tensor, sync: bool) -> Tensor:
+        if not sync:
+            return finite
+        # One rank's non-finite batch must stop every rank's update, or their states part. The
+        # flag is summed as a count of non-finite ranks, never read on the host.
+        bad = distributed.all_reduce_histogram((~finite).long().reshape(1), self.process_group)
+        return bad[0] == 0
+
+    def _push_stream(self, features: Tensor, finite: Tensor, sync: bool) -> None:
+        """Feeds the queue and the reservoir; synchronised, with every rank's rows in rank
+        order, so both hold the global stream and draw the same refills on every rank."""
+        if self.queue is None and self.reservoir is None:
+            return
+        rows = features.detach().reshape(-1, self.codebook_dim)
+        rows = self._global(distributed.all_gather_rows, rows, sync)
+        if self.queue is not None:
+            self.queue.push(rows, finite)
+        if self.reservoir is not None:
+            self.reservoir.push(rows, self.generator, finite)
 
     def _assign(self, features: Tensor, codes: Tensor) -> tuple[Assignment, Tensor]:
         """The nearest codes (with their histogram) and the unweighted codebook term."""
@@ -267,7 +314,7 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _update_codebook_state(
-        self, features: Tensor, indices: Tensor, counts: Tensor, finite: Tensor
+        self, features: Tensor, indices: Tensor, counts: Tensor, finite: Tensor, sync: bool
     ) -> None:
         # The updates run unconditionally (no host sync); a non-finite batch then puts the old
         # values back. Only these small K-row tensors and the stream offset are touched here.
@@ -277,15 +324,17 @@ class VectorQuantizer(nn.Module):
         if self.ema:
             state.append(self.embed_sum)
         before = [tensor.clone() for tensor in state]
-        self._apply_codebook_updates(features, indices, counts)
+        self._apply_codebook_updates(features, indices, counts, sync)
         for tensor, old in zip(state, before):
             tensor.copy_(torch.where(finite, tensor, old))
 
-    def _apply_codebook_updates(self, features: Tensor, indices: Tensor, counts: Tensor) -> None:
+    def _apply_codebook_updates(
+        self, features: Tensor, indices: Tensor, counts: Tensor, sync: bool
+    ) -> None:
+        # counts: the histogram of indices (all ranks' when synchronised).
         if self.ema:
-            counts, sums = kernels.code_sums(
-                indices, features, self.codebook_size, backend=self.backend
-            )
+            _, sums = kernels.code_sums(indices, features, self.codebook_size, backend=self.backend)
+            sums = self._global(distributed.all_reduce_code_sums, sums, sync)
             self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         self.cluster_size.mul_(self.decay).add_(counts.float(), alpha=1 - self.decay)
         if self.ema:
@@ -340,7 +389,14 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _kmeans_init(self, features: Tensor) -> None:
-        fitted = kmeans(features, self.codebook_size, KMEANS_ITERS, backend=self.backend)
+        # Under torch.distributed, kmeans fits the union of the ranks' first batches.
+        fitted = kmeans(
+            features,
+            self.codebook_size,
+            KMEANS_ITERS,
+            process_group=self.process_group,
+            backend=self.backend,
+        )
         fitted = self._normalize(fitted.to(features.device))
         if self.linear_reparam:
             self.frozen_codes.copy_(fitted)

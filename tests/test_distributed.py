@@ -85,10 +85,14 @@ def collective_checks(rank: int, counts: list[int], seed: int) -> dict:
     total = sum(counts)
     x = local_part(global_rows(total, seed), counts, rank)
     indices = local_part(global_indices(total, seed), counts, rank)
+    histogram = code_histogram(indices, NUM_CODES)
+    local_histogram = histogram.clone()
     return {
         "rows": wd.all_gather_rows(x),
         "rows_bf16": wd.all_gather_rows(x.bfloat16()),
-        "histogram": wd.all_reduce_histogram(code_histogram(indices, NUM_CODES)),
+        "histogram": wd.all_reduce_histogram(histogram),
+        # Evaluated after the all-reduce: the caller's tensor is not written into.
+        "histogram_input_kept": torch.equal(histogram, local_histogram),
         "sums": wd.all_reduce_code_sums(code_sums(indices, x, NUM_CODES)[1]),
         "moments": wd.all_gather_moments(moments(x)),
         "kmeans_start": kmeans(x, KMEANS_CODES, 0, seed=seed),
@@ -184,6 +188,7 @@ def test_histogram_all_reduce_is_exact():
             )
             expected = code_histogram(global_indices(sum(counts), i), NUM_CODES)
             assert got.dtype == torch.int64 and torch.equal(got, expected)
+            assert all(r["collectives"][i]["histogram_input_kept"] for r in run_world(world))
 
 
 def test_code_sums_identical_on_every_rank_and_close_to_one_process():

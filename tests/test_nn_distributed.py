@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from tests.test_distributed import TIMEOUT, init_group, spawn
 from wvq_kernels import distributed as wd
-from wvq_kernels.nn import VectorQuantizer
+from wvq_kernels.nn import VectorQuantize, VectorQuantizer
 
 WORLD = 2
 DIM, CODES, BATCH, STEPS = 6, 16, 48, 20
@@ -69,10 +69,19 @@ def train(mode: str, rank: int = 0, world: int = 1, batches=None, **sync) -> dic
     return buffers(quantizer)
 
 
-def buffers(quantizer: VectorQuantizer) -> dict[str, torch.Tensor]:
+def buffers(quantizer: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The state_dict's tensors, copied (the extra state is a dict)."""
     state = quantizer.state_dict().items()
     return {name: value.clone() for name, value in state if isinstance(value, torch.Tensor)}
+
+
+def train_compat(rank: int, world: int) -> dict:
+    """VectorQuantize (vector-quantize-pytorch's interface) synchronises by default too."""
+    torch.manual_seed(0)
+    quantizer = VectorQuantize(DIM, CODES, kmeans_init=True, threshold_ema_dead_code=2.0)
+    for step in range(STEPS):
+        quantizer(batch(step).chunk(world)[rank].unsqueeze(0))
+    return buffers(quantizer)
 
 
 def nonfinite_step(rank: int) -> dict:
@@ -95,6 +104,7 @@ def worker(rank: int, world: int, folder: str) -> None:
             mode: train(mode, rank, world, sync_stats=False) for mode in ("ema", "dead_code")
         },
         "nonfinite": nonfinite_step(rank),
+        "compat": train_compat(rank, world),
     }
     torch.save(results, os.path.join(folder, f"rank{rank}.pt"))
     dist.destroy_process_group()
@@ -145,3 +155,11 @@ def test_one_rank_nonfinite_batch_changes_no_rank():
             if name != "skipped_nonfinite":
                 assert torch.equal(after[name], value), name
         assert after["skipped_nonfinite"] == before["skipped_nonfinite"] + 1
+
+
+def test_vector_quantize_compat_ranks_identical_and_close_to_one_process():
+    first, second = (r["compat"] for r in run_ranks())
+    single = train_compat(0, 1)
+    for name, value in first.items():
+        assert torch.equal(value, second[name]), name
+        torch.testing.assert_close(value, single[name], rtol=1e-4, atol=1e-5, msg=name)

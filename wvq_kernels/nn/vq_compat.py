@@ -17,7 +17,9 @@ class VectorQuantize(nn.Module):
 
     As there: an EMA codebook (``decay``, Laplace smoothing), ``commitment_weight·‖sg(z_q) − z‖²``
     as the loss, k-means initialisation on the first batch, EMA dead-code replacement with
-    ``threshold_ema_dead_code`` and cosine similarity. Differences: gradients pass by the plain
+    ``threshold_ema_dead_code`` and cosine similarity; under torch.distributed the statistics
+    are synchronised over the world group unless ``sync_codebook=False`` (see
+    ``VectorQuantizer``'s ``sync_stats``). Differences: gradients pass by the plain
     straight-through estimator (vector-quantize-pytorch defaults to the rotation trick), and
     the commitment loss is also reported in eval mode (there it is 0 outside training). Options
     of vector-quantize-pytorch that are not listed here raise a ``TypeError``.
@@ -36,6 +38,7 @@ class VectorQuantize(nn.Module):
         commitment_weight: float = 1.0,
         channel_last: bool = True,
         backend: str = "auto",
+        sync_codebook: bool | None = None,
     ):
         super().__init__()
         if not channel_last:
@@ -53,6 +56,7 @@ class VectorQuantize(nn.Module):
             metric="cosine" if use_cosine_sim else "l2",
             backend=backend,
             kmeans_init=kmeans_init,
+            sync_stats=sync_codebook,
         )
 
     @property

@@ -98,7 +98,8 @@ class VectorQuantizer(nn.Module):
     ``cluster_size``, ``usage_counts`` and the EMA codebook follow the global batch; feeds the
     feature queue and the reservoir with every rank's rows in rank order (W's feature moments
     and the dead-code refills are the global stream's, drawn alike on every rank); and skips
-    the batch on every rank if any rank's is non-finite. Every rank then holds bitwise the same
+    the batch on every rank if any rank's is non-finite (the loss is non-finite only on that
+    rank). Every rank then holds bitwise the same
     codebook and buffers, up to float summation order those of one process on the concatenated
     batch, provided the learned codebook gets the same (averaged) gradients, as under DDP.
     Every rank must run the same number of training forwards. ``kmeans_init`` fits the union

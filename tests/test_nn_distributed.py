@@ -11,8 +11,8 @@ import tempfile
 
 import torch
 import torch.distributed as dist
+from test_distributed import TIMEOUT, init_group, spawn
 
-from tests.test_distributed import TIMEOUT, init_group, spawn
 from wvq_kernels import distributed as wd
 from wvq_kernels.nn import VectorQuantize, VectorQuantizer
 

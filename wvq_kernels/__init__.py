@@ -6,7 +6,7 @@ there, and ``available_backends()`` says why the others are missing.
 
 from wvq_kernels import distributed
 from wvq_kernels.distributed import assign_sharded
-from wvq_kernels.kmeans import kmeans
+from wvq_kernels.kmeans import KMeansResult, kmeans, kmeans_fit
 from wvq_kernels.losses import gaussian_w2
 from wvq_kernels.ops import (
     Assignment,
@@ -28,6 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Assignment",
     "BackendStatus",
+    "KMeansResult",
     "Moments",
     "SoftAssignStats",
     "__version__",
@@ -39,6 +40,7 @@ __all__ = [
     "distributed",
     "gaussian_w2",
     "kmeans",
+    "kmeans_fit",
     "moments",
     "resolve_precision",
     "soft_assign_stats",

@@ -1,99 +1,445 @@
 """Lloyd's k-means on the fused ops: each iteration is one `assign` (no N×K matrix) and one
-deterministic `code_sums`, so it runs at K = 65,536 in O(N + K·D) memory."""
+deterministic `code_sums`, so it runs at K = 65,536 in O(N + K·D) memory.
+
+What faiss's ``Kmeans`` users expect is here too: k-means++ and k-means|| initialisation,
+empty clusters re-seeded by splitting large ones, the objective of every iteration and a
+progress line on long runs. Every random choice is drawn from one ``torch.Generator`` seeded
+with ``seed`` (or, for k-means||'s per-row coin flips, a counter-based hash of the seed and the
+row's global index), and every weight it is drawn with is an exact integer: so a run spread
+over ranks makes exactly the choices one process makes on the rows concatenated in rank order.
+"""
 
 from __future__ import annotations
 
+import sys
+import time
+from dataclasses import dataclass
+
 import torch
-import torch.distributed
+import torch.distributed as dist
+from torch import Tensor
 
 from . import _trusted as kernels
 from . import _validation as check
 from . import distributed
+from ._backends import resolve_backend
 
-__all__ = ["kmeans"]
+__all__ = ["INITS", "KMeansResult", "kmeans", "kmeans_fit"]
+
+INITS = ("random", "kmeans++", "kmeans||")
+# Relative offset between the two halves of a split cluster (faiss uses the same 1/1024).
+SPLIT_EPSILON = 1.0 / 1024
+# k-means||: sampling rounds after the first centre, and expected candidates per round as a
+# multiple of num_codes (Bahmani et al. find 2 to 5 rounds of 2K enough; Spark uses 2 and 2K).
+PARALLEL_ROUNDS = 2
+OVERSAMPLING = 2.0
+# Integer weights stay below 2^62 in total, so their sums are exact in int64.
+_WEIGHT_BITS = 62
+# progress=None shows progress on a terminal when 2·N·K·D·iters reaches this many FLOPs
+# (about ten seconds or more on a 2-core CPU).
+_LONG_RUN_FLOP = 1e12
 
 
-def _initial_codebook(
-    rows: torch.Tensor, num_codes: int, generator: torch.Generator
-) -> torch.Tensor:
-    return rows[_draw(rows.shape[0], num_codes, generator).to(rows.device)]
+@dataclass(frozen=True)
+class KMeansResult:
+    """What :func:`kmeans_fit` returns.
 
+    codebook: float32 (K, D), the centroids after the last update (and split).
+    objective: float64 (iters,), faiss's ``obj``: the sum over every row (of every rank) of
+        the squared distance to its code at each iteration's assignment step, summed in float64.
+    counts: int64 (K,), the rows per code at the last assignment step (zeros when iters = 0).
+    splits: how many empty clusters were re-seeded by splitting, over the whole run.
+    """
 
-def _draw(num_rows: int, num_codes: int, generator: torch.Generator) -> torch.Tensor:
-    # Distinct rows when there are enough; sampling with replacement otherwise.
-    if num_rows >= num_codes:
-        return torch.randperm(num_rows, generator=generator)[:num_codes]
-    return torch.randint(num_rows, (num_codes,), generator=generator)
+    codebook: Tensor
+    objective: Tensor
+    counts: Tensor
+    splits: int
 
 
 def kmeans(
-    x: torch.Tensor,
+    x: Tensor,
     num_codes: int,
     iters: int = 10,
     *,
     seed: int = 0,
+    init: str = "random",
+    init_codebook: Tensor | None = None,
+    split_empty: bool = True,
+    precision: str = "auto",
+    progress: bool | None = None,
     process_group=None,
     backend: str = "auto",
-) -> torch.Tensor:
-    """Returns a float32 codebook (num_codes, D) fitted to the rows of `x` (..., D), of any
-    floating-point dtype (float64 is rounded to float32 once; half dtypes convert exactly).
+) -> Tensor:
+    """The codebook of :func:`kmeans_fit` (same arguments): float32 (num_codes, D)."""
+    return kmeans_fit(
+        x,
+        num_codes,
+        iters,
+        seed=seed,
+        init=init,
+        init_codebook=init_codebook,
+        split_empty=split_empty,
+        precision=precision,
+        progress=progress,
+        process_group=process_group,
+        backend=backend,
+    ).codebook
 
-    Codes that lose all their rows keep their previous position (a later dead-code
-    replacement step, if any, is the place to move them).
+
+def kmeans_fit(
+    x: Tensor,
+    num_codes: int,
+    iters: int = 10,
+    *,
+    seed: int = 0,
+    init: str = "random",
+    init_codebook: Tensor | None = None,
+    split_empty: bool = True,
+    precision: str = "auto",
+    progress: bool | None = None,
+    process_group=None,
+    backend: str = "auto",
+) -> KMeansResult:
+    """Fits num_codes centroids to the rows of `x` (..., D), of any floating-point dtype
+    (float64 is rounded to float32 once; half dtypes convert exactly), by `iters` Lloyd
+    iterations; returns a :class:`KMeansResult` (codebook, per-iteration objective, counts).
+
+    init: where the centroids start (ignored when `init_codebook` (num_codes, D) is given,
+    e.g. the initial centroids of another library):
+      - ``"random"``: distinct rows drawn uniformly (with replacement when N < num_codes).
+        Free; the default.
+      - ``"kmeans++"``: D² sampling (Arthur & Vassilvitskii): each next centre is a row drawn
+        with probability proportional to its squared distance to the nearest centre so far.
+        Exact but sequential: num_codes passes over the rows (N·K·D in all, and a few
+        collectives per centre across ranks), so use it for K up to a few thousand.
+      - ``"kmeans||"``: k-means|| (Bahmani et al.): PARALLEL_ROUNDS rounds in which every row
+        joins the candidates with probability OVERSAMPLING·K·d²/Σd², each round one fused
+        ``assign`` pass over the rows; then k-means++ on the ~(1 + 2·PARALLEL_ROUNDS)·K
+        candidates weighted by their rows. The pass over the data costs about as much as
+        3 Lloyd iterations and a handful of collectives, whatever the number of ranks; the
+        candidate step is local (K passes over the candidates, independent of N). Use it for
+        large K and data spread over many ranks.
+
+    split_empty: a code whose cluster is empty after an update is re-seeded, as faiss does, by
+    splitting a cluster drawn with probability proportional to its size among those with more
+    than one row: the empty code takes a copy of that centre, the two copies move apart by the
+    relative offset ±SPLIT_EPSILON (alternating signs over the dimensions) and share its count
+    for later draws. With ``split_empty=False`` an empty code keeps its previous position.
+
+    precision: passed to every assignment step (``"bf16"`` screens with bf16 products; the
+    objective is then the sum of those steps' distances).
+
+    progress: one line per iteration on stderr (objective, splits, seconds per iteration), on
+    rank 0 of the group only. None: on when stderr is a terminal and the run is long
+    (2·N·K·D·iters ≥ 1e12 on this rank).
 
     With a process group (or torch.distributed initialised; see
     :func:`wvq_kernels.distributed.is_distributed`) `x` is this rank's share of the rows, which
-    may be empty on some ranks: every rank gets the same codebook, the one a single process
-    computes on the ranks' rows concatenated in rank order (same `seed`), up to the rounding
-    of the summed per-code sums. Every rank must pass the same num_codes, iters and seed."""
+    may be empty on some ranks: every rank gets the same result, the one a single process
+    computes on the ranks' rows concatenated in rank order (same `seed`): the initial centroids
+    and the splits are the same choices exactly, the centroids differ only by the rounding of
+    the summed per-code sums. Every rank must pass the same arguments apart from `x`."""
+    rows = _checked_rows(x)
+    num_codes = check.check_num_codes(num_codes)
+    if iters < 0:
+        raise ValueError(f"iters: expected iters >= 0, got {iters}")
+    check.check_choice("init", init, INITS)
+    check.check_choice("precision", precision, check.PRECISIONS)
+    backend = resolve_backend(backend, rows.device)
+    check.check_precision(precision, backend, rows.device)
+    if init_codebook is not None:
+        _check_init_codebook(init_codebook, num_codes, rows)
+    shard = _Shard(rows, process_group)
+    if shard.total_rows == 0:
+        raise ValueError("x: expected at least one row (on some rank), got none")
+    generator = torch.Generator().manual_seed(seed)
+    if init_codebook is not None:
+        codebook = init_codebook.detach().to(rows.device, torch.float32, copy=True)
+    else:
+        codebook = _INITIALISERS[init](shard, num_codes, generator, seed, precision, backend)
+    show = _Progress.wanted(progress, rows, num_codes, iters, shard)
+    return _lloyd(
+        shard, codebook, iters, generator, split_empty, precision, backend, _Progress(show, iters)
+    )
+
+
+def _checked_rows(x) -> Tensor:
     check.check_tensor("x", x)
     if not x.is_floating_point():
         raise TypeError(f"x: expected a floating-point dtype, got {x.dtype}")
     check.check_rows("x", x)
-    num_codes = check.check_num_codes(num_codes)
-    if iters < 0:
-        raise ValueError(f"iters: expected iters >= 0, got {iters}")
     rows = x.detach().reshape(-1, x.shape[-1]).float()
     check.check_finite("x", rows)
-    if not distributed.is_distributed(process_group):
-        if rows.shape[0] == 0:
-            raise ValueError("x: expected at least one row, got none")
-        generator = torch.Generator().manual_seed(seed)
-        codebook = _initial_codebook(rows, num_codes, generator)
-    else:
-        codebook = _initial_codebook_distributed(rows, num_codes, seed, process_group)
-    for _ in range(iters):
-        indices = kernels.assign(rows, codebook, backend=backend).indices
-        counts, sums = kernels.code_sums(indices, rows, num_codes, backend=backend)
-        counts = distributed.all_reduce_histogram(counts, process_group)
-        sums = distributed.all_reduce_code_sums(sums, process_group)
+    return rows
+
+
+def _check_init_codebook(init_codebook, num_codes: int, rows: Tensor) -> None:
+    check.check_tensor("init_codebook", init_codebook)
+    if not init_codebook.is_floating_point():
+        raise TypeError(
+            f"init_codebook: expected a floating-point dtype, got {init_codebook.dtype}"
+        )
+    expected = (num_codes, rows.shape[1])
+    if tuple(init_codebook.shape) != expected:
+        raise ValueError(
+            f"init_codebook: expected shape {expected}, got {tuple(init_codebook.shape)}"
+        )
+    check.check_same_device("x", rows, "init_codebook", init_codebook)
+    check.check_finite("init_codebook", init_codebook)
+
+
+def _lloyd(shard, codebook, iters, generator, split_empty, precision, backend, progress):
+    num_codes = codebook.shape[0]
+    objective = torch.zeros(iters, dtype=torch.float64)
+    counts = torch.zeros(num_codes, dtype=torch.int64, device=codebook.device)
+    splits = 0
+    for step in range(iters):
+        started = time.perf_counter()
+        assigned = kernels.assign(shard.rows, codebook, precision=precision, backend=backend)
+        counts, sums = kernels.code_sums(assigned.indices, shard.rows, num_codes, backend=backend)
+        objective[step] = shard.sum_float64(assigned.distances)
+        counts = distributed.all_reduce_histogram(counts, shard.group)
+        sums = distributed.all_reduce_code_sums(sums, shard.group)
         filled = counts > 0
         means = sums / counts.clamp_min(1)[:, None].float()
         codebook = torch.where(filled[:, None], means, codebook)
-    return codebook
+        split = _split_empty_clusters(codebook, counts, generator) if split_empty else 0
+        splits += split
+        progress.line(step, float(objective[step]), split, time.perf_counter() - started)
+    return KMeansResult(codebook, objective, counts, splits)
 
 
-def _initial_codebook_distributed(
-    rows: torch.Tensor, num_codes: int, seed: int, process_group
-) -> torch.Tensor:
-    """The draw _initial_codebook makes on the ranks' rows concatenated in rank order, without
-    concatenating them: every rank draws the same global picks, and only the picked rows are
-    gathered (each from the rank that holds it)."""
-    sizes = distributed.all_gather_sizes(rows.shape[0], process_group)
-    total = sum(sizes)
-    if total == 0:
-        raise ValueError("x: expected at least one row on some rank, got none on every rank")
-    generator = torch.Generator().manual_seed(seed)
-    picks = _draw(total, num_codes, generator)
-    rank = torch.distributed.get_rank(process_group)
-    start = sum(sizes[:rank])
-    mine = (picks >= start) & (picks < start + rows.shape[0])
-    local = rows[(picks[mine] - start).to(rows.device)]
-    # Gathered in rank order, the picked rows come grouped by owner and, within an owner, in
-    # pick order: a stable sort of the picks by owner gives where each one lands.
-    gathered = distributed.all_gather_rows(local, process_group)
-    owner = torch.bucketize(picks, torch.tensor(sizes).cumsum(0), right=True)
-    order = torch.sort(owner, stable=True).indices
-    codebook = torch.empty_like(gathered)
-    codebook[order.to(rows.device)] = gathered
-    return codebook
+def _split_empty_clusters(codebook: Tensor, counts: Tensor, generator: torch.Generator) -> int:
+    """Re-seeds every empty code in place by splitting a cluster with more than one row, drawn
+    in proportion to its size (sizes updated after each split); returns how many were split.
+    Runs on all-reduced counts with the shared generator: identical on every rank."""
+    empty = (counts == 0).nonzero().flatten().tolist()
+    sizes = counts.cpu().clone()
+    signs = torch.ones(codebook.shape[1], device=codebook.device)
+    signs[1::2] = -1
+    done = 0
+    for code in empty:
+        donors = torch.where(sizes > 1, sizes, 0)
+        if int(donors.sum()) == 0:
+            break  # fewer rows than codes: no cluster has a row to give
+        donor = int(_weighted_draw(donors, generator))
+        centre = codebook[donor].clone()
+        codebook[code] = centre * (1 + SPLIT_EPSILON * signs)
+        codebook[donor] = centre * (1 - SPLIT_EPSILON * signs)
+        sizes[code] = sizes[donor] // 2
+        sizes[donor] -= sizes[code]
+        done += 1
+    return done
+
+
+def _weighted_draw(weights: Tensor, generator: torch.Generator) -> Tensor:
+    """One index drawn with probability weights[i] / sum, for int64 weights with a positive
+    sum below 2^63: exact integer arithmetic, so the same on every machine and rank."""
+    cumulative = weights.cumsum(0)
+    target = _randint(int(cumulative[-1]), generator)
+    return torch.searchsorted(cumulative, torch.tensor([target]), right=True)[0]
+
+
+def _randint(high: int, generator: torch.Generator) -> int:
+    return int(torch.randint(high, (1,), generator=generator))
+
+
+class _Shard:
+    """This rank's rows and their place in the rank-order concatenation, with the few exact
+    collectives the initialisers need; without a group, one process holds all rows."""
+
+    def __init__(self, rows: Tensor, process_group, *, local: bool = False):
+        self.rows = rows
+        self.group = process_group
+        self.distributed = not local and distributed.is_distributed(process_group)
+        self.sizes = distributed.all_gather_sizes(rows.shape[0], process_group)
+        if not self.distributed:
+            self.sizes = [rows.shape[0]]
+        self.total_rows = sum(self.sizes)
+        self.rank = dist.get_rank(process_group) if self.distributed else 0
+        self.start = sum(self.sizes[: self.rank])
+
+    def sum_float64(self, values: Tensor) -> Tensor:
+        """The sum over every rank's values in float64, partial sums added in rank order."""
+        local = values.double().sum().reshape(1, 1)
+        if not self.distributed:
+            return local[0, 0]
+        return distributed.all_reduce_code_sums(local, self.group)[0, 0]
+
+    def gathered_ints(self, value: int) -> list[int]:
+        if not self.distributed:
+            return [value]
+        return distributed.all_gather_sizes(value, self.group)
+
+    def global_max(self, values: Tensor) -> float:
+        top = values.max().double() if values.numel() else torch.zeros((), dtype=torch.float64)
+        if self.distributed:
+            top = top.reshape(1).cpu()
+            dist.all_reduce(top, op=dist.ReduceOp.MAX, group=self.group)
+        return float(top.reshape(()))
+
+    def fetch(self, picks: Tensor) -> Tensor:
+        """The rows at the global indices ``picks`` (in that order), from the ranks holding
+        them: only the picked rows travel."""
+        mine = (picks >= self.start) & (picks < self.start + self.rows.shape[0])
+        local = self.rows[(picks[mine] - self.start).to(self.rows.device)]
+        if not self.distributed:
+            return local
+        # Gathered in rank order, the picked rows come grouped by owner and, within an owner,
+        # in pick order: a stable sort of the picks by owner gives where each one lands.
+        gathered = distributed.all_gather_rows(local, self.group)
+        owner = torch.bucketize(picks, torch.tensor(self.sizes).cumsum(0), right=True)
+        order = torch.sort(owner, stable=True).indices
+        fetched = torch.empty_like(gathered)
+        fetched[order.to(self.rows.device)] = gathered
+        return fetched
+
+    def gather(self, local_rows: Tensor) -> Tensor:
+        if not self.distributed:
+            return local_rows
+        return distributed.all_gather_rows(local_rows, self.group)
+
+    def integer_weights(self, values: Tensor) -> Tensor:
+        """Non-negative float weights as int64 on a common scale (the global maximum maps to
+        2^b, with N·2^b < 2^62), so that sums over rows and ranks are exact."""
+        top = self.global_max(values)
+        if top == 0:
+            return torch.zeros(values.shape, dtype=torch.int64)
+        bits = _WEIGHT_BITS - self.total_rows.bit_length()
+        return (values.double().cpu() * (2.0**bits / top)).floor().to(torch.int64)
+
+    def weighted_pick(self, weights: Tensor, generator: torch.Generator) -> Tensor:
+        """One row of the concatenation drawn with probability weight / total weight (exact
+        int64 weights; uniformly when every weight is 0), fetched from its rank: (1, D)."""
+        totals = self.gathered_ints(int(weights.sum()))
+        if sum(totals) == 0:
+            pick = _randint(self.total_rows, generator)
+            return self.fetch(torch.tensor([pick]))
+        target = _randint(sum(totals), generator)
+        owner = next(r for r, end in enumerate(_running(totals)) if target < end)
+        local = self.rows[:0]
+        if owner == self.rank:
+            offset = target - sum(totals[:owner])
+            cumulative = weights.cumsum(0)
+            index = torch.searchsorted(cumulative, torch.tensor([offset]), right=True)
+            local = self.rows[index.to(self.rows.device)]
+        return self.gather(local)
+
+
+def _running(values: list[int]) -> list[int]:
+    out, total = [], 0
+    for value in values:
+        total += value
+        out.append(total)
+    return out
+
+
+def _random_init(shard: _Shard, num_codes, generator, seed, precision, backend) -> Tensor:
+    """Distinct rows when there are enough; sampling with replacement otherwise."""
+    if shard.total_rows >= num_codes:
+        picks = torch.randperm(shard.total_rows, generator=generator)[:num_codes]
+    else:
+        picks = torch.randint(shard.total_rows, (num_codes,), generator=generator)
+    return shard.fetch(picks)
+
+
+def _plus_plus(shard: _Shard, num_codes, generator, row_weights: Tensor | None = None) -> Tensor:
+    """k-means++ (D² sampling) on the shard's rows, each row's chance also multiplied by its
+    int64 ``row_weights`` when given; one pass over the rows per centre."""
+    multiplier = 1.0 if row_weights is None else row_weights.double()
+    centres = [shard.weighted_pick(_ones_or(row_weights, shard.rows.shape[0]), generator)]
+    nearest = _squared_distances(shard.rows, centres[0])
+    for _ in range(1, num_codes):
+        weights = shard.integer_weights(nearest.double().cpu() * multiplier)
+        centres.append(shard.weighted_pick(weights, generator))
+        nearest = torch.minimum(nearest, _squared_distances(shard.rows, centres[-1]))
+    return torch.cat(centres)
+
+
+def _ones_or(weights: Tensor | None, count: int) -> Tensor:
+    return torch.ones(count, dtype=torch.int64) if weights is None else weights
+
+
+def _squared_distances(rows: Tensor, centre: Tensor) -> Tensor:
+    # Row by row, so the value of a row does not depend on which rank holds it.
+    return (rows - centre).square().sum(1)
+
+
+def _kmeans_plus_plus_init(shard: _Shard, num_codes, generator, seed, precision, backend):
+    return _plus_plus(shard, num_codes, generator)
+
+
+def _kmeans_parallel_init(shard: _Shard, num_codes, generator, seed, precision, backend):
+    """k-means||: oversampled rounds over the (distributed) rows, then weighted k-means++ on
+    the candidates, run identically on every rank."""
+    # Imported here: wvq_kernels.nn imports this module.
+    from .nn.counter_random import counter_uniform
+
+    round_seed = _randint(2**62, generator)
+    candidates = shard.weighted_pick(torch.ones(shard.rows.shape[0], dtype=torch.int64), generator)
+    nearest = _nearest_distances(shard.rows, candidates, precision, backend)
+    positions = torch.arange(shard.start, shard.start + shard.rows.shape[0])
+    for round_index in range(PARALLEL_ROUNDS):
+        weights = shard.integer_weights(nearest)
+        total = sum(shard.gathered_ints(int(weights.sum())))
+        if total == 0:
+            break
+        # Row i joins with probability min(1, l w_i / total), its coin keyed by its global
+        # index: the same coins whichever rank holds the row.
+        coins = counter_uniform(torch.tensor(round_seed + round_index), positions)
+        chosen = coins * total < OVERSAMPLING * num_codes * weights.double()
+        new = shard.gather(shard.rows[chosen.to(shard.rows.device)])
+        if new.shape[0]:
+            found = _nearest_distances(shard.rows, new, precision, backend)
+            nearest = torch.minimum(nearest, found)
+            candidates = torch.cat([candidates, new])
+    return _recluster(shard, candidates, num_codes, generator, precision, backend)
+
+
+def _nearest_distances(rows: Tensor, codes: Tensor, precision, backend) -> Tensor:
+    return kernels.assign(rows, codes, precision=precision, backend=backend).distances
+
+
+def _recluster(shard: _Shard, candidates, num_codes, generator, precision, backend) -> Tensor:
+    """Weighted k-means++ on the candidates, each weighted by the rows nearest to it."""
+    indices = kernels.assign(shard.rows, candidates, precision=precision, backend=backend).indices
+    counts = kernels.code_histogram(indices, candidates.shape[0], backend=backend)
+    counts = distributed.all_reduce_histogram(counts, shard.group).cpu()
+    local = _Shard(candidates, shard.group, local=True)
+    return _plus_plus(local, num_codes, generator, counts)
+
+
+_INITIALISERS = {
+    "random": _random_init,
+    "kmeans++": _kmeans_plus_plus_init,
+    "kmeans||": _kmeans_parallel_init,
+}
+
+
+class _Progress:
+    """One stderr line per iteration, when shown."""
+
+    def __init__(self, show: bool, iters: int):
+        self.show = show
+        self.iters = iters
+
+    @staticmethod
+    def wanted(progress, rows: Tensor, num_codes: int, iters: int, shard: _Shard) -> bool:
+        if shard.rank != 0:
+            return False
+        if progress is not None:
+            return bool(progress)
+        flop = 2.0 * rows.shape[0] * num_codes * rows.shape[1] * iters
+        return sys.stderr.isatty() and flop >= _LONG_RUN_FLOP
+
+    def line(self, step: int, objective: float, splits: int, seconds: float) -> None:
+        if not self.show:
+            return
+        width = len(str(self.iters))
+        print(
+            f"kmeans: iteration {step + 1:>{width}}/{self.iters}  objective {objective:.6e}"
+            f"  split {splits}  {seconds:.2f} s",
+            file=sys.stderr,
+            flush=True,
+        )

@@ -29,13 +29,15 @@ METRICS = ("l2", "cosine")
 INIT_STD = 0.01
 LAPLACE_EPS = 1e-5
 KMEANS_ITERS = 10
+HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 
 class QuantizerOutput(NamedTuple):
     """What ``VectorQuantizer.forward`` returns.
 
-    quantized: ``z.shape``, ``z.dtype``; straight-through ``z + sg(z_q - z)`` (after the output
-      projection when ``codebook_dim != dim``).
+    quantized: ``z.shape``; ``z.dtype``, or autocast's dtype under ``torch.autocast``, as a
+      linear layer's output; straight-through ``z + sg(z_q - z)`` (after the output projection
+      when ``codebook_dim != dim``).
     indices: int64 ``z.shape[:-1]``.
     loss: float32 0-dim; the quantizer's whole loss (add it to the reconstruction loss).
     stats: dict of float32 0-dim tensors on z's device, computed without a host sync:
@@ -90,6 +92,16 @@ class VectorQuantizer(nn.Module):
     int64 buffer ``skipped_nonfinite`` counts it. Training continues as if the batch had never
     been seen. The one exception is ``kmeans_init``: k-means syncs with the host anyway, so a
     non-finite first batch simply leaves the fit to the first finite one.
+
+    Mixed precision: under ``torch.autocast`` (bf16 or fp16) or with half-precision features,
+    the assignment runs on features and codes rounded to that dtype (``precision="auto"``: the
+    bf16 kernels for bf16), and ``quantized`` comes back in it. Everything else (losses, W,
+    k-means, refills) is computed in float32 from the module's own parameters, autocast off, as
+    the statistics need it. After ``module.to(torch.bfloat16)`` or ``.half()`` the learned
+    parameters (codebook, projections, SimVQ map and its frozen codes) take that dtype, but the
+    statistics buffers keep theirs: the EMA ``cluster_size``, ``embed_sum`` and EMA codebook,
+    the feature queue and the reservoir stay float32 (and counters int64), so an EMA average or
+    a queue's moments do not lose their precision to a cast.
 
     Many processes (``torch.distributed``): ``sync_stats=None`` (default) synchronises the
     training statistics over ``process_group`` (None: the world group) whenever it has more
@@ -200,7 +212,8 @@ class VectorQuantizer(nn.Module):
     def indices_to_codes(self, indices: Tensor) -> Tensor:
         """The quantized vectors (``indices.shape + (dim,)``) of code indices: the learned map
         (SimVQ) and the output projection applied, as in ``forward``'s ``quantized``."""
-        return self.project_out(self._normalize(self.codes())[indices])
+        codes = self._normalize(self.codes().float())[indices]
+        return _in_parameter_dtype(self.project_out, codes).to(self._parameter_dtype())
 
     def reset_usage(self) -> None:
         self.usage_counts.zero_()
@@ -214,7 +227,14 @@ class VectorQuantizer(nn.Module):
         # reservoir or any other state is touched.
         if self.codebook_loss == "dense":
             check.check_real("tau", self.tau, 0.0, inclusive=False)
-        features = self._normalize(self.project_in(z.float()))
+        with torch.autocast(z.device.type, enabled=False):
+            out = self._quantize(z, _working_dtype(z))
+        return out._replace(quantized=out.quantized.to(_output_dtype(z)))
+
+    def _quantize(self, z: Tensor, working: torch.dtype) -> QuantizerOutput:
+        """forward in float32, but the assignment, on features and codes rounded to
+        ``working``."""
+        features = self._normalize(_in_parameter_dtype(self.project_in, z))
         sync = self.training and self._syncs()
         # 0-dim, never read on the host: every state update below is gated on it.
         finite = self._all_finite(torch.isfinite(features).all(), sync)
@@ -224,8 +244,8 @@ class VectorQuantizer(nn.Module):
             self._kmeans_init(features)
         if self.training:
             self._push_stream(features, finite, sync)
-        codes = self._normalize(self.codes())
-        result, codebook_term = self._assign(features, codes)
+        codes = self._normalize(self.codes().float())
+        result, codebook_term = self._assign(features, codes, working)
         quantized_codes = gather_codes(codes, result.indices, self.backend)
         commitment = F.mse_loss(features, quantized_codes.detach())
         wasserstein = self._wasserstein(features, codes)
@@ -241,7 +261,7 @@ class VectorQuantizer(nn.Module):
             self._update_codebook_state(features, result.indices, counts, finite, sync)
             self.skipped_nonfinite.add_(~finite)
         straight_through = features + (quantized_codes - features).detach()
-        quantized = self.project_out(straight_through).to(z.dtype)
+        quantized = _in_parameter_dtype(self.project_out, straight_through)
         stats = self._stats(result, commitment, codebook_term, wasserstein)
         return QuantizerOutput(quantized, result.indices, loss.float(), stats)
 
@@ -272,17 +292,25 @@ class VectorQuantizer(nn.Module):
         if self.reservoir is not None:
             self.reservoir.push(rows, self.generator, finite)
 
-    def _assign(self, features: Tensor, codes: Tensor) -> tuple[Assignment, Tensor]:
-        """The nearest codes (with their histogram) and the unweighted codebook term."""
+    def _assign(
+        self, features: Tensor, codes: Tensor, working: torch.dtype
+    ) -> tuple[Assignment, Tensor]:
+        """The nearest codes (with their histogram) and the unweighted codebook term; the
+        kernels see features and codes rounded to ``working``."""
         # The trusted path: no finiteness check, which would sync with the host every step
         # (a non-finite z shows anyway, as a non-finite loss).
+        rows = features.detach().to(working)
         if self.codebook_loss == "dense":
+            # The dense loss is differentiable in the codes; the rounding passes the gradient
+            # back to the float32 codes.
             dense = kernels.soft_assign_stats(
-                features.detach(), codes, tau=self.tau, lam=self.lam, backend=self.backend
+                rows, codes.to(working), tau=self.tau, lam=self.lam, backend=self.backend
             )
             counts = kernels.code_histogram(dense.indices, self.codebook_size, backend=self.backend)
             return Assignment(dense.indices, dense.distances, counts), dense.loss
-        result = kernels.assign(features, codes.detach(), histogram=True, backend=self.backend)
+        result = kernels.assign(
+            rows, codes.detach().to(working), histogram=True, backend=self.backend
+        )
         quantized = gather_codes(codes, result.indices, self.backend)
         return result, F.mse_loss(quantized, features.detach())
 
@@ -425,6 +453,33 @@ class VectorQuantizer(nn.Module):
             "skipped_nonfinite": self.skipped_nonfinite.float(),
         }
 
+    def _statistics(self) -> list[Tensor]:
+        """The floating-point buffers that hold running statistics rather than weights."""
+        tensors = [self.cluster_size]
+        if self.ema:
+            tensors += [self.embedding, self.embed_sum]
+        for store in (self.queue, self.reservoir):
+            if store is not None:
+                tensors.append(store.rows)
+        return tensors
+
+    def _apply(self, fn, recurse=True):
+        # module.to(dtype) / .half() cast every floating buffer; the statistics move to the new
+        # device but keep their dtype (rounding an EMA sum to bf16 once loses it for good).
+        statistics = {id(tensor) for tensor in self._statistics()}
+
+        def keep_statistics_dtype(tensor: Tensor) -> Tensor:
+            converted = fn(tensor)
+            if id(tensor) in statistics and converted.dtype != tensor.dtype:
+                return tensor.to(converted.device)
+            return converted
+
+        return super()._apply(keep_statistics_dtype, recurse)
+
+    def _parameter_dtype(self) -> torch.dtype:
+        """The dtype the module's weights were cast to (float32 when it has none)."""
+        return next((p.dtype for p in self.parameters()), torch.float32)
+
     def get_extra_state(self) -> dict:
         return {"initialized": self.initialized}
 
@@ -437,6 +492,28 @@ class VectorQuantizer(nn.Module):
             f"codebook_dim={self.codebook_dim}, distribution_loss={self.distribution_loss}, "
             f"ema={self.ema}, linear_reparam={self.linear_reparam}, metric={self.metric!r}"
         )
+
+
+def _working_dtype(z: Tensor) -> torch.dtype:
+    """The dtype the assignment runs in: autocast's when it is on for z's device, else z's own
+    half dtype, else float32 (the kernels take no float64)."""
+    if torch.is_autocast_enabled(z.device.type):
+        return torch.get_autocast_dtype(z.device.type)
+    return z.dtype if z.dtype in HALF_DTYPES else torch.float32
+
+
+def _output_dtype(z: Tensor) -> torch.dtype:
+    """What a linear layer would return for z: autocast's dtype under autocast, else z's."""
+    if torch.is_autocast_enabled(z.device.type):
+        return torch.get_autocast_dtype(z.device.type)
+    return z.dtype
+
+
+def _in_parameter_dtype(layer: nn.Module, x: Tensor) -> Tensor:
+    """``layer(x)`` as float32, computed in the layer's parameter dtype: a projection of a bf16
+    module runs in bf16 like any bf16 layer, with autocast off."""
+    dtype = next((p.dtype for p in layer.parameters()), x.dtype)
+    return layer(x.to(dtype)).float()
 
 
 def _sample_cov(stats) -> Tensor:

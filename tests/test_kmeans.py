@@ -1,16 +1,32 @@
-"""kmeans: never increases the quantization error and equals a plain float64 Lloyd loop."""
+"""kmeans: never increases the quantization error, equals a plain float64 Lloyd loop, reports
+faiss's objective, starts well with k-means++ / k-means||, and splits clusters into empty codes
+as faiss does; everything deterministic for a seed."""
 
 import itertools
 
 import pytest
 import torch
 
-from wvq_kernels import assign
-from wvq_kernels.kmeans import kmeans
+from wvq_kernels import KMeansResult, assign, kmeans, kmeans_fit
+from wvq_kernels.kmeans import SPLIT_EPSILON
+
+SMART_INITS = ("kmeans++", "kmeans||")
 
 
 def quantization_error(x, codebook):
     return assign(x, codebook, backend="reference").distances.double().mean().item()
+
+
+def float64_objective(x, codebook):
+    return torch.cdist(x.double(), codebook.double()).min(1).values.square().sum().item()
+
+
+def blobs(num_blobs, rows, dim=4, spread=0.2, seed=0):
+    """Rows around well-separated centres (about 20 apart), every blob populated."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = 20 * torch.randn(num_blobs, dim, generator=generator)
+    picks = torch.arange(rows) % num_blobs
+    return centres[picks] + spread * torch.randn(rows, dim, generator=generator)
 
 
 def test_error_never_increases():
@@ -34,6 +50,128 @@ def test_matches_plain_lloyd_from_same_start():
     x = torch.randn(2000, 3, generator=torch.Generator().manual_seed(1))
     start = kmeans(x, 40, 0, seed=5)
     assert torch.allclose(kmeans(x, 40, 6, seed=5), plain_lloyd(x, start.clone(), 6), atol=1e-5)
+    given = kmeans_fit(x, 40, 6, init_codebook=start.double())
+    assert torch.equal(given.codebook, kmeans(x, 40, 6, seed=5))
+    assert torch.equal(kmeans(x, 40, 0, init_codebook=start), start)
+
+
+def test_objective_is_the_float64_objective_of_each_assignment_step():
+    x = torch.randn(1500, 6, generator=torch.Generator().manual_seed(2))
+    result = kmeans_fit(x, 30, 8, seed=3, split_empty=False)
+    assert isinstance(result, KMeansResult)
+    assert result.objective.dtype == torch.float64 and result.objective.shape == (8,)
+    for step in range(8):
+        # The objective of step i is measured against the codebook after i updates.
+        expected = float64_objective(x, kmeans(x, 30, step, seed=3, split_empty=False))
+        assert result.objective[step].item() == pytest.approx(expected, rel=1e-5)
+    assert (result.objective.diff() <= 1e-9 * result.objective[:-1]).all(), result.objective
+    assert result.objective[-1] < 0.9 * result.objective[0]
+    nearest = assign(x, kmeans(x, 30, 7, seed=3, split_empty=False)).indices
+    assert torch.equal(result.counts, torch.bincount(nearest, minlength=30))
+
+
+@pytest.mark.parametrize("init", SMART_INITS)
+def test_smart_init_starts_far_below_random_on_separated_blobs(init):
+    x = blobs(40, 4000)
+    first = {
+        name: kmeans_fit(x, 40, 1, init=name, seed=seed).objective[0].item()
+        for name in ("random", init)
+        for seed in (0,)
+    }
+    # Random starts leave several blobs without a centre (each costs ~400 per row of the blob);
+    # D^2 sampling covers nearly every blob, so the start is within a few blobs' cost of 0.
+    assert first[init] < 0.25 * first["random"], first
+
+
+@pytest.mark.parametrize("init", [*SMART_INITS, "random"])
+def test_init_is_deterministic_per_seed_and_picks_rows(init):
+    x = blobs(12, 500, seed=1)
+    start = kmeans(x, 12, 0, init=init, seed=7)
+    assert torch.equal(start, kmeans(x, 12, 0, init=init, seed=7))
+    assert not torch.equal(start, kmeans(x, 12, 0, init=init, seed=8))
+    # Every initial centre is one of the rows.
+    assert ((start[:, None] - x[None]).abs().sum(-1).min(1).values == 0).all()
+
+
+@pytest.mark.parametrize("init", SMART_INITS)
+def test_smart_init_with_more_codes_than_distinct_rows(init):
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]).repeat(3, 1)
+    start = kmeans(x, 5, 0, init=init, seed=0)
+    # Three distinct rows: every one of them is picked before any repeats.
+    assert {tuple(row) for row in start.tolist()} == {(0.0, 0.0), (1.0, 0.0), (0.0, 1.0)}
+
+
+def start_with_a_stranded_code(x, num_codes, seed=0):
+    """Distinct rows as centres, the last one moved far from every row: its cluster is empty."""
+    start = kmeans(x, num_codes, 0, seed=seed)
+    start[-1] = 1e4
+    return start
+
+
+def test_empty_cluster_is_split_from_a_larger_one():
+    x = blobs(10, 600, seed=2)
+    start = start_with_a_stranded_code(x, 16)
+    one = kmeans_fit(x, 16, 1, init_codebook=start, seed=4)
+    assert one.splits == 1 and one.counts[-1] == 0
+    plain = plain_lloyd(x, start.clone(), 1)
+    # The empty code and its donor are the donor's new mean moved apart by +-epsilon.
+    signs = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    moved = (one.codebook[:15] - plain[:15]).abs().amax(1) > 1e-4
+    donors = moved.nonzero().flatten().tolist()
+    assert len(donors) == 1 and one.counts[donors[0]] > 1
+    centre = plain[donors[0]]
+    torch.testing.assert_close(one.codebook[-1], centre * (1 + SPLIT_EPSILON * signs))
+    torch.testing.assert_close(one.codebook[donors[0]], centre * (1 - SPLIT_EPSILON * signs))
+    # At the next assignment step every code has rows.
+    two = kmeans_fit(x, 16, 2, init_codebook=start, seed=4)
+    assert (two.counts > 0).all() and two.splits == 1
+    assert torch.equal(two.codebook, kmeans(x, 16, 2, init_codebook=start, seed=4))
+
+
+def test_without_splitting_an_empty_code_keeps_its_position():
+    x = blobs(10, 600, seed=2)
+    start = start_with_a_stranded_code(x, 16)
+    result = kmeans_fit(x, 16, 3, init_codebook=start, split_empty=False)
+    assert result.splits == 0 and result.counts[-1] == 0
+    assert torch.equal(result.codebook[-1], start[-1])
+
+
+def test_splits_are_deterministic_per_seed():
+    x = torch.randn(400, 3, generator=torch.Generator().manual_seed(3))
+    start = kmeans(x, 40, 0, seed=0)
+    start[20:] = 1e3 + torch.arange(20.0)[:, None]  # 20 stranded codes
+    runs = [kmeans_fit(x, 40, 3, init_codebook=start, seed=seed) for seed in (0, 0, 1)]
+    assert runs[0].splits >= 20
+    assert torch.equal(runs[0].codebook, runs[1].codebook)
+    assert not torch.equal(runs[0].codebook, runs[2].codebook)
+    # Once split, every code has rows at the next assignment step.
+    assert (assign(x, runs[0].codebook, histogram=True).counts > 0).all()
+
+
+def test_fewer_rows_than_codes_leaves_codes_empty_without_failing():
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(4))
+    result = kmeans_fit(x, 8, 3)
+    assert result.counts.sum() == 5 and (result.counts == 0).sum() >= 3
+
+
+def test_bf16_precision_objective_close_to_ieee():
+    x = torch.randn(3000, 16, generator=torch.Generator().manual_seed(5))
+    ieee = kmeans_fit(x, 64, 5, seed=1, precision="ieee").objective
+    bf16 = kmeans_fit(x, 64, 5, seed=1, precision="bf16").objective
+    assert bf16[-1].item() == pytest.approx(ieee[-1].item(), rel=5e-3)
+
+
+def test_progress_lines_on_request_only(capsys):
+    x = torch.randn(300, 3, generator=torch.Generator().manual_seed(6))
+    kmeans_fit(x, 8, 3, progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split()[:3] for line in lines] == [
+        ["kmeans:", "iteration", f"{i}/3"] for i in (1, 2, 3)
+    ]
+    assert all("objective" in line for line in lines)
+    kmeans_fit(x, 8, 3, progress=False)
+    kmeans_fit(x, 8, 3)  # None: stderr is not a terminal under pytest
+    assert capsys.readouterr().err == ""
 
 
 def test_validation():
@@ -41,3 +179,13 @@ def test_validation():
         kmeans(torch.randn(4, 2), 0)
     with pytest.raises(TypeError, match="floating"):
         kmeans(torch.ones(4, 2, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match="init"):
+        kmeans(torch.randn(4, 2), 2, init="kmeans+")
+    with pytest.raises(ValueError, match="init_codebook"):
+        kmeans(torch.randn(4, 2), 2, init_codebook=torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="init_codebook"):
+        kmeans(torch.randn(4, 2), 2, init_codebook=torch.full((2, 2), float("nan")))
+    with pytest.raises(ValueError, match="precision"):
+        kmeans(torch.randn(4, 2), 2, precision="fp8")
+    with pytest.raises(ValueError, match="row"):
+        kmeans(torch.empty(0, 2), 2)

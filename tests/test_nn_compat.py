@@ -1,63 +1,295 @@
-"""wvq_kernels.nn.VectorQuantize against vector-quantize-pytorch's VectorQuantize: same
-constructor arguments, same return types, shapes and dtypes."""
+"""wvq_kernels.nn.VectorQuantize as vector-quantize-pytorch's VectorQuantize: every option of the
+peer accepted at its default, declined options named, and the behaviours the peer's users rely
+on (masks, eval-mode loss, k-means timing, frozen and weighted EMA steps, heads, layouts)."""
 
 import inspect
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from wvq_kernels.nn import VectorQuantize
+from wvq_kernels.nn.vq_compat_options import UNSUPPORTED_FORWARD, UNSUPPORTED_OPTIONS
 
 vqp = pytest.importorskip("vector_quantize_pytorch")
 
-OPTIONS = [
-    {},
-    {"codebook_dim": 4, "decay": 0.9, "commitment_weight": 0.25},
-    {"kmeans_init": True, "threshold_ema_dead_code": 2},
-    {"use_cosine_sim": True},
-]
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+DIM, CODES = 8, 16
 
-def test_constructor_arguments_are_theirs():
+DECLINED_VALUES = {
+    "commitment_use_cross_entropy_loss": True,
+    "codebook_diversity_loss_weight": 0.1,
+    "vq_bridge": torch.nn.Identity(),
+    "in_place_codebook_optimizer": torch.optim.SGD,
+    "manual_in_place_optimizer_update": True,
+    "sync_affine_param": True,
+}
+DECLINED_FORWARD = {
+    "indices": torch.zeros(2, 5, dtype=torch.long),
+    "topk": 2,
+    "codebook_transform_fn": abs,
+}
+
+
+def tokens(*shape, seed=0, requires_grad=False):
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    return x.requires_grad_(requires_grad)
+
+
+def test_every_option_of_theirs_is_accepted_with_their_default():
     ours = inspect.signature(VectorQuantize).parameters
     theirs = inspect.signature(vqp.VectorQuantize).parameters
-    ours_from_theirs = [name for name in ours if name != "backend"]
-    assert set(ours_from_theirs) <= set(theirs)
-    # Same positional order for the arguments both take positionally.
-    assert list(ours)[:3] == list(theirs)[:3] == ["dim", "codebook_size", "codebook_dim"]
-    for name in ours_from_theirs:
-        if theirs[name].default is not inspect.Parameter.empty:
-            assert ours[name].default == theirs[name].default, name
+    assert list(ours)[: len(theirs)] == list(theirs)
+    for name, parameter in theirs.items():
+        assert ours[name].default == parameter.default, name
+    theirs_forward = inspect.signature(vqp.VectorQuantize.forward).parameters
+    ours_forward = inspect.signature(VectorQuantize.forward).parameters
+    assert list(ours_forward) == list(theirs_forward)
+    for name, parameter in theirs_forward.items():
+        assert ours_forward[name].default == parameter.default, name
 
 
-@pytest.mark.parametrize("options", OPTIONS)
-@pytest.mark.parametrize("training", [True, False])
-def test_outputs_match_theirs_in_type_shape_and_dtype(options, training):
-    torch.manual_seed(0)
-    x = torch.randn(2, 48, 16, requires_grad=True)
-    ours = VectorQuantize(16, 32, **options).train(training)
-    theirs = vqp.VectorQuantize(16, 32, **options).train(training)
-    ours_out, theirs_out = ours(x), theirs(x)
-    assert type(ours_out) is type(theirs_out) and len(ours_out) == len(theirs_out) == 3
-    for mine, reference in zip(ours_out, theirs_out):
-        assert type(mine) is type(reference)
-        assert mine.shape == reference.shape and mine.dtype == reference.dtype
-    indices = ours_out[1]
-    assert (
-        ours.get_output_from_indices(indices).shape == theirs.get_output_from_indices(indices).shape
+def test_declined_options_are_listed_and_their_defaults_accepted():
+    assert DECLINED_VALUES.keys() == UNSUPPORTED_OPTIONS.keys()
+    assert DECLINED_FORWARD.keys() == UNSUPPORTED_FORWARD.keys()
+    defaults = {name: default for name, (default, _) in UNSUPPORTED_OPTIONS.items()}
+    quantizer = VectorQuantize(DIM, CODES, **defaults)
+    forward_defaults = {name: default for name, (default, _) in UNSUPPORTED_FORWARD.items()}
+    assert quantizer(tokens(2, 5, DIM), **forward_defaults)[1].shape == (2, 5)
+
+
+@pytest.mark.parametrize("name", DECLINED_VALUES)
+def test_declined_option_raises_a_type_error_naming_it(name):
+    with pytest.raises(TypeError, match=f"{name}=.*not supported: "):
+        VectorQuantize(DIM, CODES, **{name: DECLINED_VALUES[name]})
+
+
+@pytest.mark.parametrize("name", DECLINED_FORWARD)
+def test_declined_forward_keyword_raises_a_type_error_naming_it(name):
+    with pytest.raises(TypeError, match=f"{name}=.*not supported: "):
+        VectorQuantize(DIM, CODES)(tokens(2, 5, DIM), **{name: DECLINED_FORWARD[name]})
+
+
+def test_wrapper_ema_options_with_dead_codes_are_declined():
+    with pytest.raises(TypeError, match="stochastic_sample_codes together with threshold"):
+        VectorQuantize(DIM, CODES, stochastic_sample_codes=True, threshold_ema_dead_code=1)
+    quantizer = VectorQuantize(DIM, CODES, threshold_ema_dead_code=1)
+    with pytest.raises(TypeError, match="accum_ema_update together with threshold"):
+        quantizer(tokens(2, 5, DIM), accum_ema_update=True)
+
+
+def test_combinations_the_peer_refuses_are_refused():
+    with pytest.raises(ValueError, match="use_cosine_sim with learnable_codebook"):
+        VectorQuantize(DIM, CODES, use_cosine_sim=True, learnable_codebook=True, ema_update=False)
+    with pytest.raises(ValueError, match="ema_update with learnable_codebook"):
+        VectorQuantize(DIM, CODES, learnable_codebook=True)
+
+
+def test_rotation_trick_is_the_default_and_straight_through_turns_it_off():
+    assert VectorQuantize(DIM, CODES).rotation_trick
+    assert not VectorQuantize(1, CODES).rotation_trick
+    assert not VectorQuantize(DIM, CODES, straight_through=True).rotation_trick
+
+
+def test_eval_loss_is_zero_and_output_is_the_codes():
+    quantizer = VectorQuantize(DIM, CODES).eval()
+    quantized, indices, loss = quantizer(tokens(2, 12, DIM, requires_grad=True))
+    assert loss.item() == 0 and not loss.requires_grad
+    assert torch.equal(quantized, quantizer.codebook[indices])
+    assert torch.equal(quantized, quantizer.get_output_from_indices(indices))
+
+
+def test_training_loss_is_the_weighted_commitment_with_its_breakdown():
+    quantizer = VectorQuantize(DIM, CODES, commitment_weight=0.25)
+    x = tokens(2, 12, DIM, requires_grad=True)
+    codebook = quantizer.codebook.clone()
+    _, indices, loss, breakdown = quantizer(x, return_loss_breakdown=True)
+    commitment = F.mse_loss(codebook[indices], x.detach())
+    torch.testing.assert_close(breakdown.commitment, commitment)
+    torch.testing.assert_close(loss, 0.25 * commitment)
+    assert breakdown.orthogonal_reg.item() == 0 and breakdown._fields == (
+        "commitment",
+        "codebook_diversity",
+        "orthogonal_reg",
+        "inplace_optimize",
     )
-    assert ours.codebook.shape == theirs.codebook.shape
 
 
-def test_commit_loss_and_gradient_are_the_straight_through_commitment():
+def test_mask_keeps_padding_out_of_every_statistic_and_the_loss():
     torch.manual_seed(0)
-    quantizer = VectorQuantize(8, 32, commitment_weight=0.25).eval()
-    x = torch.randn(2, 20, 8, requires_grad=True)
-    quantized, _, commit_loss = quantizer(x)
-    expected = 0.25 * (quantized.detach() - x.detach()).square().mean()
-    assert commit_loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    masked, alone = VectorQuantize(DIM, CODES), VectorQuantize(DIM, CODES)
+    alone.load_state_dict(masked.state_dict())
+    x, lens = tokens(2, 10, DIM), torch.tensor([4, 7])
+    mask = torch.arange(10) < lens[:, None]
+    padded = x.clone()
+    padded[~mask] = 1e3  # would drag any code it reached
+    quantized, indices, loss = masked(padded, lens=lens)
+    kept_q, kept_i, kept_loss = alone(x[mask][None])
+    assert torch.equal(indices[mask], kept_i[0]) and (indices[~mask] == -1).all()
+    torch.testing.assert_close(quantized[mask], kept_q[0])
+    assert (quantized[~mask] == 0).all()
+    torch.testing.assert_close(loss, kept_loss)
+    for name, value in masked.state_dict().items():
+        torch.testing.assert_close(value, alone.state_dict()[name], msg=name)
+
+
+def test_masked_padding_can_return_the_input():
+    quantizer = VectorQuantize(DIM, CODES, return_zeros_for_masked_padding=False)
+    x, mask = tokens(1, 6, DIM), torch.tensor([[True, True, False, True, False, False]])
+    quantized = quantizer(x, mask=mask)[0]
+    assert torch.equal(quantized[~mask], x[~mask])
+
+
+def test_kmeans_init_runs_on_the_first_forward_in_eval_too():
+    quantizer = VectorQuantize(DIM, CODES, kmeans_init=True, kmeans_iters=3).eval()
+    assert not quantizer.initted
+    x = tokens(1, 64, DIM)
+    quantized, indices, _ = quantizer(x)
+    assert quantizer.initted
+    # The codes are now centroids of the batch: each used code is the mean of its rows.
+    used = indices.unique()
+    error = (quantized - x).square().sum(-1).mean()
+    assert error < x.square().sum(-1).mean() / 2 and used.numel() > CODES // 2
+
+
+def test_frozen_codebook_keeps_its_state_in_training():
+    quantizer = VectorQuantize(DIM, CODES, freeze_codebook=True)
+    state = quantizer.state_dict().items()
+    before = {k: v.clone() for k, v in state if torch.is_tensor(v) and "usage" not in k}
+    quantizer(tokens(2, 12, DIM))
+    quantizer(tokens(2, 12, DIM, seed=1), freeze_codebook=True)
+    for name, value in before.items():
+        assert torch.equal(quantizer.state_dict()[name], value), name
+    quantizer(tokens(2, 12, DIM), freeze_codebook=False)
+    assert not torch.equal(quantizer.codebook, before["quantizers.0.embedding"])
+
+
+def test_ema_update_weight_zero_leaves_codes_and_one_is_the_plain_step():
+    torch.manual_seed(0)
+    weighted, plain = VectorQuantize(DIM, CODES), VectorQuantize(DIM, CODES)
+    plain.load_state_dict(weighted.state_dict())
+    before = weighted.codebook.clone()
+    weights = torch.tensor([1.0, 0.0] * (CODES // 2))
+    x = tokens(4, 32, DIM)
+    weighted(x, ema_update_weight=weights)
+    plain(x)
+    kept = ~weights.bool()
+    torch.testing.assert_close(weighted.codebook[kept], before[kept], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(weighted.codebook[~kept], plain.codebook[~kept])
+
+
+def test_manual_ema_update_waits_for_update_ema():
+    quantizer = VectorQuantize(DIM, CODES, manual_ema_update=True)
+    before = quantizer.codebook.clone()
+    quantizer(tokens(2, 12, DIM))
+    assert torch.equal(quantizer.codebook, before)
+    quantizer.update_ema()
+    assert not torch.equal(quantizer.codebook, before)
+
+
+def test_eps_is_the_laplace_smoothing_of_the_ema_codebook():
+    quantizer = VectorQuantize(DIM, CODES, eps=0.5)
+    quantizer(tokens(2, 12, DIM))
+    core = quantizer.quantizers[0]
+    sizes, total = core.cluster_size, core.cluster_size.sum()
+    smoothed = (sizes + 0.5) / (total + CODES * 0.5) * total
+    torch.testing.assert_close(quantizer.codebook, core.embed_sum / smoothed[:, None])
+
+
+@pytest.mark.parametrize("separate", [False, True], ids=["shared", "separate"])
+def test_heads_quantize_each_slice_with_its_codebook(separate):
+    quantizer = VectorQuantize(
+        DIM, CODES, heads=2, codebook_dim=DIM // 2, separate_codebook_per_head=separate
+    ).eval()
+    x = tokens(2, 5, DIM)
+    quantized, indices, _ = quantizer(x)
+    assert indices.shape == (2, 5, 2)
+    features = quantizer.project_in(x).unflatten(-1, (2, DIM // 2))
+    codebooks = quantizer.codebook if separate else quantizer.codebook.expand(2, -1, -1)
+    for head in range(2):
+        distances = torch.cdist(features[:, :, head], codebooks[head])
+        assert torch.equal(indices[..., head], distances.argmin(-1))
+    torch.testing.assert_close(quantized, quantizer.get_output_from_indices(indices))
+
+
+@pytest.mark.parametrize(
+    "options, shape, index_shape",
+    [
+        ({"accept_image_fmap": True}, (2, DIM, 3, 4), (2, 3, 4)),
+        ({"accept_3d_fmap": True}, (1, DIM, 2, 3, 4), (1, 2, 3, 4)),
+        ({"channel_last": False}, (2, DIM, 7), (2, 7)),
+        ({}, (3, DIM), (3,)),
+    ],
+    ids=["image", "video", "channel-first", "one token"],
+)
+def test_layouts_give_the_peers_shapes_and_codes(options, shape, index_shape):
+    quantizer = VectorQuantize(DIM, CODES, **options).eval()
+    x = tokens(*shape)
+    quantized, indices, _ = quantizer(x)
+    assert quantized.shape == x.shape and indices.shape == index_shape
+    torch.testing.assert_close(quantized, quantizer.get_output_from_indices(indices))
+    channel_last = x.movedim(1, -1) if options else x
+    distances = torch.cdist(channel_last.reshape(-1, DIM), quantizer.codebook)
+    assert torch.equal(indices.reshape(-1), distances.argmin(-1))
+
+
+def test_cosine_codebook_property_returns_unit_rows_and_setter_sets_them():
+    quantizer = VectorQuantize(DIM, CODES, use_cosine_sim=True)
+    torch.testing.assert_close(quantizer.codebook.norm(dim=-1), torch.ones(CODES))
+    codes = F.normalize(torch.randn(CODES, DIM), dim=-1)
+    quantizer.codebook = codes
+    torch.testing.assert_close(quantizer.codebook, codes)
+
+
+def test_learnable_codebook_gets_the_commitment_gradient():
+    quantizer = VectorQuantize(DIM, CODES, learnable_codebook=True, ema_update=False)
+    (parameter,) = quantizer.codebook_parameters()
+    x = tokens(2, 12, DIM)
+    _, indices, loss = quantizer(x)
+    loss.backward()
+    codes = parameter.detach()[indices]
+    expected = torch.zeros_like(parameter).index_add_(
+        0, indices.reshape(-1), (2 * (codes - x) / x.numel()).reshape(-1, DIM)
+    )
+    torch.testing.assert_close(parameter.grad, expected)
+
+
+def test_orthogonal_regulariser_equals_the_cosine_matrix_form():
+    quantizer = VectorQuantize(DIM, CODES, orthogonal_reg_weight=10.0)
+    _, _, loss, breakdown = quantizer(tokens(2, 12, DIM), return_loss_breakdown=True)
+    unit = F.normalize(quantizer.quantizers[0].embedding.detach().double(), dim=-1)
+    expected = (unit @ unit.T).square().sum() / CODES**2 - 1 / CODES
+    torch.testing.assert_close(breakdown.orthogonal_reg.double(), expected)
+    torch.testing.assert_close(loss, breakdown.commitment + 10 * breakdown.orthogonal_reg)
+    loss.backward()
+    assert quantizer.quantizers[0].embedding.grad.abs().sum() > 0
+
+
+def test_directional_reparam_moves_the_codebook_by_the_output_gradient():
+    torch.manual_seed(0)
+    quantizer = VectorQuantize(DIM, CODES, directional_reparam=True, threshold_ema_dead_code=1)
+    x = tokens(2, 12, DIM, requires_grad=True)
+    quantized, indices, loss = quantizer(x)
+    assert loss.item() == 0
+    codes = quantizer.codebook.detach()[indices]
+    # The value is the code up to the direction noise (variance 5e-3).
+    assert ((quantized - codes).norm(dim=-1) / (codes - x).norm(dim=-1)).max() < 0.5
     quantized.sum().backward()
-    torch.testing.assert_close(x.grad, torch.ones_like(x))
+    assert quantizer.codebook_parameters()[0].grad.abs().sum() > 0 and x.grad is not None
+
+
+def test_sync_update_v_scales_the_output_gradient_not_the_value():
+    options = {"learnable_codebook": True, "ema_update": False, "rotation_trick": False}
+    torch.manual_seed(0)
+    plain = VectorQuantize(DIM, CODES, **options)
+    synced = VectorQuantize(DIM, CODES, sync_update_v=0.5, **options)
+    synced.load_state_dict(plain.state_dict())
+    x = tokens(2, 12, DIM, requires_grad=True)
+    q_plain, q_synced = plain(x)[0], synced(x)[0]
+    torch.testing.assert_close(q_plain, q_synced)
+    q_plain.sum().backward()
+    grad_plain = x.grad.clone()
+    x.grad = None
+    q_synced.sum().backward()
+    torch.testing.assert_close(x.grad, 1.5 * grad_plain)

@@ -1,28 +1,74 @@
-"""A swap-in for vector-quantize-pytorch's ``VectorQuantize`` (its common options)."""
+"""A swap-in for vector-quantize-pytorch's ``VectorQuantize`` on the fused ops."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .quantizer import VectorQuantizer
+from .. import _trusted as kernels
+from .. import distributed
+from ..kmeans import kmeans
+from .code_sampling import sample_codes_chunked
+from .gather import gather_codes
+from .quantizer import LAPLACE_EPS, VectorQuantizer
+from .rotation_trick import directional_reparam, rotate_to, straight_through
+from .vq_compat_checkpoint import PEER_MARKER, from_peer_layout, to_peer_layout
+from .vq_compat_options import (
+    UNSUPPORTED_FORWARD,
+    UNSUPPORTED_OPTIONS,
+    WRAPPER_EMA_OPTIONS,
+    check_peer_constraints,
+    reject_dead_codes_with,
+    reject_unsupported,
+)
 
-__all__ = ["VectorQuantize"]
+__all__ = ["LossBreakdown", "VectorQuantize"]
+
+# Floor of the affine standard deviations (the peer's).
+AFFINE_VARIANCE_FLOOR = 1e-5
+
+
+class LossBreakdown(NamedTuple):
+    """The unweighted loss terms, as vector-quantize-pytorch names them."""
+
+    commitment: Tensor
+    codebook_diversity: Tensor
+    orthogonal_reg: Tensor
+    inplace_optimize: Tensor
+
+
+class _Step(NamedTuple):
+    """One codebook's share of a forward: its selected rows as quantized."""
+
+    features: Tensor  # (M, codebook_dim) float32, differentiable in the input
+    codes: Tensor  # (M, codebook_dim) the chosen codes, differentiable in a learned codebook
+    indices: Tensor  # (M,) int64
 
 
 class VectorQuantize(nn.Module):
     """``from wvq_kernels.nn import VectorQuantize`` in place of
-    ``from vector_quantize_pytorch import VectorQuantize``: same constructor arguments for the
-    common options and the same return tuple ``(quantized, indices, commit_loss)`` for
-    channel-last ``(B, N, dim)`` input (any ``(..., dim)`` works).
+    ``from vector_quantize_pytorch import VectorQuantize`` (1.32): the same constructor
+    arguments, forward keywords, return values, attributes and checkpoints.
 
-    As there: an EMA codebook (``decay``, Laplace smoothing), ``commitment_weight·‖sg(z_q) − z‖²``
-    as the loss, k-means initialisation on the first batch, EMA dead-code replacement with
-    ``threshold_ema_dead_code`` and cosine similarity; under torch.distributed the statistics
-    are synchronised over the world group unless ``sync_codebook=False`` (see
-    ``VectorQuantizer``'s ``sync_stats``). Differences: gradients pass by the plain
-    straight-through estimator (vector-quantize-pytorch defaults to the rotation trick), and
-    the commitment loss is also reported in eval mode (there it is 0 outside training). Options
-    of vector-quantize-pytorch that are not listed here raise a ``TypeError``.
+    Each codebook (one, or one per head with ``separate_codebook_per_head``) is a
+    ``VectorQuantizer`` in ``self.quantizers``: nearest codes by the fused assignment, the EMA
+    codebook, dead-code replacement and the statistics synchronised under torch.distributed
+    (``sync_codebook``) are its own. This wrapper adds the peer's layouts (heads, channel-first,
+    image and video feature maps, one token), masks (padding takes no part in any statistic or
+    loss), k-means initialisation on the first forward (training or not, as the peer), the
+    gradient estimators (rotation trick by default, straight-through, DiVeQ), the losses, and
+    the EMA steps the core quantizer does not take (per-code weights, accumulation, sampled
+    codes, affine codebooks, another Laplace ``eps``).
+
+    Options that are declined raise a ``TypeError`` naming the option and the reason, only
+    when given a value other than the peer's default: see ``vq_compat_options`` and
+    docs/migration.md. A peer ``state_dict`` loads directly (its keys are mapped on load);
+    ``peer_state_dict()`` gives the reverse.
     """
 
     def __init__(
@@ -30,42 +76,622 @@ class VectorQuantize(nn.Module):
         dim: int,
         codebook_size: int,
         codebook_dim: int | None = None,
-        *,
+        heads: int = 1,
+        separate_codebook_per_head: bool = False,
         decay: float = 0.8,
+        eps: float = 1e-5,
+        freeze_codebook: bool = False,
         kmeans_init: bool = False,
-        threshold_ema_dead_code: float = 0,
+        kmeans_iters: int = 10,
+        sync_kmeans: bool = True,
         use_cosine_sim: bool = False,
-        commitment_weight: float = 1.0,
+        layernorm_after_project_in: bool = False,
+        threshold_ema_dead_code: float = 0,
         channel_last: bool = True,
-        backend: str = "auto",
+        accept_image_fmap: bool = False,
+        accept_3d_fmap: bool = False,
+        commitment_weight: float = 1.0,
+        commitment_use_cross_entropy_loss: bool = False,
+        orthogonal_reg_weight: float = 0.0,
+        orthogonal_reg_active_codes_only: bool = False,
+        orthogonal_reg_max_codes: int | None = None,
+        codebook_diversity_loss_weight: float = 0.0,
+        codebook_diversity_temperature: float = 100.0,
+        stochastic_sample_codes: bool = False,
+        sample_codebook_temp: float = 1.0,
+        straight_through: bool = False,
+        rotation_trick: bool | None = None,
+        directional_reparam: bool = False,
+        directional_reparam_variance: float = 5e-3,
         sync_codebook: bool | None = None,
+        sync_affine_param: bool = False,
+        ema_update: bool | None = None,
+        vq_bridge: nn.Module | None = None,
+        manual_ema_update: bool = False,
+        learnable_codebook: bool | None = None,
+        in_place_codebook_optimizer: Callable | None = None,
+        manual_in_place_optimizer_update: bool = False,
+        affine_param: bool = False,
+        affine_param_batch_decay: float = 0.99,
+        affine_param_codebook_decay: float = 0.9,
+        sync_update_v: float = 0.0,
+        return_zeros_for_masked_padding: bool = True,
+        route_gradients_to_input: bool = True,
+        *,
+        backend: str = "auto",
     ):
         super().__init__()
-        if not channel_last:
-            raise TypeError(
-                "VectorQuantize: only channel_last=True ((B, N, dim) input) is supported"
-            )
-        self.quantizer = VectorQuantizer(
+        reject_unsupported(
+            "VectorQuantize",
+            UNSUPPORTED_OPTIONS,
+            {
+                "commitment_use_cross_entropy_loss": commitment_use_cross_entropy_loss,
+                "codebook_diversity_loss_weight": codebook_diversity_loss_weight,
+                "vq_bridge": vq_bridge,
+                "in_place_codebook_optimizer": in_place_codebook_optimizer,
+                "manual_in_place_optimizer_update": manual_in_place_optimizer_update,
+                "sync_affine_param": sync_affine_param,
+            },
+        )
+        wrapper_ema = {
+            "affine_param": affine_param,
+            "stochastic_sample_codes": stochastic_sample_codes,
+            "manual_ema_update": manual_ema_update,
+            "eps": eps != LAPLACE_EPS,
+        }
+        for name in WRAPPER_EMA_OPTIONS:
+            if wrapper_ema[name]:
+                reject_dead_codes_with("VectorQuantize", name, threshold_ema_dead_code)
+        # The peer's defaults, which depend on one another. Straight-through given alone
+        # turns the rotation trick off rather than clash with its default.
+        ema_update = not directional_reparam if ema_update is None else ema_update
+        learnable_codebook = (
+            directional_reparam if learnable_codebook is None else learnable_codebook
+        )
+        if rotation_trick is None:
+            rotation_trick = not directional_reparam and not straight_through and dim > 1
+        check_peer_constraints(
+            use_cosine_sim=use_cosine_sim,
+            learnable_codebook=learnable_codebook,
+            ema_update=ema_update,
+            straight_through=straight_through,
+            rotation_trick=rotation_trick,
+            directional_reparam=directional_reparam,
+            threshold_ema_dead_code=threshold_ema_dead_code,
+            sync_update_v=sync_update_v,
+            affine_param=affine_param,
+        )
+        codebook_dim = codebook_dim or dim
+        self.dim, self.codebook_size, self.codebook_dim, self.heads = (
             dim,
             codebook_size,
-            codebook_dim=codebook_dim,
-            ema=True,
-            decay=decay,
-            beta=commitment_weight,
-            dead_code_threshold=threshold_ema_dead_code,
-            metric="cosine" if use_cosine_sim else "l2",
-            backend=backend,
-            kmeans_init=kmeans_init,
-            sync_stats=sync_codebook,
+            codebook_dim,
+            heads,
         )
+        self.separate_codebook_per_head = separate_codebook_per_head
+        self.decay, self.eps, self.freeze_codebook = decay, eps, freeze_codebook
+        self.kmeans_iters, self.sync_kmeans, self.use_cosine_sim = (
+            kmeans_iters,
+            sync_kmeans,
+            use_cosine_sim,
+        )
+        self.channel_last, self.accept_image_fmap, self.accept_3d_fmap = (
+            channel_last,
+            accept_image_fmap,
+            accept_3d_fmap,
+        )
+        self.commitment_weight = commitment_weight
+        self.has_commitment_loss = commitment_weight > 0 and not directional_reparam
+        self.orthogonal_reg_weight = orthogonal_reg_weight
+        self.orthogonal_reg_active_codes_only = orthogonal_reg_active_codes_only
+        self.orthogonal_reg_max_codes = orthogonal_reg_max_codes
+        self.codebook_diversity_temperature = codebook_diversity_temperature
+        self.stochastic_sample_codes, self.sample_codebook_temp = (
+            stochastic_sample_codes,
+            sample_codebook_temp,
+        )
+        self.straight_through, self.rotation_trick = straight_through, rotation_trick
+        self.directional_reparam = directional_reparam
+        self.directional_reparam_variance = directional_reparam_variance
+        self.sync_codebook, self.manual_ema_update = sync_codebook, manual_ema_update
+        self.learnable_codebook, self.affine_param = learnable_codebook, affine_param
+        self.affine_param_batch_decay = affine_param_batch_decay
+        self.affine_param_codebook_decay = affine_param_codebook_decay
+        self.sync_update_v = sync_update_v
+        self.return_zeros_for_masked_padding = return_zeros_for_masked_padding
+        self.route_gradients_to_input = route_gradients_to_input
+        self.backend = backend
+        self._build_projections(layernorm_after_project_in)
+        num_codebooks = heads if separate_codebook_per_head else 1
+        self.quantizers = nn.ModuleList(
+            self._codebook(threshold_ema_dead_code, ema_update) for _ in range(num_codebooks)
+        )
+        self.register_buffer("initted", torch.tensor(not kmeans_init))
+        if affine_param:
+            self._build_affine_state(num_codebooks)
+        # Accumulated EMA statistics (accum_ema_update=True), folded into the next EMA step.
+        self._pending: list[tuple[Tensor, Tensor] | None] = [None] * num_codebooks
+        self.register_load_state_dict_pre_hook(self._load_peer_layout)
+
+    def _build_projections(self, layernorm: bool) -> None:
+        inner_dim = self.codebook_dim * self.heads
+        if inner_dim == self.dim:
+            self.project_in, self.project_out = nn.Identity(), nn.Identity()
+        else:
+            linear = nn.Linear(self.dim, inner_dim)
+            # The peer's layout (and so its state_dict keys): a Sequential only with the norm.
+            self.project_in = (
+                nn.Sequential(linear, nn.LayerNorm(inner_dim)) if layernorm else linear
+            )
+            self.project_out = nn.Linear(inner_dim, self.dim)
+        self.has_projections = inner_dim != self.dim
+
+    def _codebook(self, threshold_ema_dead_code: float, ema_update: bool) -> VectorQuantizer:
+        ema = ema_update and not self.learnable_codebook
+        quantizer = VectorQuantizer(
+            self.codebook_dim,
+            self.codebook_size,
+            ema=ema,
+            decay=self.decay,
+            dead_code_threshold=threshold_ema_dead_code,
+            metric="cosine" if self.use_cosine_sim else "l2",
+            backend=self.backend,
+            sync_stats=self.sync_codebook,
+        )
+        # The peer learns the codebook by gradient when asked to, and also under orthogonal
+        # regularisation (whose gradient then meets the EMA updates, as there).
+        learned = self.learnable_codebook or self.orthogonal_reg_weight > 0
+        if ema and learned:
+            codes = quantizer.embedding
+            delattr(quantizer, "embedding")
+            quantizer.embedding = nn.Parameter(codes)
+        elif not ema:
+            quantizer.embedding.requires_grad_(learned)
+        return quantizer
+
+    def _build_affine_state(self, num_codebooks: int) -> None:
+        shape = (num_codebooks, 1, self.codebook_dim)
+        for name in ("batch_mean", "batch_variance", "codebook_mean", "codebook_variance"):
+            self.register_buffer(name, torch.zeros(shape))
+        self.register_buffer("batch_stats_needs_init", torch.tensor(True))
+        self.register_buffer("codebook_stats_needs_init", torch.tensor(True))
+
+    # ---- attributes the peer's users call -------------------------------------------------
+
+    @property
+    def ema_update(self) -> bool:
+        return self.quantizers[0].ema
 
     @property
     def codebook(self) -> Tensor:
-        return self.quantizer.codes()
+        """(K, codebook_dim), or (heads, K, codebook_dim) with separate codebooks; rows
+        normalised with ``use_cosine_sim``, as the peer stores them."""
+        codes = torch.stack([self._normalize(q.codes()) for q in self.quantizers])
+        return codes if self.separate_codebook_per_head else codes[0]
+
+    @codebook.setter
+    def codebook(self, codes: Tensor) -> None:
+        # As the peer: the codes only; the EMA sums keep their values.
+        codes = codes if self.separate_codebook_per_head else codes[None]
+        with torch.no_grad():
+            for quantizer, rows in zip(self.quantizers, codes):
+                quantizer.embedding.copy_(rows)
+
+    def codebook_parameters(self) -> list[nn.Parameter]:
+        return [p for q in self.quantizers for p in q.codebook_parameters() if p.requires_grad]
+
+    def get_codes_from_indices(self, indices: Tensor) -> Tensor:
+        """The codes of ``indices`` (as forward returns them), before ``project_out``."""
+        return self._to_layout(self._lookup(indices))
 
     def get_output_from_indices(self, indices: Tensor) -> Tensor:
-        return self.quantizer.indices_to_codes(indices)
+        """What forward outputs (in eval mode) for ``indices``."""
+        return self._to_layout(self.project_out(self._lookup(indices)))
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        out = self.quantizer(x)
-        return out.quantized, out.indices, out.loss
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """Recomputes the EMA codebooks from their statistics (for ``manual_ema_update``)."""
+        for quantizer in self.quantizers:
+            if quantizer.ema:
+                self._refresh_codebook(quantizer)
+
+    def peer_state_dict(self) -> dict[str, Tensor]:
+        """This module's state in vector-quantize-pytorch's layout (see docs/migration.md)."""
+        return to_peer_layout(self)
+
+    def _lookup(self, indices: Tensor) -> Tensor:
+        if self.heads == 1:
+            return self._lookup_codes(0)[indices]
+        per_head = [
+            self._lookup_codes(head if self.separate_codebook_per_head else 0)[indices[..., head]]
+            for head in range(self.heads)
+        ]
+        return torch.cat(per_head, dim=-1)
+
+    def _to_layout(self, vectors: Tensor) -> Tensor:
+        if self.channel_last and not self.accept_image_fmap and not self.accept_3d_fmap:
+            return vectors
+        return vectors.movedim(-1, 1)
+
+    def _lookup_codes(self, index: int) -> Tensor:
+        codes = self.quantizers[index].codes()
+        if self.affine_param:
+            codes = self._affine_codes(index, codes)
+        return self._normalize(codes)
+
+    # ---- forward ---------------------------------------------------------------------------
+
+    def forward(
+        self,
+        x: Tensor,
+        indices: Tensor | None = None,
+        mask: Tensor | None = None,
+        lens: Tensor | None = None,
+        topk: int | None = None,
+        sample_codebook_temp: float | None = None,
+        freeze_codebook: bool | None = None,
+        return_loss_breakdown: bool = False,
+        codebook_transform_fn: Callable | None = None,
+        ema_update_weight: Tensor | Callable | None = None,
+        accum_ema_update: bool = False,
+        ema_update: bool | None = None,
+    ):
+        reject_unsupported(
+            "VectorQuantize.forward",
+            UNSUPPORTED_FORWARD,
+            {"indices": indices, "topk": topk, "codebook_transform_fn": codebook_transform_fn},
+        )
+        if ema_update_weight is not None or accum_ema_update:
+            name = "ema_update_weight" if ema_update_weight is not None else "accum_ema_update"
+            reject_dead_codes_with(
+                "VectorQuantize.forward", name, self.quantizers[0].dead_code_threshold
+            )
+        mask = _token_mask(x, mask, lens)
+        tokens, restore = self._tokens(x, mask)
+        heads = self.project_in(tokens).unflatten(-1, (self.heads, self.codebook_dim))
+        groups = self._groups(heads, mask)
+        freeze = self.freeze_codebook if freeze_codebook is None else freeze_codebook
+        update = self.training and not freeze and ema_update is not False
+        temperature = (
+            self.sample_codebook_temp if sample_codebook_temp is None else sample_codebook_temp
+        )
+        if not self.initted:
+            self._kmeans_init([rows for rows, _ in groups])
+        steps = [
+            self._quantize(index, rows, update, temperature, ema_update_weight, accum_ema_update)
+            for index, (rows, _) in enumerate(groups)
+        ]
+        outputs = [self._route(step, x.requires_grad) for step in steps]
+        quantized = self.project_out(self._scatter(outputs, groups, heads, 0.0))
+        codes = self._scatter([step.indices for step in steps], groups, heads[..., 0], -1)
+        if mask is not None:
+            padding = torch.zeros_like(tokens) if self.return_zeros_for_masked_padding else tokens
+            quantized = torch.where(mask[..., None], quantized, padding)
+        codes = codes if self.heads > 1 else codes[..., 0]
+        quantized, codes = restore(quantized.to(x.dtype), codes)
+        breakdown = self._losses(steps, freeze, tokens)
+        loss = self._total_loss(breakdown)
+        if return_loss_breakdown:
+            return quantized, codes, loss, breakdown
+        return quantized, codes, loss
+
+    def _tokens(self, x: Tensor, mask: Tensor | None):
+        """``x`` as (B, N, dim) tokens, and the function that puts outputs back in its layout."""
+        if x.ndim == 2:
+            if mask is not None:
+                raise ValueError("mask/lens: not accepted with one token per row ((B, dim) input)")
+            return x[:, None], lambda q, i: (q[:, 0], i[:, 0])
+        if self.accept_image_fmap or self.accept_3d_fmap:
+            if mask is not None:
+                raise ValueError("mask/lens: not accepted with feature-map input")
+            spatial = x.shape[2:]
+
+            def restore_map(quantized: Tensor, codes: Tensor):
+                quantized = quantized.transpose(1, 2).unflatten(2, spatial)
+                return quantized, codes.unflatten(1, spatial)
+
+            return x.flatten(2).transpose(1, 2), restore_map
+        if not self.channel_last:
+            return x.transpose(1, 2), lambda q, i: (q.transpose(1, 2), i)
+        return x, lambda q, i: (q, i)
+
+    def _groups(self, heads: Tensor, mask: Tensor | None) -> list[tuple[Tensor, Tensor | None]]:
+        """Per codebook: its selected rows (M, codebook_dim) and where they sit in
+        ``heads`` (B, N, H', ...) as a mask, None when every row is selected."""
+        parts = (
+            [heads[:, :, h : h + 1] for h in range(self.heads)]
+            if self.separate_codebook_per_head
+            else [heads]
+        )
+        groups = []
+        for part in parts:
+            if mask is None:
+                groups.append((part.reshape(-1, self.codebook_dim), None))
+            else:
+                where = mask[..., None].expand(part.shape[:-1])
+                groups.append((part[where], where))
+        return groups
+
+    def _scatter(self, values: list[Tensor], groups, heads: Tensor, fill: float) -> Tensor:
+        """Puts each codebook's per-row values back at its rows of ``heads``."""
+        parts = []
+        for value, (_, where) in zip(values, groups):
+            width = self.heads if len(groups) == 1 else 1
+            shape = (*heads.shape[:2], width, *value.shape[1:])
+            if where is None:
+                parts.append(value.reshape(shape))
+            else:
+                parts.append(value.new_full(shape, fill).index_put((where,), value))
+        merged = torch.cat(parts, dim=2)
+        return merged.flatten(2) if merged.ndim == 4 else merged
+
+    # ---- one codebook ----------------------------------------------------------------------
+
+    def _quantize(
+        self, index: int, rows: Tensor, update: bool, temperature: float, weight, accumulate: bool
+    ) -> _Step:
+        sampling = self.training and self.stochastic_sample_codes and temperature > 0
+        wrapper_ema = update and (
+            self.manual_ema_update
+            or self.eps != LAPLACE_EPS
+            or weight is not None
+            or accumulate
+            or self._pending[index] is not None
+        )
+        if self.affine_param or sampling or wrapper_ema:
+            return self._quantize_here(
+                index, rows, update, temperature if sampling else 0, weight, accumulate
+            )
+        return self._quantize_core(self.quantizers[index], rows, update)
+
+    def _quantize_core(self, quantizer: VectorQuantizer, rows: Tensor, update: bool) -> _Step:
+        """The core quantizer's forward: assignment, EMA step, dead codes, synchronisation."""
+        # The codes this forward chooses among, kept from the EMA step and refills that the
+        # core forward makes in place (the clone stays differentiable in a learned codebook).
+        codes = self._normalize(quantizer.codes().clone())
+        training = quantizer.training
+        quantizer.train(update)
+        try:
+            indices = quantizer(rows).indices
+        finally:
+            quantizer.train(training)
+        return _Step(
+            self._normalize(rows.float()), gather_codes(codes, indices, self.backend), indices
+        )
+
+    def _quantize_here(
+        self, index: int, rows: Tensor, update: bool, temperature: float, weight, accumulate: bool
+    ) -> _Step:
+        """Affine codebooks, sampled codes and the EMA variants the core quantizer lacks."""
+        features = self._normalize(rows.float())
+        codes = self.quantizers[index].codes()
+        if self.affine_param:
+            self._update_affine(index, features.detach(), codes.detach())
+            codes = self._affine_codes(index, codes)
+        codes = self._normalize(codes)
+        if temperature > 0:
+            metric = "cosine" if self.use_cosine_sim else "l2"
+            indices = sample_codes_chunked(features.detach(), codes.detach(), temperature, metric)
+        else:
+            indices = kernels.assign(features, codes.detach(), backend=self.backend).indices
+        if update:
+            self._ema_step(index, features.detach(), indices, weight, accumulate)
+        return _Step(features, gather_codes(codes, indices, self.backend), indices)
+
+    def _route(self, step: _Step, input_requires_grad: bool) -> Tensor:
+        """The quantized rows, with the gradient estimator to the input in training."""
+        if not (self.training and input_requires_grad and self.route_gradients_to_input):
+            return step.codes
+        if self.rotation_trick:
+            routed = rotate_to(step.features, step.codes)
+        elif self.directional_reparam:
+            routed = directional_reparam(
+                step.features, step.codes, self.directional_reparam_variance
+            )
+        else:
+            routed = straight_through(step.features, step.codes)
+        if self.sync_update_v > 0:
+            # vqtorch's synchronised update (21): the codes move with v times the gradient.
+            routed = routed + self.sync_update_v * (routed - routed.detach())
+        return routed
+
+    # ---- codebook state --------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _kmeans_init(self, rows: list[Tensor]) -> None:
+        """k-means on each codebook's rows of the first forward, training or not (as the peer);
+        under torch.distributed on every rank's rows when the codebook and k-means sync."""
+        if any(r.shape[0] == 0 for r in rows):
+            return
+        group = None if self._kmeans_syncs() else _own_rank_group()
+        for quantizer, part in zip(self.quantizers, rows):
+            features = self._normalize(part.detach().float())
+            fitted = kmeans(
+                features,
+                self.codebook_size,
+                self.kmeans_iters,
+                # One fixed seed, the core quantizer's: every rank must draw alike.
+                seed=0,
+                process_group=group,
+                backend=self.backend,
+            )
+            fitted = self._normalize(fitted.to(features.device))
+            quantizer.embedding.copy_(fitted)
+            if quantizer.ema:
+                quantizer.embed_sum.copy_(fitted * quantizer.cluster_size[:, None])
+        self.initted.fill_(True)
+
+    def _kmeans_syncs(self) -> bool:
+        return self.sync_kmeans and self.sync_codebook is not False
+
+    def _syncs(self) -> bool:
+        return self.sync_codebook is not False and distributed.is_distributed()
+
+    @torch.no_grad()
+    def _ema_step(self, index: int, features: Tensor, indices: Tensor, weight, accumulate: bool):
+        """The peer's EMA step with per-code weights (``ema_update_weight``), accumulation over
+        forwards (``accum_ema_update``), its ``eps`` and ``manual_ema_update``."""
+        quantizer = self.quantizers[index]
+        if not quantizer.ema:
+            return
+        if self.affine_param:
+            features = self._affine_features(index, features)
+        counts, sums = kernels.code_sums(
+            indices, features, self.codebook_size, backend=self.backend
+        )
+        if self._syncs():
+            counts = distributed.all_reduce_histogram(counts)
+            sums = distributed.all_reduce_code_sums(sums)
+        counts = counts.float()
+        if self._pending[index] is not None:
+            pending_counts, pending_sums = self._pending[index]
+            counts, sums = counts + pending_counts, sums + pending_sums
+        if accumulate:
+            self._pending[index] = (counts, sums)
+            return
+        self._pending[index] = None
+        rate = (1 - self.decay) * self._ema_weight(index, weight, sums, counts)
+        finite = torch.isfinite(sums).all()
+        new_sizes = torch.lerp(quantizer.cluster_size, counts, rate)
+        new_sums = torch.lerp(quantizer.embed_sum, sums, rate[:, None])
+        quantizer.cluster_size.copy_(torch.where(finite, new_sizes, quantizer.cluster_size))
+        quantizer.embed_sum.copy_(torch.where(finite, new_sums, quantizer.embed_sum))
+        if not self.manual_ema_update:
+            self._refresh_codebook(quantizer)
+
+    def _ema_weight(self, index: int, weight, sums: Tensor, counts: Tensor) -> Tensor:
+        if weight is None:
+            return counts.new_ones(self.codebook_size)
+        if callable(weight):
+            # The peer's callable sees (codebooks, K, d) sums and (codebooks, K) counts.
+            weight = weight(sums[None], counts[None])
+        weight = torch.as_tensor(weight, dtype=torch.float32, device=counts.device)
+        return weight[index] if weight.ndim == 2 else weight.expand(self.codebook_size)
+
+    def _refresh_codebook(self, quantizer: VectorQuantizer) -> None:
+        """codes = EMA sums / Laplace-smoothed EMA counts, with this module's ``eps``."""
+        sizes = quantizer.cluster_size
+        total = sizes.sum()
+        smoothed = (sizes + self.eps) / (total + self.codebook_size * self.eps) * total
+        quantizer.embedding.copy_(quantizer.embed_sum / smoothed[:, None])
+
+    # ---- affine codebook (affine_param) ----------------------------------------------------
+
+    @torch.no_grad()
+    def _update_affine(self, index: int, features: Tensor, codes: Tensor) -> None:
+        # As the peer: the codebook's statistics in training only, the batch's in every forward.
+        if self.training:
+            self._decayed("codebook", index, codes, self.affine_param_codebook_decay)
+        if features.shape[0]:
+            self._decayed("batch", index, features, self.affine_param_batch_decay)
+
+    def _decayed(self, kind: str, index: int, rows: Tensor, decay: float) -> None:
+        mean, variance = getattr(self, kind + "_mean"), getattr(self, kind + "_variance")
+        needs_init = getattr(self, kind + "_stats_needs_init")
+        keep = torch.where(needs_init, 0.0, decay)
+        mean[index].copy_(torch.lerp(rows.mean(0, keepdim=True), mean[index], keep))
+        variance[index].copy_(
+            torch.lerp(rows.var(0, unbiased=False, keepdim=True), variance[index], keep)
+        )
+        if index == len(self.quantizers) - 1:
+            needs_init.fill_(False)
+
+    def _affine_scale(self, index: int) -> Tensor:
+        """batch std / codebook std, per dimension."""
+        batch = self.batch_variance[index].clamp_min(AFFINE_VARIANCE_FLOOR).sqrt()
+        codebook = self.codebook_variance[index].clamp_min(AFFINE_VARIANCE_FLOOR).sqrt()
+        return batch / codebook
+
+    def _affine_codes(self, index: int, codes: Tensor) -> Tensor:
+        """The codes moved to the batch's mean and scale."""
+        scale = self._affine_scale(index)
+        return (codes - self.codebook_mean[index]) * scale + self.batch_mean[index]
+
+    def _affine_features(self, index: int, features: Tensor) -> Tensor:
+        """Features moved to the codebook's mean and scale, where the EMA sums live."""
+        scale = self._affine_scale(index)
+        return (features - self.batch_mean[index]) / scale + self.codebook_mean[index]
+
+    # ---- losses ----------------------------------------------------------------------------
+
+    def _losses(self, steps: list[_Step], freeze: bool, tokens: Tensor) -> LossBreakdown:
+        zero = tokens.new_zeros((), dtype=torch.float32)
+        if not self.training:
+            return LossBreakdown(zero, zero, zero, zero)
+        commitment = zero
+        if self.has_commitment_loss:
+            commitment = self._commitment(steps, learned=self.learnable_codebook and not freeze)
+        orthogonal = self._orthogonal(steps) if self.orthogonal_reg_weight > 0 else zero
+        return LossBreakdown(commitment, zero, orthogonal, zero)
+
+    def _total_loss(self, breakdown: LossBreakdown) -> Tensor:
+        loss = breakdown.commitment * self.commitment_weight
+        loss = loss + breakdown.orthogonal_reg * self.orthogonal_reg_weight
+        if self.training and not loss.requires_grad:
+            # As the peer: a training loss always takes part in autograd.
+            loss = loss.detach().requires_grad_()
+        return loss
+
+    def _commitment(self, steps: list[_Step], learned: bool) -> Tensor:
+        """Mean squared error between the selected features and their codes (detached unless
+        the codebook is learned), over every selected element of every head."""
+        total = sum(
+            ((s.codes if learned else s.codes.detach()) - s.features).square().sum() for s in steps
+        )
+        count = sum(s.features.numel() for s in steps)
+        return total / max(count, 1)
+
+    def _orthogonal(self, steps: list[_Step]) -> Tensor:
+        """The peer's orthogonal regulariser, mean over codebooks of
+        Σᵢⱼ cos²(cᵢ, cⱼ)/n² − 1/n, computed through the d×d Gram matrix (‖ĈᵀĈ‖²_F equals the
+        sum over the n×n cosine matrix), so no n×n matrix exists whatever n."""
+        terms = []
+        for index, quantizer in enumerate(self.quantizers):
+            codes = quantizer.codes()
+            if self.orthogonal_reg_active_codes_only:
+                used = torch.cat([s.indices for s in self._steps_of(steps, index)])
+                codes = codes[torch.unique(used)]
+            limit = self.orthogonal_reg_max_codes
+            if limit is not None and codes.shape[0] > limit:
+                codes = codes[torch.randperm(codes.shape[0], device=codes.device)[:limit]]
+            unit = F.normalize(codes, dim=-1, eps=1e-6)
+            gram = unit.T @ unit
+            count = unit.shape[0]
+            terms.append(gram.square().sum() / count**2 - 1 / count)
+        return torch.stack(terms).mean()
+
+    def _steps_of(self, steps: list[_Step], index: int) -> list[_Step]:
+        return [steps[index]] if self.separate_codebook_per_head else steps
+
+    def _normalize(self, vectors: Tensor) -> Tensor:
+        return F.normalize(vectors, dim=-1) if self.use_cosine_sim else vectors
+
+    def _load_peer_layout(self, module, state_dict, prefix, *args) -> None:
+        if prefix + PEER_MARKER in state_dict:
+            from_peer_layout(self, state_dict, prefix)
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, codebook_size={self.codebook_size}, "
+            f"codebook_dim={self.codebook_dim}, heads={self.heads}, "
+            f"separate_codebook_per_head={self.separate_codebook_per_head}, "
+            f"rotation_trick={self.rotation_trick}, ema_update={self.ema_update}"
+        )
+
+
+def _token_mask(x: Tensor, mask: Tensor | None, lens: Tensor | None) -> Tensor | None:
+    if mask is not None and lens is not None:
+        raise ValueError("mask and lens: give one or the other, not both")
+    if lens is not None:
+        mask = torch.arange(x.shape[1], device=x.device) < lens[:, None]
+    return mask
+
+
+def _own_rank_group():
+    """None outside torch.distributed; inside, a group of this rank alone, so that k-means
+    fits this rank's rows only (``sync_kmeans=False``). Every rank takes part in creating
+    every group, as torch.distributed requires."""
+    if not distributed.is_distributed():
+        return None
+    groups = [dist.new_group([rank]) for rank in range(dist.get_world_size())]
+    return groups[dist.get_rank()]

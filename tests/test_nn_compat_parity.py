@@ -1,0 +1,133 @@
+"""wvq_kernels.nn.VectorQuantize against vector-quantize-pytorch's VectorQuantize, loaded with
+the same state (the peer's state_dict, through the swap-in's key mapping): same indices (float
+ties aside), outputs, losses, input gradients and EMA codebooks after a training step."""
+
+import pytest
+import torch
+
+from wvq_kernels.nn import VectorQuantize
+
+vqp = pytest.importorskip("vector_quantize_pytorch")
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+DIM, CODES = 16, 32
+# Two codes whose float64 distances to a row differ by less than this may be chosen
+# differently by the peer's float32 ‖x‖² + ‖c‖² − 2x·c and by our exact kernel.
+TIE = 1e-4
+
+CASES = {
+    "default (rotation trick)": {},
+    "straight-through": {"rotation_trick": False},
+    "cosine": {"use_cosine_sim": True},
+    "cosine straight-through": {"use_cosine_sim": True, "rotation_trick": False},
+    "projection": {"codebook_dim": 8, "commitment_weight": 0.25},
+    "shared heads": {"heads": 2, "codebook_dim": 8},
+    "separate heads": {"heads": 2, "codebook_dim": 4, "separate_codebook_per_head": True},
+    "channel first": {"channel_last": False},
+    "learnable codebook": {"learnable_codebook": True, "ema_update": False},
+    "orthogonal regularisation": {"orthogonal_reg_weight": 10.0},
+    "affine codebook": {"affine_param": True},
+}
+
+
+def pair(options: dict):
+    torch.manual_seed(0)
+    theirs = vqp.VectorQuantize(DIM, CODES, **options)
+    with torch.no_grad():
+        # Spread codes, so that the batch does not fall on one or two of them.
+        theirs._codebook.embed.normal_()
+        if options.get("use_cosine_sim"):
+            # The peer keeps cosine codebooks normalised, and its distances assume it.
+            theirs._codebook.embed.copy_(
+                torch.nn.functional.normalize(theirs._codebook.embed, dim=-1)
+            )
+        theirs._codebook.embed_avg.copy_(theirs._codebook.embed)
+    ours = VectorQuantize(DIM, CODES, **options)
+    ours.load_state_dict(theirs.state_dict())
+    return ours, theirs
+
+
+def batch(options: dict, seed: int = 1) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    shape = (2, DIM, 24) if options.get("channel_last") is False else (2, 24, DIM)
+    return torch.randn(shape, generator=generator)
+
+
+def run(module, x: torch.Tensor, **kwargs):
+    x = x.clone().requires_grad_()
+    quantized, indices, loss = module(x, **kwargs)
+    total = quantized.square().sum() + loss
+    # In eval mode the peer's output carries no gradient to the input.
+    if total.requires_grad:
+        total.backward()
+    return quantized.detach(), indices, loss.detach(), x.grad
+
+
+def assert_same_choices(ours: torch.Tensor, theirs: torch.Tensor, gap: torch.Tensor) -> None:
+    """Equal indices, except where the float64 distance gap between the two choices is a tie."""
+    differs = ours != theirs
+    assert (gap[differs] <= TIE).all(), f"{int(differs.sum())} indices differ beyond ties"
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("options", CASES.values(), ids=CASES.keys())
+def test_same_indices_outputs_losses_and_gradients(options, training):
+    ours, theirs = pair(options)
+    ours.train(training), theirs.train(training)
+    x = batch(options)
+    torch.manual_seed(2)
+    q_ours, i_ours, loss_ours, grad_ours = run(ours, x)
+    torch.manual_seed(2)
+    q_theirs, i_theirs, loss_theirs, grad_theirs = run(theirs, x)
+    assert torch.equal(i_ours, i_theirs)
+    torch.testing.assert_close(q_ours, q_theirs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss_ours, loss_theirs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_ours, grad_theirs, rtol=1e-4, atol=1e-5)
+    assert (grad_ours is None) == (not training)
+    # The EMA step (training) leaves the same codebook.
+    torch.testing.assert_close(ours.codebook, theirs.codebook.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_indices_agree_up_to_ties_at_larger_scale():
+    ours, theirs = pair({})
+    ours.eval(), theirs.eval()
+    x = torch.randn(4, 512, DIM, generator=torch.Generator().manual_seed(3))
+    i_ours, i_theirs = ours(x)[1], theirs(x)[1]
+    distances = torch.cdist(x.double().reshape(-1, DIM), ours.codebook.double()).square()
+    chosen = distances.gather(1, i_ours.reshape(-1, 1)).squeeze(1)
+    peer_chosen = distances.gather(1, i_theirs.reshape(-1, 1)).squeeze(1)
+    # Ours is the float64 optimum on every row.
+    torch.testing.assert_close(chosen, distances.min(1).values, rtol=0, atol=1e-9)
+    assert_same_choices(i_ours.reshape(-1), i_theirs.reshape(-1), (peer_chosen - chosen).abs())
+
+
+# The peer's masked commitment loss compares the codes with the raw input rather than the
+# normalised features, so the cosine case is compared without it.
+MASKED_CASES = {"l2": {}, "cosine": {"use_cosine_sim": True, "commitment_weight": 0.0}}
+
+
+@pytest.mark.parametrize("options", MASKED_CASES.values(), ids=MASKED_CASES.keys())
+def test_masked_forward_matches_theirs(options):
+    ours, theirs = pair(options)
+    x, lens = batch(options), torch.tensor([10, 17])
+    results = [run(module, x, lens=lens) for module in (ours, theirs)]
+    (q_ours, i_ours, loss_ours, grad_ours), (q_theirs, i_theirs, loss_theirs, grad_theirs) = results
+    assert torch.equal(i_ours, i_theirs)
+    torch.testing.assert_close(q_ours, q_theirs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad_ours, grad_theirs, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(loss_ours, loss_theirs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours.codebook, theirs.codebook.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_weighted_and_accumulated_ema_steps_match_theirs():
+    ours, theirs = pair({})
+    x, later = batch({}), batch({}, seed=5)
+    weights = torch.tensor([1.0, 0.0] * (CODES // 2))
+    for module in (ours, theirs):
+        module(x, ema_update_weight=weights)
+        module(later, accum_ema_update=True)
+        module(x)
+    torch.testing.assert_close(ours.codebook, theirs.codebook, rtol=1e-5, atol=1e-6)
+    cluster_size = ours.quantizers[0].cluster_size
+    torch.testing.assert_close(cluster_size, theirs._codebook.cluster_size[0])

@@ -1,0 +1,129 @@
+"""Which of vector-quantize-pytorch's ``VectorQuantize`` options the swap-in declines, and why.
+
+Every other option of the peer's constructor and forward is honoured. An option below raises
+a ``TypeError`` naming it only when given a value other than the peer's default.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "UNSUPPORTED_FORWARD",
+    "UNSUPPORTED_OPTIONS",
+    "check_peer_constraints",
+    "reject_unsupported",
+]
+
+_N_BY_K = "it needs the N×K matrix of distances to every code, which the fused ops never build"
+
+# name: (the peer's default, why another value is declined)
+UNSUPPORTED_OPTIONS: dict[str, tuple[Any, str]] = {
+    "commitment_use_cross_entropy_loss": (
+        False,
+        f"a cross-entropy over all K codes per token; {_N_BY_K}",
+    ),
+    "codebook_diversity_loss_weight": (
+        0.0,
+        f"the batch entropy of softmax over all K codes per token; {_N_BY_K}",
+    ),
+    "vq_bridge": (
+        None,
+        "a network run over the whole codebook at every step is outside the fused quantizer",
+    ),
+    "in_place_codebook_optimizer": (
+        None,
+        "an optimizer step and a second quantization inside forward; step an optimizer over "
+        "codebook_parameters() outside forward instead",
+    ),
+    "manual_in_place_optimizer_update": (
+        False,
+        "only meaningful with in_place_codebook_optimizer, which is not supported",
+    ),
+    "sync_affine_param": (
+        False,
+        "the affine batch statistics are kept per process",
+    ),
+}
+
+UNSUPPORTED_FORWARD: dict[str, tuple[Any, str]] = {
+    "indices": (
+        None,
+        f"the cross-entropy of given codes against all K; {_N_BY_K}",
+    ),
+    "topk": (None, "several codes per token are not returned by the swap-in"),
+    "codebook_transform_fn": (
+        None,
+        "an implicit codebook per token is an N×K×D tensor, which the fused ops never build",
+    ),
+}
+
+# Options whose EMA step the wrapper takes itself; the dead-code replacement of the core
+# quantizer is not available on that path.
+WRAPPER_EMA_OPTIONS = ("affine_param", "stochastic_sample_codes", "manual_ema_update", "eps")
+
+
+def _differs(value: Any, default: Any) -> bool:
+    if default is None:
+        return value is not None
+    return value != default
+
+
+def reject_unsupported(where: str, table: dict[str, tuple[Any, str]], values: dict) -> None:
+    """Raises a TypeError for the first option of ``values`` that ``table`` declines and that
+    is not at the peer's default."""
+    for name, value in values.items():
+        default, reason = table[name]
+        if _differs(value, default):
+            raise TypeError(f"{where}: {name}={_describe(value)} is not supported: {reason}")
+
+
+def _describe(value: Any) -> str:
+    if hasattr(value, "shape"):
+        return f"<tensor of shape {tuple(value.shape)}>"
+    return repr(value)
+
+
+def reject_dead_codes_with(where: str, name: str, threshold_ema_dead_code: float) -> None:
+    if threshold_ema_dead_code > 0:
+        raise TypeError(
+            f"{where}: {name} together with threshold_ema_dead_code > 0 is not supported: "
+            "its EMA step is the wrapper's, which has no dead-code replacement"
+        )
+
+
+def check_peer_constraints(
+    *,
+    use_cosine_sim: bool,
+    learnable_codebook: bool,
+    ema_update: bool,
+    straight_through: bool,
+    rotation_trick: bool,
+    directional_reparam: bool,
+    threshold_ema_dead_code: float,
+    sync_update_v: float,
+    affine_param: bool,
+) -> None:
+    """The combinations the peer refuses (with assertions), refused here with a ValueError."""
+    refusals = [
+        (use_cosine_sim and learnable_codebook, "use_cosine_sim with learnable_codebook"),
+        (
+            sum(map(bool, (straight_through, rotation_trick, directional_reparam))) > 1,
+            "more than one of straight_through, rotation_trick, directional_reparam",
+        ),
+        (
+            directional_reparam and threshold_ema_dead_code == 0,
+            "directional_reparam without dead-code replacement (threshold_ema_dead_code = 0)",
+        ),
+        (straight_through and learnable_codebook, "straight_through with learnable_codebook"),
+        (ema_update and learnable_codebook, "ema_update with learnable_codebook"),
+        (not 0 <= sync_update_v <= 1, "sync_update_v outside [0, 1]"),
+        (
+            sync_update_v > 0 and not learnable_codebook,
+            "sync_update_v > 0 without a learnable_codebook",
+        ),
+        (affine_param and use_cosine_sim, "affine_param with use_cosine_sim"),
+    ]
+    for refused, what in refusals:
+        if refused:
+            raise ValueError(f"VectorQuantize: {what} is not a valid combination")

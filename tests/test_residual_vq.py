@@ -1,0 +1,240 @@
+"""ResidualVQ and GroupedResidualVQ: parity with vector-quantize-pytorch's (the same codebooks
+through the peer's state_dict give the same indices, outputs, losses and gradients), quantize
+dropout, shared codebooks, feature maps at any size, declined options, mixed precision."""
+
+import pytest
+import torch
+
+from wvq_kernels.nn import GroupedResidualVQ, ResidualVQ
+
+peer = pytest.importorskip("vector_quantize_pytorch")
+
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.filterwarnings("ignore::FutureWarning"),
+]
+
+DIM, CODES = 16, 64
+
+
+def twins(peer_class, our_class, seed=0, **options):
+    """(peer, ours) with the peer's state loaded into ours."""
+    torch.manual_seed(seed)
+    theirs = peer_class(**options)
+    ours = our_class(**options)
+    ours.load_state_dict(theirs.state_dict())
+    return theirs, ours
+
+
+def batch(*shape, seed=1):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def assert_same_outputs(theirs, ours):
+    assert len(theirs) == len(ours)
+    for peer_value, our_value in zip(theirs, ours):
+        if peer_value.dtype == torch.int64:
+            assert torch.equal(peer_value, our_value)
+        else:
+            torch.testing.assert_close(our_value, peer_value, rtol=1e-5, atol=1e-5)
+
+
+RESIDUAL_CASES = {
+    "plain": {},
+    "projected": {"codebook_dim": 8},
+    "sizes_per_layer": {"codebook_size": (32, 64, 128), "num_quantizers": None},
+    "shared": {"shared_codebook": True},
+    "cosine": {"use_cosine_sim": True},
+}
+
+
+@pytest.mark.parametrize("case", RESIDUAL_CASES)
+def test_eval_matches_peer(case):
+    options = {"dim": DIM, "num_quantizers": 3, "codebook_size": CODES} | RESIDUAL_CASES[case]
+    theirs, ours = twins(peer.ResidualVQ, ResidualVQ, **options)
+    theirs.eval(), ours.eval()
+    x = batch(2, 40, DIM)
+    expected = theirs(x, return_all_codes=True)
+    got = ours(x, return_all_codes=True)
+    assert got[1].shape == (2, 40, 3) and got[2].shape == (3,)
+    assert_same_outputs(expected, got)
+    torch.testing.assert_close(ours.get_output_from_indices(got[1]), got[0], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("quant_grad_frac", [0.0, 0.5])
+def test_training_step_matches_peer(quant_grad_frac):
+    """Same indices and losses, same input gradients (rotation trick) and the same EMA
+    codebooks after the step."""
+    options = {"dim": DIM, "num_quantizers": 3, "codebook_size": CODES}
+    theirs, ours = twins(peer.ResidualVQ, ResidualVQ, quant_grad_frac=quant_grad_frac, **options)
+    results = []
+    for module in (theirs, ours):
+        x = batch(2, 40, DIM).requires_grad_()
+        quantized, indices, losses = module.train()(x)
+        (quantized.square().sum() + losses.sum()).backward()
+        results.append((quantized, indices, losses, x.grad))
+    assert_same_outputs(*results)
+    for peer_layer, our_layer in zip(theirs.layers, ours.layers):
+        torch.testing.assert_close(our_layer.codebook, peer_layer.codebook, rtol=1e-5, atol=1e-6)
+
+
+def test_shared_codebook_training_matches_peer():
+    """The shared EMA codebook takes every layer's statistics and is recomputed once."""
+    options = {"dim": DIM, "num_quantizers": 3, "codebook_size": CODES, "shared_codebook": True}
+    theirs, ours = twins(peer.ResidualVQ, ResidualVQ, **options)
+    x = batch(2, 40, DIM)
+    assert_same_outputs(theirs.train()(x), ours.train()(x))
+    assert len({id(layer) for layer in ours.layers}) == 1
+    torch.testing.assert_close(
+        ours.layers[0].codebook, theirs.layers[0].codebook, rtol=1e-5, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    "dropout",
+    [
+        {},
+        {"quantize_dropout_cutoff_index": 1},
+        {"quantize_dropout_cutoff_index": 1, "quantize_dropout_multiple_of": 2},
+    ],
+)
+@pytest.mark.parametrize("seed", [0, 3, 7])
+def test_quantize_dropout_matches_peer(dropout, seed):
+    options = {"dim": DIM, "num_quantizers": 5, "codebook_size": CODES, "quantize_dropout": True}
+    theirs, ours = twins(peer.ResidualVQ, ResidualVQ, **options, **dropout)
+    x = batch(2, 30, DIM)
+    expected = theirs.train()(x, rand_quantize_dropout_fixed_seed=seed, return_all_codes=True)
+    got = ours.train()(x, rand_quantize_dropout_fixed_seed=seed, return_all_codes=True)
+    assert_same_outputs(expected, got)
+    kept = (got[1][0, 0] >= 0).sum()
+    assert (got[1][..., kept:] == -1).all() and (got[2][kept:] == 0).all()
+    assert (got[1][..., :kept] >= 0).all() and kept >= dropout.get(
+        "quantize_dropout_cutoff_index", 0
+    ) + 1
+    # Coarse indices (only the kept layers) decode to the same output.
+    ours.eval()
+    torch.testing.assert_close(
+        ours.get_output_from_indices(got[1][..., :kept]),
+        ours.get_output_from_indices(got[1]),
+    )
+
+
+def test_quantize_dropout_draws_vary_and_eval_keeps_all():
+    ours = ResidualVQ(dim=DIM, num_quantizers=6, codebook_size=CODES, quantize_dropout=True)
+    x = batch(1, 20, DIM)
+    torch.manual_seed(0)
+    kept = {int((ours.train()(x)[1][0, 0] >= 0).sum()) for _ in range(20)}
+    assert len(kept) > 2 and kept <= set(range(1, 7))
+    assert (ours.eval()(x)[1] >= 0).all()
+
+
+def test_mask_matches_peer():
+    options = {"dim": DIM, "num_quantizers": 3, "codebook_size": CODES}
+    theirs, ours = twins(peer.ResidualVQ, ResidualVQ, **options)
+    x = batch(2, 30, DIM)
+    mask = torch.arange(30)[None, :] < torch.tensor([[30], [12]])
+    expected, got = theirs.eval()(x, mask=mask), ours.eval()(x, mask=mask)
+    assert_same_outputs(expected, got)
+    assert (got[0][~mask] == 0).all() and (got[1][~mask] == -1).all()
+
+
+def test_grouped_matches_peer():
+    options = {"dim": DIM, "groups": 2, "num_quantizers": 3, "codebook_size": CODES}
+    theirs, ours = twins(peer.GroupedResidualVQ, GroupedResidualVQ, **options)
+    x = batch(2, 40, DIM)
+    expected = theirs.eval()(x, return_all_codes=True)
+    got = ours.eval()(x, return_all_codes=True)
+    assert got[1].shape == (2, 2, 40, 3) and got[2].shape == (2, 3)
+    assert [codes.shape for codes in got[3]] == [(3, 2, 40, DIM // 2)] * 2
+    assert_same_outputs(expected[:3] + expected[3], got[:3] + got[3])
+    torch.testing.assert_close(ours.get_output_from_indices(got[1]), got[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(ours.codebooks, theirs.codebooks)
+
+
+@pytest.mark.parametrize("layout", ["accept_image_fmap", "channel_last"])
+def test_channel_first_inputs_at_any_size(layout):
+    """(b, c, h, w) maps with h != c (the peer's stack needs c == h): the channel-last result,
+    moved back."""
+    options = {"dim": DIM, "num_quantizers": 3, "codebook_size": CODES, "codebook_dim": 8}
+    flag = {"accept_image_fmap": True} if layout == "accept_image_fmap" else {"channel_last": False}
+    torch.manual_seed(0)
+    channel_first = ResidualVQ(**options, **flag).eval()
+    channel_last = ResidualVQ(**options).eval()
+    channel_last.load_state_dict(channel_first.state_dict())
+    x = batch(2, DIM, 5, 7) if layout == "accept_image_fmap" else batch(2, DIM, 9)
+    quantized, indices, _ = channel_first(x)
+    expected = channel_last(x.movedim(1, -1))
+    assert indices.shape == (*expected[1].shape[:-1], 3) and torch.equal(indices, expected[1])
+    torch.testing.assert_close(quantized, expected[0].movedim(-1, 1))
+    torch.testing.assert_close(channel_first.get_output_from_indices(indices), quantized)
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"implicit_neural_codebook": True},
+        {"mlp_kwargs": {"depth": 2}},
+        {"diveq": True},
+        {"beam_size": 4},
+        {"eval_beam_size": 4},
+        {"beam_score_quantizer_weights": [1.0, 1.0]},
+    ],
+)
+def test_declined_options_name_themselves(option):
+    (name,) = option
+    with pytest.raises(TypeError, match=name):
+        ResidualVQ(dim=DIM, num_quantizers=2, codebook_size=CODES, **option)
+
+
+def test_peer_defaults_are_accepted_and_forward_declines_with_reason():
+    defaults = {
+        "implicit_neural_codebook": False,
+        "mlp_kwargs": {},
+        "diveq": False,
+        "beam_size": None,
+        "eval_beam_size": None,
+        "beam_score_quantizer_weights": None,
+        "heads": 1,
+    }
+    ours = ResidualVQ(dim=DIM, num_quantizers=2, codebook_size=CODES, **defaults)
+    x = batch(1, 10, DIM)
+    with pytest.raises(TypeError, match=r"indices.*N×K"):
+        ours(x, indices=torch.zeros(1, 10, 2, dtype=torch.int64))
+    with pytest.raises(TypeError, match="beam_size"):
+        ours(x, beam_size=2)
+    with pytest.raises(ValueError, match="heads"):
+        ResidualVQ(dim=DIM, num_quantizers=2, codebook_size=CODES, heads=2)
+    with pytest.raises(TypeError, match=r"shared_codebook.*threshold_ema_dead_code"):
+        ResidualVQ(
+            dim=DIM,
+            num_quantizers=2,
+            codebook_size=CODES,
+            shared_codebook=True,
+            threshold_ema_dead_code=2,
+        )
+
+
+@pytest.mark.parametrize("mode", ["autocast_bf16", "autocast_fp16", "module_bf16"])
+@pytest.mark.parametrize("grouped", [False, True])
+def test_mixed_precision_training_step(mode, grouped):
+    torch.manual_seed(0)
+    options = {"dim": DIM, "num_quantizers": 3, "codebook_size": CODES, "codebook_dim": 8}
+    module = GroupedResidualVQ(groups=2, **options) if grouped else ResidualVQ(**options)
+    x = batch(2, 30, DIM)
+    if mode == "module_bf16":
+        module, x = module.to(torch.bfloat16), x.to(torch.bfloat16)
+    x.requires_grad_()
+    dtype = torch.float16 if mode == "autocast_fp16" else torch.bfloat16
+    with torch.autocast("cpu", dtype=dtype, enabled=mode.startswith("autocast")):
+        quantized, indices, losses = module.train()(x)
+    (quantized.float().square().mean() + losses.sum()).backward()
+    assert quantized.shape == x.shape and torch.isfinite(quantized).all()
+    assert torch.isfinite(losses).all() and (indices >= 0).all()
+    assert x.grad.dtype == x.dtype and torch.isfinite(x.grad).all()
+    for parameter in module.parameters():
+        assert parameter.grad is None or torch.isfinite(parameter.grad).all()
+    # The quantizers' EMA statistics keep float32 whatever the module's dtype.
+    for name, buffer in module.named_buffers():
+        if name.endswith(("cluster_size", "embed_sum")):
+            assert buffer.dtype == torch.float32, name

@@ -1,0 +1,366 @@
+"""Swap-ins for vector-quantize-pytorch's ``ResidualVQ`` and ``GroupedResidualVQ`` (1.32)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+from torch import Tensor, nn
+
+from .. import distributed
+from .vq_compat import VectorQuantize
+from .vq_compat_options import reject_unsupported
+
+__all__ = ["GroupedResidualVQ", "ResidualVQ"]
+
+_NO_TOPK = "it needs several candidate codes per token from every layer, which is not offered"
+
+# name: (the peer's default, why another value is declined)
+UNSUPPORTED_RESIDUAL: dict[str, tuple[object, str]] = {
+    "implicit_neural_codebook": (
+        False,
+        "QINCo's per-token codebooks are an N×K×D tensor, which the fused ops never build",
+    ),
+    "mlp_kwargs": (None, "only used by implicit_neural_codebook, which is not supported"),
+    "diveq": (False, "DiVeQ across the residual stack is not implemented"),
+    "beam_size": (None, f"beam search: {_NO_TOPK}"),
+    "eval_beam_size": (None, f"beam search: {_NO_TOPK}"),
+    "beam_score_quantizer_weights": (None, "only used by beam search, which is not supported"),
+}
+
+UNSUPPORTED_RESIDUAL_FORWARD: dict[str, tuple[object, str]] = {
+    "indices": (
+        None,
+        "the cross-entropy of given codes against all K needs the N×K matrix of distances, "
+        "which the fused ops never build",
+    ),
+    "beam_size": (None, f"beam search: {_NO_TOPK}"),
+}
+
+# Peer options that put the channels at dim 1; the residual stack handles them itself and runs
+# its layers on channel-last tokens.
+CHANNEL_FIRST_OPTIONS = {"accept_image_fmap": False, "accept_3d_fmap": False, "channel_last": True}
+
+
+class ResidualVQ(nn.Module):
+    """``from wvq_kernels.nn import ResidualVQ`` in place of vector-quantize-pytorch's: residual
+    quantization (SoundStream, Algorithm 1), each of ``num_quantizers`` layers a
+    ``wvq_kernels.nn.VectorQuantize`` on the fused ops quantizing what the previous ones left.
+
+    The peer's constructor (``vq_kwargs`` go to every layer's ``VectorQuantize``) and forward:
+    ``(quantized, indices (..., num_quantizers), losses (num_quantizers,))``, plus
+    ``all_codes (num_quantizers, ..., codebook_dim)`` with ``return_all_codes=True``.
+    ``codebook_size`` may be a tuple (one size per layer). ``shared_codebook=True`` makes every
+    layer the same module; an EMA codebook then accumulates its statistics over all layers and
+    is recomputed once, at the end of the forward (the peer's manual EMA update). In training,
+    ``quantize_dropout`` keeps the layers up to one drawn from
+    ``[quantize_dropout_cutoff_index, num_quantizers)`` (rounded up to a multiple of
+    ``quantize_dropout_multiple_of``) with the peer's draw for a given
+    ``rand_quantize_dropout_fixed_seed``, and reports the others as index -1 and loss 0; the
+    draw is the same on every rank under torch.distributed. ``quant_grad_frac`` lets that
+    fraction of the gradient flow from each layer's output into the next layer's residual.
+
+    Channel-first inputs (``accept_image_fmap``, ``accept_3d_fmap``, ``channel_last=False``)
+    work at any size (the peer's stack needs channels == height there): indices come back as
+    ``(b, h, w, q)``, ``get_output_from_indices`` in the input's layout. Declined, with a
+    ``TypeError`` naming the option and why, only for a value other than the peer's default:
+    see ``UNSUPPORTED_RESIDUAL``.
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        num_quantizers: int | None = None,
+        codebook_size: int | tuple[int, ...],
+        codebook_dim: int | None = None,
+        shared_codebook: bool = False,
+        diveq: bool = False,
+        heads: int = 1,
+        quantize_dropout: bool = False,
+        quantize_dropout_cutoff_index: int = 0,
+        quantize_dropout_multiple_of: int = 1,
+        accept_image_fmap: bool = False,
+        implicit_neural_codebook: bool = False,
+        mlp_kwargs: dict | None = None,
+        beam_size: int | None = None,
+        eval_beam_size: int | None = None,
+        beam_score_quantizer_weights: list[float] | None = None,
+        quant_grad_frac: float = 0.0,
+        return_zeros_for_masked_padding: bool = True,
+        **vq_kwargs,
+    ):
+        super().__init__()
+        reject_unsupported(
+            "ResidualVQ",
+            UNSUPPORTED_RESIDUAL,
+            {
+                "implicit_neural_codebook": implicit_neural_codebook,
+                "mlp_kwargs": mlp_kwargs or None,
+                "diveq": diveq,
+                "beam_size": beam_size,
+                "eval_beam_size": eval_beam_size,
+                "beam_score_quantizer_weights": beam_score_quantizer_weights,
+            },
+        )
+        sizes = _codebook_sizes(codebook_size, num_quantizers)
+        _check_residual_options(heads, shared_codebook, sizes, quantize_dropout_cutoff_index)
+        layout = {
+            name: vq_kwargs.pop(name, default) for name, default in CHANNEL_FIRST_OPTIONS.items()
+        }
+        layout["accept_image_fmap"] = accept_image_fmap
+        self.channels_first = layout != CHANNEL_FIRST_OPTIONS
+        self.accept_image_fmap = accept_image_fmap
+        self.codebook_dim = codebook_dim or dim
+        self.has_projections = self.codebook_dim != dim
+        self.project_in = (
+            nn.Linear(dim, self.codebook_dim) if self.has_projections else nn.Identity()
+        )
+        self.project_out = (
+            nn.Linear(self.codebook_dim, dim) if self.has_projections else nn.Identity()
+        )
+        self.num_quantizers, self.codebook_sizes = len(sizes), sizes
+        self.uniform_codebook_size = len(set(sizes)) == 1
+        self.shared_codebook = shared_codebook
+        self.quantize_dropout = quantize_dropout and self.num_quantizers > 1
+        self.quantize_dropout_cutoff_index = quantize_dropout_cutoff_index
+        self.quantize_dropout_multiple_of = quantize_dropout_multiple_of
+        self.quant_grad_frac = quant_grad_frac
+        self.return_zeros_for_masked_padding = return_zeros_for_masked_padding
+        self.layers = self._build_layers(sizes, shared_codebook, vq_kwargs)
+
+    def _build_layers(self, sizes, shared: bool, vq_kwargs: dict) -> nn.ModuleList:
+        def layer(size: int, **extra) -> VectorQuantize:
+            dims = {"dim": self.codebook_dim, "codebook_dim": self.codebook_dim}
+            return VectorQuantize(codebook_size=size, **dims, **vq_kwargs, **extra)
+
+        if not shared:
+            return nn.ModuleList(layer(size) for size in sizes)
+        if vq_kwargs.get("threshold_ema_dead_code", 0) > 0:
+            raise TypeError(
+                "ResidualVQ: shared_codebook=True with threshold_ema_dead_code > 0 is not "
+                "supported: the shared EMA codebook is recomputed once at the end of the "
+                "forward (manual_ema_update), a step without dead-code replacement"
+            )
+        # The peer's shared codebook: an EMA one gathers its statistics from every layer and
+        # is recomputed once per forward.
+        shared_layer = layer(sizes[0])
+        if shared_layer.ema_update:
+            shared_layer = layer(sizes[0], manual_ema_update=True)
+        return nn.ModuleList([shared_layer] * len(sizes))
+
+    @property
+    def codebook_size(self) -> int:
+        return self.layers[0].codebook_size
+
+    @property
+    def codebooks(self) -> Tensor | tuple[Tensor, ...]:
+        """``(num_quantizers, K, codebook_dim)``; a tuple of each layer's with different
+        sizes."""
+        codebooks = tuple(layer.codebook for layer in self.layers)
+        return torch.stack(codebooks) if self.uniform_codebook_size else codebooks
+
+    def get_codes_from_indices(self, indices: Tensor) -> Tensor:
+        """``(num_quantizers, ..., codebook_dim)``: each layer's code of ``indices``
+        ``(..., q)`` (fewer than ``num_quantizers`` columns with quantize dropout), zeros for
+        -1 (a dropped layer)."""
+        missing = self.num_quantizers - indices.shape[-1]
+        if missing > 0:
+            if not self.quantize_dropout:
+                raise ValueError(
+                    f"indices: expected {self.num_quantizers} quantizers in the last dimension, "
+                    f"got {indices.shape[-1]}; fewer need quantize_dropout=True"
+                )
+            indices = nn.functional.pad(indices, (0, missing), value=-1)
+        codes = []
+        for layer, layer_indices in zip(self.layers, indices.unbind(-1)):
+            dropped = layer_indices < 0
+            layer_codes = layer.get_codes_from_indices(layer_indices.clamp_min(0))
+            codes.append(layer_codes.masked_fill(dropped[..., None], 0.0))
+        return torch.stack(codes)
+
+    def get_output_from_indices(self, indices: Tensor) -> Tensor:
+        """What forward outputs (in eval mode) for ``indices``, in the input's layout."""
+        summed = self.get_codes_from_indices(indices).sum(0)
+        return self._from_channels_last(self.project_out(summed))
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        indices: Tensor | list[Tensor] | None = None,
+        return_all_codes: bool = False,
+        sample_codebook_temp: float | None = None,
+        freeze_codebook: bool = False,
+        beam_size: int | None = None,
+        rand_quantize_dropout_fixed_seed: int | None = None,
+    ):
+        reject_unsupported(
+            "ResidualVQ.forward",
+            UNSUPPORTED_RESIDUAL_FORWARD,
+            {"indices": indices, "beam_size": beam_size},
+        )
+        tokens = x.movedim(1, -1) if self.channels_first else x
+        features = self.project_in(tokens)
+        last = self._last_layer(features.device, rand_quantize_dropout_fixed_seed)
+        # Only what the caller set, so that each layer's own defaults (its freeze_codebook,
+        # sample_codebook_temp) hold otherwise.
+        options = {"mask": mask, "sample_codebook_temp": sample_codebook_temp}
+        options = {name: value for name, value in options.items() if value is not None}
+        if freeze_codebook:
+            options["freeze_codebook"] = True
+        quantized, all_indices, losses = self._quantize_layers(features, last, options)
+        if self.training and self.shared_codebook and self.layers[0].ema_update:
+            self.layers[0].update_ema()
+        quantized = self.project_out(quantized)
+        if mask is not None:
+            padding = (
+                torch.zeros_like(quantized) if self.return_zeros_for_masked_padding else tokens
+            )
+            quantized = torch.where(mask[..., None], quantized, padding)
+        result = (self._from_channels_last(quantized), all_indices, losses)
+        if return_all_codes:
+            result += (self.get_codes_from_indices(all_indices),)
+        return result
+
+    def _quantize_layers(self, features: Tensor, last: int, options: dict):
+        """The residual loop: (sum of the layers' outputs, indices (..., q), losses (q,))."""
+        # The layers take (b, n, d): feature maps' positions are flattened into n.
+        shape = features.shape
+        features = features.flatten(1, -2) if features.dim() > 3 else features
+        residual, quantized = features, torch.zeros_like(features)
+        all_indices, losses = [], []
+        dropped_indices = torch.full(features.shape[:-1], -1, device=features.device)
+        for layer in self.layers[: last + 1]:
+            layer_quantized, layer_indices, loss = layer(residual, **options)
+            residual = residual - _gradient_fraction(layer_quantized, self.quant_grad_frac)
+            quantized = quantized + layer_quantized
+            all_indices.append(layer_indices)
+            losses.append(loss.reshape(()).float())
+        zero = features.new_zeros((), dtype=torch.float32)
+        all_indices += [dropped_indices] * (self.num_quantizers - last - 1)
+        losses += [zero] * (self.num_quantizers - last - 1)
+        all_indices = torch.stack(all_indices, -1).reshape(*shape[:-1], self.num_quantizers)
+        return quantized.reshape(shape), all_indices, torch.stack(losses)
+
+    def _last_layer(self, device: torch.device, seed: int | None) -> int:
+        """The last layer this forward runs: all but in training with quantize dropout."""
+        if not (self.training and self.quantize_dropout):
+            return self.num_quantizers - 1
+        seed = _shared_seed(device) if seed is None else seed
+        last = random.Random(seed).randrange(
+            self.quantize_dropout_cutoff_index, self.num_quantizers
+        )
+        multiple = self.quantize_dropout_multiple_of
+        return min(math.ceil((last + 1) / multiple) * multiple - 1, self.num_quantizers - 1)
+
+    def _from_channels_last(self, vectors: Tensor) -> Tensor:
+        return vectors.movedim(-1, 1) if self.channels_first else vectors
+
+
+class GroupedResidualVQ(nn.Module):
+    """``GroupedResidualVQ`` of vector-quantize-pytorch: the feature dimension split into
+    ``groups`` chunks, each quantized by its own ``ResidualVQ`` (``kwargs`` go to each).
+    Returns ``(quantized, indices (groups, ..., q), losses (groups, q))`` and, with
+    ``return_all_codes``, a tuple of each group's ``(q, ..., codebook_dim)`` codes, as the
+    peer."""
+
+    def __init__(self, *, dim: int, groups: int = 1, accept_image_fmap: bool = False, **kwargs):
+        super().__init__()
+        if dim % groups:
+            raise ValueError(f"dim: expected a multiple of groups={groups}, got {dim}")
+        self.dim, self.groups, self.accept_image_fmap = dim, groups, accept_image_fmap
+        self.rvqs = nn.ModuleList(
+            ResidualVQ(dim=dim // groups, accept_image_fmap=accept_image_fmap, **kwargs)
+            for _ in range(groups)
+        )
+
+    @property
+    def split_dim(self) -> int:
+        return 1 if self.rvqs[0].channels_first else -1
+
+    @property
+    def codebooks(self) -> Tensor:
+        return torch.stack([rvq.codebooks for rvq in self.rvqs])
+
+    def get_codes_from_indices(self, indices: Tensor) -> Tensor:
+        return torch.stack(
+            [rvq.get_codes_from_indices(part) for rvq, part in zip(self.rvqs, indices)]
+        )
+
+    def get_output_from_indices(self, indices: Tensor) -> Tensor:
+        outputs = [rvq.get_output_from_indices(part) for rvq, part in zip(self.rvqs, indices)]
+        return torch.cat(outputs, dim=self.split_dim)
+
+    def forward(
+        self,
+        x: Tensor,
+        indices=None,
+        return_all_codes: bool = False,
+        sample_codebook_temp: float | None = None,
+        freeze_codebook: bool = False,
+        mask: Tensor | None = None,
+    ):
+        if x.shape[self.split_dim] != self.dim:
+            raise ValueError(
+                f"x: expected {self.dim} features in dimension {self.split_dim}, "
+                f"got shape {tuple(x.shape)}"
+            )
+        # Every group drops the same layers, as in the peer.
+        seed = _shared_seed(x.device) if self.training else None
+        outputs = [
+            rvq(
+                chunk,
+                mask=mask,
+                indices=indices,
+                return_all_codes=return_all_codes,
+                sample_codebook_temp=sample_codebook_temp,
+                freeze_codebook=freeze_codebook,
+                rand_quantize_dropout_fixed_seed=seed,
+            )
+            for rvq, chunk in zip(self.rvqs, x.chunk(self.groups, dim=self.split_dim))
+        ]
+        quantized, all_indices, losses, *all_codes = zip(*outputs)
+        result = (
+            torch.cat(quantized, dim=self.split_dim),
+            torch.stack(all_indices),
+            torch.stack(losses),
+        )
+        return result + tuple(all_codes)
+
+
+def _codebook_sizes(codebook_size, num_quantizers: int | None) -> tuple[int, ...]:
+    if isinstance(codebook_size, tuple):
+        if num_quantizers is not None and num_quantizers != len(codebook_size):
+            raise ValueError(
+                f"num_quantizers: {num_quantizers} but {len(codebook_size)} codebook sizes"
+            )
+        return codebook_size
+    if num_quantizers is None:
+        raise ValueError("num_quantizers: required unless codebook_size is a tuple of sizes")
+    return (codebook_size,) * num_quantizers
+
+
+def _check_residual_options(heads: int, shared: bool, sizes, cutoff: int) -> None:
+    """The peer's refusals (assertions there), as ValueErrors."""
+    if heads != 1:
+        raise ValueError(f"heads: residual quantization takes heads=1 (as the peer), got {heads}")
+    if shared and len(set(sizes)) > 1:
+        raise ValueError(f"shared_codebook=True needs one codebook size, got {sizes}")
+    if not 0 <= cutoff < len(sizes):
+        raise ValueError(
+            f"quantize_dropout_cutoff_index: expected 0 <= index < {len(sizes)}, got {cutoff}"
+        )
+
+
+def _gradient_fraction(tensor: Tensor, fraction: float) -> Tensor:
+    """``tensor`` whose gradient is scaled by ``fraction`` (detached at 0)."""
+    detached = tensor.detach()
+    return detached if fraction <= 0 else fraction * tensor + (1 - fraction) * detached
+
+
+def _shared_seed(device: torch.device) -> int:
+    """A seed drawn from torch's generator, summed over ranks so that all agree."""
+    seed = torch.randint(10_000, (1,), device=device)
+    return int(distributed.all_reduce_histogram(seed)[0])

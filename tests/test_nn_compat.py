@@ -293,3 +293,24 @@ def test_sync_update_v_scales_the_output_gradient_not_the_value():
     x.grad = None
     q_synced.sum().backward()
     torch.testing.assert_close(x.grad, 1.5 * grad_plain)
+
+
+def test_stochastic_codes_are_sampled_in_training_and_nearest_in_eval():
+    torch.manual_seed(0)
+    quantizer = VectorQuantize(DIM, CODES, stochastic_sample_codes=True, sample_codebook_temp=10.0)
+    x = tokens(4, 64, DIM)
+    nearest = torch.cdist(x, quantizer.codebook.expand(4, -1, -1)).argmin(-1)
+    before = quantizer.quantizers[0].cluster_size.clone()
+    _, indices, _ = quantizer(x)
+    assert (indices != nearest).float().mean() > 0.5
+    # The EMA step counts the sampled codes.
+    counts = torch.bincount(indices.reshape(-1), minlength=CODES).float()
+    expected = before * quantizer.decay + counts * (1 - quantizer.decay)
+    torch.testing.assert_close(quantizer.quantizers[0].cluster_size, expected)
+    quantizer.eval()
+    nearest = torch.cdist(x, quantizer.codebook.expand(4, -1, -1)).argmin(-1)
+    assert torch.equal(quantizer(x)[1], nearest)
+    # A zero temperature on the call turns sampling off in training too.
+    assert torch.equal(
+        quantizer.train()(x, sample_codebook_temp=0.0, freeze_codebook=True)[1], nearest
+    )

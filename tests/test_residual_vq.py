@@ -2,8 +2,13 @@
 through the peer's state_dict give the same indices, outputs, losses and gradients), quantize
 dropout, shared codebooks, feature maps at any size, declined options, mixed precision."""
 
+import os
+import tempfile
+
 import pytest
 import torch
+import torch.distributed as dist
+from test_distributed import TIMEOUT, init_group, spawn
 
 from wvq_kernels.nn import GroupedResidualVQ, ResidualVQ
 
@@ -127,6 +132,33 @@ def test_quantize_dropout_draws_vary_and_eval_keeps_all():
     kept = {int((ours.train()(x)[1][0, 0] >= 0).sum()) for _ in range(20)}
     assert len(kept) > 2 and kept <= set(range(1, 7))
     assert (ours.eval()(x)[1] >= 0).all()
+
+
+DROPOUT_STEPS = 8
+
+
+def kept_layers_per_step(rank: int, world: int, folder: str) -> None:
+    """A rank with its own torch seed: the dropout draws must still agree, or the layers'
+    synchronised statistics would wait on collectives the other rank never makes."""
+    init_group(rank, world, folder, TIMEOUT)
+    try:
+        torch.manual_seed(0)
+        module = ResidualVQ(dim=DIM, num_quantizers=6, codebook_size=CODES, quantize_dropout=True)
+        torch.manual_seed(100 + rank)
+        kept = [
+            int((module.train()(batch(1, 8, DIM, seed=step))[1][0, 0] >= 0).sum())
+            for step in range(DROPOUT_STEPS)
+        ]
+        torch.save(kept, os.path.join(folder, f"kept{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_quantize_dropout_draws_agree_across_ranks():
+    with tempfile.TemporaryDirectory() as folder:
+        spawn(kept_layers_per_step, 2, folder)
+        first, second = (torch.load(os.path.join(folder, f"kept{r}.pt")) for r in range(2))
+    assert first == second and len(set(first)) > 1
 
 
 def test_mask_matches_peer():

@@ -23,7 +23,6 @@ DECLINED_VALUES = {
     "vq_bridge": torch.nn.Identity(),
     "in_place_codebook_optimizer": torch.optim.SGD,
     "manual_in_place_optimizer_update": True,
-    "sync_affine_param": True,
 }
 DECLINED_FORWARD = {
     "indices": torch.zeros(2, 5, dtype=torch.long),
@@ -71,12 +70,27 @@ def test_declined_forward_keyword_raises_a_type_error_naming_it(name):
         VectorQuantize(DIM, CODES)(tokens(2, 5, DIM), **{name: DECLINED_FORWARD[name]})
 
 
-def test_wrapper_ema_options_with_dead_codes_are_declined():
-    with pytest.raises(TypeError, match="stochastic_sample_codes together with threshold"):
-        VectorQuantize(DIM, CODES, stochastic_sample_codes=True, threshold_ema_dead_code=1)
-    quantizer = VectorQuantize(DIM, CODES, threshold_ema_dead_code=1)
-    with pytest.raises(TypeError, match="accum_ema_update together with threshold"):
-        quantizer(tokens(2, 5, DIM), accum_ema_update=True)
+@pytest.mark.parametrize(
+    "options, keywords",
+    [
+        ({"stochastic_sample_codes": True, "sample_codebook_temp": 0.1}, {}),
+        ({}, {"ema_update_weight": torch.ones(CODES)}),
+        ({"learnable_codebook": True, "ema_update": False, "eps": 1e-3}, {}),
+    ],
+    ids=["sampled codes", "weighted EMA", "learned codebook"],
+)
+def test_dead_codes_are_refilled_on_the_wrappers_ema_path(options, keywords):
+    torch.manual_seed(0)
+    quantizer = VectorQuantize(DIM, CODES, threshold_ema_dead_code=0.9, **options)
+    with torch.no_grad():
+        quantizer.quantizers[0].embedding[1:] += 100  # all codes but one are far away: dead
+    x = tokens(2, 32, DIM)
+    quantizer(x, **keywords)
+    codes = quantizer.quantizers[0].embedding.detach()
+    # Every dead code now sits on a row of the batch; the live code 0 did not move that way.
+    is_a_row = (codes[:, None] == x.reshape(-1, DIM)[None]).all(-1).any(1)
+    assert is_a_row[1:].all() and not is_a_row[0]
+    assert (quantizer.quantizers[0].cluster_size[1:] >= 0.9).all()
 
 
 def test_combinations_the_peer_refuses_are_refused():

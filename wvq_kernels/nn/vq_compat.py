@@ -21,9 +21,7 @@ from .vq_compat_checkpoint import PEER_MARKER, from_peer_layout, to_peer_layout
 from .vq_compat_options import (
     UNSUPPORTED_FORWARD,
     UNSUPPORTED_OPTIONS,
-    WRAPPER_EMA_OPTIONS,
     check_peer_constraints,
-    reject_dead_codes_with,
     reject_unsupported,
 )
 
@@ -130,18 +128,8 @@ class VectorQuantize(nn.Module):
                 "vq_bridge": vq_bridge,
                 "in_place_codebook_optimizer": in_place_codebook_optimizer,
                 "manual_in_place_optimizer_update": manual_in_place_optimizer_update,
-                "sync_affine_param": sync_affine_param,
             },
         )
-        wrapper_ema = {
-            "affine_param": affine_param,
-            "stochastic_sample_codes": stochastic_sample_codes,
-            "manual_ema_update": manual_ema_update,
-            "eps": eps != LAPLACE_EPS,
-        }
-        for name in WRAPPER_EMA_OPTIONS:
-            if wrapper_ema[name]:
-                reject_dead_codes_with("VectorQuantize", name, threshold_ema_dead_code)
         # The peer's defaults, which depend on one another. Straight-through given alone
         # turns the rotation trick off rather than clash with its default.
         ema_update = not directional_reparam if ema_update is None else ema_update
@@ -195,6 +183,7 @@ class VectorQuantize(nn.Module):
         self.directional_reparam_variance = directional_reparam_variance
         self.sync_codebook, self.manual_ema_update = sync_codebook, manual_ema_update
         self.learnable_codebook, self.affine_param = learnable_codebook, affine_param
+        self.sync_affine_param = sync_affine_param
         self.affine_param_batch_decay = affine_param_batch_decay
         self.affine_param_codebook_decay = affine_param_codebook_decay
         self.sync_update_v = sync_update_v
@@ -341,11 +330,6 @@ class VectorQuantize(nn.Module):
             UNSUPPORTED_FORWARD,
             {"indices": indices, "topk": topk, "codebook_transform_fn": codebook_transform_fn},
         )
-        if ema_update_weight is not None or accum_ema_update:
-            name = "ema_update_weight" if ema_update_weight is not None else "accum_ema_update"
-            reject_dead_codes_with(
-                "VectorQuantize.forward", name, self.quantizers[0].dead_code_threshold
-            )
         mask = _token_mask(x, mask, lens)
         tokens, restore = self._tokens(x, mask)
         heads = self.project_in(tokens).unflatten(-1, (self.heads, self.codebook_dim))
@@ -530,12 +514,31 @@ class VectorQuantize(nn.Module):
     @torch.no_grad()
     def _ema_step(self, index: int, features: Tensor, indices: Tensor, weight, accumulate: bool):
         """The peer's EMA step with per-code weights (``ema_update_weight``), accumulation over
-        forwards (``accum_ema_update``), its ``eps`` and ``manual_ema_update``."""
+        forwards (``accum_ema_update``), its ``eps`` and ``manual_ema_update``, then the
+        dead-code refills. A codebook without EMA tracks only its cluster sizes (for those)."""
         quantizer = self.quantizers[index]
-        if not quantizer.ema:
+        if not quantizer.ema and quantizer.dead_code_threshold <= 0:
             return
         if self.affine_param:
             features = self._affine_features(index, features)
+        counts, sums = self._batch_sums(index, features, indices, accumulate)
+        if accumulate:
+            return
+        rate = (1 - self.decay) * self._ema_weight(index, weight, sums, counts)
+        finite = torch.isfinite(sums).all()
+        _lerp_where(finite, quantizer.cluster_size, counts, rate)
+        if quantizer.ema:
+            _lerp_where(finite, quantizer.embed_sum, sums, rate[:, None])
+            if not self.manual_ema_update:
+                self._refresh_codebook(quantizer)
+        if quantizer.dead_code_threshold > 0:
+            self._replace_dead_codes(quantizer, features, finite)
+
+    def _batch_sums(
+        self, index: int, features: Tensor, indices: Tensor, accumulate: bool
+    ) -> tuple[Tensor, Tensor]:
+        """This batch's counts and sums per code (all ranks' when synchronised), plus those
+        accumulated since the last step; with ``accumulate`` they are kept for the next one."""
         counts, sums = kernels.code_sums(
             indices, features, self.codebook_size, backend=self.backend
         )
@@ -546,18 +549,27 @@ class VectorQuantize(nn.Module):
         if self._pending[index] is not None:
             pending_counts, pending_sums = self._pending[index]
             counts, sums = counts + pending_counts, sums + pending_sums
-        if accumulate:
-            self._pending[index] = (counts, sums)
-            return
-        self._pending[index] = None
-        rate = (1 - self.decay) * self._ema_weight(index, weight, sums, counts)
-        finite = torch.isfinite(sums).all()
-        new_sizes = torch.lerp(quantizer.cluster_size, counts, rate)
-        new_sums = torch.lerp(quantizer.embed_sum, sums, rate[:, None])
-        quantizer.cluster_size.copy_(torch.where(finite, new_sizes, quantizer.cluster_size))
-        quantizer.embed_sum.copy_(torch.where(finite, new_sums, quantizer.embed_sum))
-        if not self.manual_ema_update:
-            self._refresh_codebook(quantizer)
+        self._pending[index] = (counts, sums) if accumulate else None
+        return counts, sums
+
+    def _replace_dead_codes(
+        self, quantizer: VectorQuantizer, features: Tensor, finite: Tensor
+    ) -> None:
+        """The core quantizer's rule, on this path: codes whose EMA usage fell below the
+        threshold move to rows drawn from its queue of recent features (every rank's when
+        synchronised, so that every rank draws the same) and restart as average codes."""
+        rows = distributed.all_gather_rows(features) if self._syncs() else features
+        quantizer.queue.push(rows, finite)
+        threshold = quantizer.dead_code_threshold
+        dead = (quantizer.cluster_size < threshold) & (quantizer.queue.filled > 0) & finite
+        candidates = quantizer.queue.sample(self.codebook_size, quantizer.generator)
+        candidates = candidates.to(quantizer.embedding.dtype)
+        quantizer.embedding.copy_(torch.where(dead[:, None], candidates, quantizer.embedding))
+        restart = quantizer.cluster_size.mean().clamp_min(threshold)
+        quantizer.cluster_size.copy_(torch.where(dead, restart, quantizer.cluster_size))
+        if quantizer.ema:
+            restarted = quantizer.embedding * quantizer.cluster_size[:, None]
+            quantizer.embed_sum.copy_(torch.where(dead[:, None], restarted, quantizer.embed_sum))
 
     def _ema_weight(self, index: int, weight, sums: Tensor, counts: Tensor) -> Tensor:
         if weight is None:
@@ -581,18 +593,24 @@ class VectorQuantize(nn.Module):
     def _update_affine(self, index: int, features: Tensor, codes: Tensor) -> None:
         # As the peer: the codebook's statistics in training only, the batch's in every forward.
         if self.training:
-            self._decayed("codebook", index, codes, self.affine_param_codebook_decay)
-        if features.shape[0]:
-            self._decayed("batch", index, features, self.affine_param_batch_decay)
+            mean, variance = codes.mean(0), codes.var(0, unbiased=False)
+            self._decayed("codebook", index, mean, variance, self.affine_param_codebook_decay)
+        if self.sync_affine_param and distributed.is_distributed():
+            # The mean and (population) variance of every rank's rows, merged exactly.
+            stats = distributed.all_gather_moments(kernels.moments(features, backend=self.backend))
+            mean, variance = stats.mean.float(), torch.diagonal(stats.cov).float()
+            self._decayed("batch", index, mean, variance, self.affine_param_batch_decay)
+        elif features.shape[0]:
+            mean, variance = features.mean(0), features.var(0, unbiased=False)
+            self._decayed("batch", index, mean, variance, self.affine_param_batch_decay)
 
-    def _decayed(self, kind: str, index: int, rows: Tensor, decay: float) -> None:
-        mean, variance = getattr(self, kind + "_mean"), getattr(self, kind + "_variance")
+    def _decayed(self, kind: str, index: int, mean: Tensor, variance: Tensor, decay: float):
+        """``old·decay + new·(1 − decay)``, or ``new`` on the first update (as the peer)."""
         needs_init = getattr(self, kind + "_stats_needs_init")
         keep = torch.where(needs_init, 0.0, decay)
-        mean[index].copy_(torch.lerp(rows.mean(0, keepdim=True), mean[index], keep))
-        variance[index].copy_(
-            torch.lerp(rows.var(0, unbiased=False, keepdim=True), variance[index], keep)
-        )
+        for name, new in (("_mean", mean), ("_variance", variance)):
+            old = getattr(self, kind + name)[index]
+            old.copy_(torch.lerp(new.reshape(old.shape), old, keep))
         if index == len(self.quantizers) - 1:
             needs_init.fill_(False)
 
@@ -677,6 +695,11 @@ class VectorQuantize(nn.Module):
             f"separate_codebook_per_head={self.separate_codebook_per_head}, "
             f"rotation_trick={self.rotation_trick}, ema_update={self.ema_update}"
         )
+
+
+def _lerp_where(finite: Tensor, state: Tensor, target: Tensor, rate: Tensor) -> None:
+    """``state += rate·(target − state)`` in place, unless the batch was not finite."""
+    state.copy_(torch.where(finite, torch.lerp(state, target, rate), state))
 
 
 def _token_mask(x: Tensor, mask: Tensor | None, lens: Tensor | None) -> Tensor | None:

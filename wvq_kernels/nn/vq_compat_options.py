@@ -40,10 +40,6 @@ UNSUPPORTED_OPTIONS: dict[str, tuple[Any, str]] = {
         False,
         "only meaningful with in_place_codebook_optimizer, which is not supported",
     ),
-    "sync_affine_param": (
-        False,
-        "the affine batch statistics are kept per process",
-    ),
 }
 
 UNSUPPORTED_FORWARD: dict[str, tuple[Any, str]] = {
@@ -57,10 +53,6 @@ UNSUPPORTED_FORWARD: dict[str, tuple[Any, str]] = {
         "an implicit codebook per token is an N×K×D tensor, which the fused ops never build",
     ),
 }
-
-# Options whose EMA step the wrapper takes itself; the dead-code replacement of the core
-# quantizer is not available on that path.
-WRAPPER_EMA_OPTIONS = ("affine_param", "stochastic_sample_codes", "manual_ema_update", "eps")
 
 
 def _differs(value: Any, default: Any) -> bool:
@@ -82,14 +74,6 @@ def _describe(value: Any) -> str:
     if hasattr(value, "shape"):
         return f"<tensor of shape {tuple(value.shape)}>"
     return repr(value)
-
-
-def reject_dead_codes_with(where: str, name: str, threshold_ema_dead_code: float) -> None:
-    if threshold_ema_dead_code > 0:
-        raise TypeError(
-            f"{where}: {name} together with threshold_ema_dead_code > 0 is not supported: "
-            "its EMA step is the wrapper's, which has no dead-code replacement"
-        )
 
 
 def check_peer_constraints(

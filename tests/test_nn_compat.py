@@ -20,9 +20,6 @@ DIM, CODES = 8, 16
 DECLINED_VALUES = {
     "commitment_use_cross_entropy_loss": True,
     "codebook_diversity_loss_weight": 0.1,
-    "vq_bridge": torch.nn.Identity(),
-    "in_place_codebook_optimizer": torch.optim.SGD,
-    "manual_in_place_optimizer_update": True,
 }
 DECLINED_FORWARD = {
     "indices": torch.zeros(2, 5, dtype=torch.long),

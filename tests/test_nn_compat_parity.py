@@ -131,3 +131,42 @@ def test_weighted_and_accumulated_ema_steps_match_theirs():
     torch.testing.assert_close(ours.codebook, theirs.codebook, rtol=1e-5, atol=1e-6)
     cluster_size = ours.quantizers[0].cluster_size
     torch.testing.assert_close(cluster_size, theirs._codebook.cluster_size[0])
+
+
+def bridged_pair(**options):
+    """Peer and swap-in with a learned codebook seen through a linear vq_bridge."""
+    modules = []
+    for cls in (vqp.VectorQuantize, VectorQuantize):
+        torch.manual_seed(0)
+        bridge = torch.nn.Linear(DIM, DIM)
+        modules.append(cls(DIM, CODES, vq_bridge=bridge, **options))
+    theirs, ours = modules
+    with torch.no_grad():
+        theirs._codebook.embed.normal_()
+    ours.load_state_dict(theirs.state_dict())
+    return ours, theirs
+
+
+def sgd(parameters):
+    return torch.optim.SGD(parameters, lr=0.5)
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"in_place_codebook_optimizer": sgd}], ids=["bridge", "bridge, in place"]
+)
+def test_bridged_and_in_place_optimised_codebooks_match_theirs(options):
+    ours, theirs = bridged_pair(**options)
+    x = batch({})
+    results = [module(x, return_loss_breakdown=True) for module in (ours, theirs)]
+    (q_ours, i_ours, loss_ours, parts_ours), (q_theirs, i_theirs, loss_theirs, parts_theirs) = (
+        results
+    )
+    assert torch.equal(i_ours, i_theirs)
+    torch.testing.assert_close(q_ours, q_theirs)
+    torch.testing.assert_close(loss_ours, loss_theirs)
+    torch.testing.assert_close(parts_ours.inplace_optimize, parts_theirs.inplace_optimize)
+    # The codebook and the bridge moved alike (in place: by the optimizer inside forward).
+    torch.testing.assert_close(ours.codebook, theirs.codebook)
+    torch.testing.assert_close(ours.vq_bridge.weight, theirs._codebook.vq_bridge.weight)
+    if options:
+        assert not torch.equal(ours.vq_bridge.weight, bridged_pair()[0].vq_bridge.weight)

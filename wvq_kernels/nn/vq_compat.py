@@ -125,17 +125,14 @@ class VectorQuantize(nn.Module):
             {
                 "commitment_use_cross_entropy_loss": commitment_use_cross_entropy_loss,
                 "codebook_diversity_loss_weight": codebook_diversity_loss_weight,
-                "vq_bridge": vq_bridge,
-                "in_place_codebook_optimizer": in_place_codebook_optimizer,
-                "manual_in_place_optimizer_update": manual_in_place_optimizer_update,
             },
         )
         # The peer's defaults, which depend on one another. Straight-through given alone
         # turns the rotation trick off rather than clash with its default.
-        ema_update = not directional_reparam if ema_update is None else ema_update
-        learnable_codebook = (
-            directional_reparam if learnable_codebook is None else learnable_codebook
-        )
+        bridged = vq_bridge is not None
+        ema_update = not (directional_reparam or bridged) if ema_update is None else ema_update
+        if learnable_codebook is None:
+            learnable_codebook = directional_reparam or bridged
         if rotation_trick is None:
             rotation_trick = not directional_reparam and not straight_through and dim > 1
         check_peer_constraints(
@@ -148,6 +145,7 @@ class VectorQuantize(nn.Module):
             threshold_ema_dead_code=threshold_ema_dead_code,
             sync_update_v=sync_update_v,
             affine_param=affine_param,
+            bridged=bridged,
         )
         codebook_dim = codebook_dim or dim
         self.dim, self.codebook_size, self.codebook_dim, self.heads = (
@@ -191,6 +189,7 @@ class VectorQuantize(nn.Module):
         self.route_gradients_to_input = route_gradients_to_input
         self.backend = backend
         self._build_projections(layernorm_after_project_in)
+        self.vq_bridge = vq_bridge
         num_codebooks = heads if separate_codebook_per_head else 1
         self.quantizers = nn.ModuleList(
             self._codebook(threshold_ema_dead_code, ema_update) for _ in range(num_codebooks)
@@ -200,6 +199,12 @@ class VectorQuantize(nn.Module):
             self._build_affine_state(num_codebooks)
         # Accumulated EMA statistics (accum_ema_update=True), folded into the next EMA step.
         self._pending: list[tuple[Tensor, Tensor] | None] = [None] * num_codebooks
+        self.manual_in_place_optimizer_update = manual_in_place_optimizer_update
+        self.in_place_codebook_optimizer = (
+            in_place_codebook_optimizer(self._codebook_and_bridge_parameters())
+            if in_place_codebook_optimizer is not None
+            else None
+        )
         self.register_load_state_dict_pre_hook(self._load_peer_layout)
 
     def _build_projections(self, layernorm: bool) -> None:
@@ -269,6 +274,24 @@ class VectorQuantize(nn.Module):
     def codebook_parameters(self) -> list[nn.Parameter]:
         return [p for q in self.quantizers for p in q.codebook_parameters() if p.requires_grad]
 
+    def _codebook_and_bridge_parameters(self) -> list[nn.Parameter]:
+        bridge = [] if self.vq_bridge is None else list(self.vq_bridge.parameters())
+        return self.codebook_parameters() + bridge
+
+    def update_in_place_optimizer(self) -> None:
+        """One step of ``in_place_codebook_optimizer`` on the gradients the last forward left
+        (averaged over the ranks when the codebook synchronises); call it yourself with
+        ``manual_in_place_optimizer_update``."""
+        if self.in_place_codebook_optimizer is None:
+            return
+        if self._syncs():
+            for parameter in self._codebook_and_bridge_parameters():
+                if parameter.grad is not None:
+                    dist.all_reduce(parameter.grad)
+                    parameter.grad /= dist.get_world_size()
+        self.in_place_codebook_optimizer.step()
+        self.in_place_codebook_optimizer.zero_grad()
+
     def get_codes_from_indices(self, indices: Tensor) -> Tensor:
         """The codes of ``indices`` (as forward returns them), before ``project_out``."""
         return self._to_layout(self._lookup(indices))
@@ -303,10 +326,16 @@ class VectorQuantize(nn.Module):
         return vectors.movedim(-1, 1)
 
     def _lookup_codes(self, index: int) -> Tensor:
-        codes = self.quantizers[index].codes()
+        return self._normalize(self._effective_codes(index, self.quantizers[index].codes()))
+
+    def _effective_codes(self, index: int, codes: Tensor) -> Tensor:
+        """The codes as the assignment sees them: through ``vq_bridge`` (which sees the
+        codebook as a batch of one sequence of K codes), then the affine map."""
+        if self.vq_bridge is not None:
+            codes = self.vq_bridge(codes[None])[0]
         if self.affine_param:
             codes = self._affine_codes(index, codes)
-        return self._normalize(codes)
+        return codes
 
     # ---- forward ---------------------------------------------------------------------------
 
@@ -345,6 +374,13 @@ class VectorQuantize(nn.Module):
             self._quantize(index, rows, update, temperature, ema_update_weight, accum_ema_update)
             for index, (rows, _) in enumerate(groups)
         ]
+        in_place = None
+        if self.in_place_codebook_optimizer is not None and self.training and not freeze:
+            in_place = self._optimize_in_place(steps)
+            steps = [
+                self._quantize(index, rows, False, temperature, None, False)
+                for index, (rows, _) in enumerate(groups)
+            ]
         outputs = [self._route(step, x.requires_grad) for step in steps]
         quantized = self.project_out(self._scatter(outputs, groups, heads, 0.0))
         codes = self._scatter([step.indices for step in steps], groups, heads[..., 0], -1)
@@ -354,10 +390,22 @@ class VectorQuantize(nn.Module):
         codes = codes if self.heads > 1 else codes[..., 0]
         quantized, codes = restore(quantized.to(x.dtype), codes)
         breakdown = self._losses(steps, freeze, tokens)
+        if in_place is not None:
+            breakdown = breakdown._replace(inplace_optimize=in_place)
         loss = self._total_loss(breakdown)
         if return_loss_breakdown:
             return quantized, codes, loss, breakdown
         return quantized, codes, loss
+
+    def _optimize_in_place(self, steps: list[_Step]) -> Tensor:
+        """The peer's in-place codebook step: the codes' squared error to the (detached)
+        features, backpropagated into the codebook (and bridge) and stepped at once; the
+        caller then quantizes again with the moved codes."""
+        loss = _mean_square_error([(s.codes, s.features.detach()) for s in steps])
+        loss.backward()
+        if not self.manual_in_place_optimizer_update:
+            self.update_in_place_optimizer()
+        return loss.detach()
 
     def _tokens(self, x: Tensor, mask: Tensor | None):
         """``x`` as (B, N, dim) tokens, and the function that puts outputs back in its layout."""
@@ -422,7 +470,7 @@ class VectorQuantize(nn.Module):
             or accumulate
             or self._pending[index] is not None
         )
-        if self.affine_param or sampling or wrapper_ema:
+        if self.affine_param or self.vq_bridge is not None or sampling or wrapper_ema:
             return self._quantize_here(
                 index, rows, update, temperature if sampling else 0, weight, accumulate
             )
@@ -448,19 +496,20 @@ class VectorQuantize(nn.Module):
     ) -> _Step:
         """Affine codebooks, sampled codes and the EMA variants the core quantizer lacks."""
         features = self._normalize(rows.float())
-        codes = self.quantizers[index].codes()
+        # A copy: the EMA step and refills below move the codebook in place.
+        raw = self.quantizers[index].codes().clone()
         if self.affine_param:
-            self._update_affine(index, features.detach(), codes.detach())
-            codes = self._affine_codes(index, codes)
-        codes = self._normalize(codes)
+            self._update_affine(index, features.detach(), raw.detach())
+        codes = self._normalize(self._effective_codes(index, raw))
         if temperature > 0:
             metric = "cosine" if self.use_cosine_sim else "l2"
             indices = sample_codes_chunked(features.detach(), codes.detach(), temperature, metric)
         else:
             indices = kernels.assign(features, codes.detach(), backend=self.backend).indices
+        chosen = gather_codes(codes, indices, self.backend)
         if update:
             self._ema_step(index, features.detach(), indices, weight, accumulate)
-        return _Step(features, gather_codes(codes, indices, self.backend), indices)
+        return _Step(features, chosen, indices)
 
     def _route(self, step: _Step, input_requires_grad: bool) -> Tensor:
         """The quantized rows, with the gradient estimator to the input in training."""
@@ -653,11 +702,9 @@ class VectorQuantize(nn.Module):
     def _commitment(self, steps: list[_Step], learned: bool) -> Tensor:
         """Mean squared error between the selected features and their codes (detached unless
         the codebook is learned), over every selected element of every head."""
-        total = sum(
-            ((s.codes if learned else s.codes.detach()) - s.features).square().sum() for s in steps
+        return _mean_square_error(
+            [(s.codes if learned else s.codes.detach(), s.features) for s in steps]
         )
-        count = sum(s.features.numel() for s in steps)
-        return total / max(count, 1)
 
     def _orthogonal(self, steps: list[_Step]) -> Tensor:
         """The peer's orthogonal regulariser, mean over codebooks of
@@ -695,6 +742,12 @@ class VectorQuantize(nn.Module):
             f"separate_codebook_per_head={self.separate_codebook_per_head}, "
             f"rotation_trick={self.rotation_trick}, ema_update={self.ema_update}"
         )
+
+
+def _mean_square_error(pairs: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """The mean over every element of every pair; 0 when there are none (all rows masked)."""
+    total = sum((a - b).square().sum() for a, b in pairs)
+    return total / max(sum(a.numel() for a, _ in pairs), 1)
 
 
 def _lerp_where(finite: Tensor, state: Tensor, target: Tensor, rate: Tensor) -> None:

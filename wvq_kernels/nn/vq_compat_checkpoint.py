@@ -15,6 +15,7 @@ __all__ = ["PEER_MARKER", "from_peer_layout", "to_peer_layout"]
 
 PEER_MARKER = "_codebook.embed"
 _PEER = "_codebook."
+BRIDGE = "vq_bridge."
 AFFINE = ("batch_mean", "batch_variance", "codebook_mean", "codebook_variance")
 
 
@@ -27,7 +28,8 @@ def from_peer_layout(module, state_dict: dict, prefix: str) -> None:
         for key in list(state_dict)
         if key.startswith(prefix + _PEER)
     }
-    ours = _codebook_state(module, peer) | _affine_state(peer)
+    bridge = {name: value for name, value in peer.items() if name.startswith(BRIDGE)}
+    ours = _codebook_state(module, peer) | _affine_state(peer) | bridge
     for name, value in module.state_dict().items():
         state_dict.setdefault(prefix + name, value)
     state_dict.update({prefix + name: value for name, value in ours.items()})
@@ -78,6 +80,7 @@ def to_peer_layout(module) -> dict[str, Tensor]:
     if "codebook_stats_needs_init" in ours:
         peer[_PEER + "codebook_mean_needs_init"] = ours["codebook_stats_needs_init"]
         peer[_PEER + "codebook_variance_needs_init"] = ours["codebook_stats_needs_init"]
+    peer |= {_PEER + name: value for name, value in ours.items() if name.startswith(BRIDGE)}
     projections = {k: v for k, v in ours.items() if k.startswith(("project_in.", "project_out."))}
     return peer | projections
 

@@ -27,19 +27,6 @@ UNSUPPORTED_OPTIONS: dict[str, tuple[Any, str]] = {
         0.0,
         f"the batch entropy of softmax over all K codes per token; {_N_BY_K}",
     ),
-    "vq_bridge": (
-        None,
-        "a network run over the whole codebook at every step is outside the fused quantizer",
-    ),
-    "in_place_codebook_optimizer": (
-        None,
-        "an optimizer step and a second quantization inside forward; step an optimizer over "
-        "codebook_parameters() outside forward instead",
-    ),
-    "manual_in_place_optimizer_update": (
-        False,
-        "only meaningful with in_place_codebook_optimizer, which is not supported",
-    ),
 }
 
 UNSUPPORTED_FORWARD: dict[str, tuple[Any, str]] = {
@@ -87,6 +74,7 @@ def check_peer_constraints(
     threshold_ema_dead_code: float,
     sync_update_v: float,
     affine_param: bool,
+    bridged: bool,
 ) -> None:
     """The combinations the peer refuses (with assertions), refused here with a ValueError."""
     refusals = [
@@ -107,6 +95,8 @@ def check_peer_constraints(
             "sync_update_v > 0 without a learnable_codebook",
         ),
         (affine_param and use_cosine_sim, "affine_param with use_cosine_sim"),
+        (bridged and not learnable_codebook, "vq_bridge without learnable_codebook"),
+        (bridged and ema_update, "vq_bridge with ema_update"),
     ]
     for refused, what in refusals:
         if refused:

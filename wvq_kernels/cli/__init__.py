@@ -14,6 +14,7 @@ train, diagnose) import ``wvq_kernels.vqvae`` only when they run or build their 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from . import bench, check, diagnose, info, repro, train
 
@@ -30,8 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
     args, rest = parser.parse_known_args(argv)
     if args.command != "bench" and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.runner_args = rest
+    # The command line as given, for a subcommand that re-launches itself (train --nproc).
+    args.argv = argv
     return args.handler(args)

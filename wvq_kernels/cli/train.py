@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 
 # NSVQ's joint stage is shorter than standard training, so that its three stages and their
 # evaluations fit in 15 minutes here.
@@ -71,17 +74,58 @@ def add_parser(commands) -> None:
     )
     train.add_argument("--seed", type=int, default=defaults.seed)
     train.add_argument("--out", default=defaults.out_dir)
+    train.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="train on this many processes with DDP (launches torchrun; the same as "
+        "`torchrun --nproc-per-node=N -m wvq_kernels.cli train ...`); --batch-size is the "
+        "global batch, split between them",
+    )
     train.set_defaults(handler=run_train)
 
 
 def run_train(args: argparse.Namespace) -> int:
     from wvq_kernels.vqvae.loop import compare, train
+    from wvq_kernels.vqvae.parallel import process_group_from_environment
 
-    if args.compare:
-        compare([train_config(args, quantizer) for quantizer in args.compare], log=print)
-    else:
-        train(train_config(args, args.quantizer), resume=args.resume)
+    if args.nproc < 1:
+        raise SystemExit(f"--nproc: expected at least 1, got {args.nproc}")
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return launch_processes(args.nproc, args.argv)
+    with process_group_from_environment():
+        if args.compare:
+            compare([train_config(args, quantizer) for quantizer in args.compare], log=print)
+        else:
+            train(train_config(args, args.quantizer), resume=args.resume)
     return 0
+
+
+def launch_processes(nproc: int, argv: list[str]) -> int:
+    """This command again under torchrun on ``nproc`` local processes, without --nproc."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "wvq_kernels.cli",
+        *without_nproc(argv),
+    ]
+    return subprocess.run(command, check=False).returncode
+
+
+def without_nproc(argv: list[str]) -> list[str]:
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            kept.append(arg)
+    return kept
 
 
 def train_config(args: argparse.Namespace, quantizer: str | None):

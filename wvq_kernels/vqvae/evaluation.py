@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 
 import wvq_kernels
+from wvq_kernels import distributed
 
+from . import parallel
 from .config import TrainConfig, build_model
 from .data import load_datasets
 from .models import VQVAE
@@ -58,20 +60,47 @@ def evaluate(
     model: VQVAE, images: torch.Tensor, batch_size: int = 1024, psnr_images: int = PSNR_IMAGES
 ) -> dict[str, float]:
     """U, C and E from one fused assignment (with histogram) over the whole eval set; PSNR over
-    its first ``psnr_images`` images (decoding all of them would double the cost)."""
+    its first ``psnr_images`` images (decoding all of them would double the cost).
+
+    In a multi-process run every rank takes its share of the images, and the counts and float64
+    sums are combined over ranks: every rank returns the metrics of the whole set."""
+    shown = parallel.local_share(images[:psnr_images])
+    result, reconstruction = _assign_and_decode(
+        model, parallel.local_share(images), len(shown), batch_size
+    )
+    if parallel.world_size() == 1:
+        return {**usage_metrics(result), "psnr": psnr(reconstruction, shown)}
+    utilization, perplexity = wvq_kernels.usage(distributed.all_reduce_histogram(result.counts))
+    squared_error = (reconstruction.clamp(-1, 1) - shown).double().square().sum()
+    local = [result.distances.double().sum(), result.distances.numel(), squared_error]
+    distance_sum, tokens, squared_error_sum = parallel.sum_over_ranks(torch.tensor(local)).tolist()
+    mse = squared_error_sum / images[:psnr_images].numel()
+    return {
+        "utilization": utilization.item(),
+        "perplexity": perplexity.item(),
+        "quantization_error": distance_sum / tokens,
+        "psnr": 10 * math.log10(4.0 / max(mse, 1e-12)),
+    }
+
+
+@torch.no_grad()
+def _assign_and_decode(
+    model: VQVAE, images: torch.Tensor, decoded: int, batch_size: int
+) -> tuple[wvq_kernels.Assignment, torch.Tensor]:
+    """The assignment (with histogram) of the images' latents, and the reconstructions of the
+    first ``decoded`` images."""
     was_training = model.training
     model.eval()
     quantizer = model.quantizer
     result = wvq_kernels.assign(
         latents(model, images, batch_size), quantizer.codes(), histogram=True
     )
-    shown = images[:psnr_images]
-    codes = quantizer.indices_to_codes(result.indices[: len(shown)])
+    codes = quantizer.indices_to_codes(result.indices[:decoded])
     reconstruction = torch.cat(
-        [model.decode(codes[i : i + batch_size]) for i in range(0, len(shown), batch_size)]
+        [model.decode(codes[i : i + batch_size]) for i in range(0, decoded, batch_size)]
     )
     model.train(was_training)
-    return {**usage_metrics(result), "psnr": psnr(reconstruction, shown)}
+    return result, reconstruction
 
 
 def utilization_ceilings(

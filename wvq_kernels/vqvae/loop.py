@@ -9,9 +9,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+import wvq_kernels
+from wvq_kernels import distributed
 from wvq_kernels.nn.quantizer import nsvq_tau
 
+from . import parallel
 from .config import STRATEGIES, Stage, TrainConfig, build_model, codebook_optimizer, stages
 from .data import load_datasets
 from .evaluation import evaluate
@@ -79,6 +83,8 @@ class Trainer:
     def __init__(self, config: TrainConfig, train_size: int):
         self.config = config
         self.model = build_model(config)
+        # The model as the training steps call it: DDP around it in a multi-process run.
+        self.forward_model = self.model
         self.optimizer = build_optimizer(self.model, config)
         self.discriminator = PatchDiscriminator()
         self.discriminator_optimizer = torch.optim.Adam(
@@ -110,6 +116,7 @@ class Trainer:
             codebook_lr *= self.config.consolidate_codebook_lr_scale
         for group in self.optimizer.param_groups[1:]:
             group["lr"] = codebook_lr
+        self.forward_model = parallel.wrap(model)
 
     def tau(self) -> float:
         config = self.config
@@ -120,15 +127,27 @@ class Trainer:
         if stage.name == "adversarial":
             return self.adversarial_step(images)
         self.model.quantizer.tau = self.tau()
-        reconstruction, out = self.model(images)
+        reconstruction, out = self.forward_model(images)
         loss = F.mse_loss(reconstruction, images) + out.loss
         self.apply(self.optimizer, loss)
-        return {"loss": loss.item(), "batch_utilization": out.stats["utilization"].item()}
+        if parallel.world_size() == 1:
+            return {"loss": loss.item(), "batch_utilization": out.stats["utilization"].item()}
+        return self.global_batch_info(loss, out.indices)
+
+    def global_batch_info(self, loss: torch.Tensor, indices: torch.Tensor) -> dict[str, float]:
+        """The loss (mean over ranks) and the utilization of the whole global batch, as one
+        process on it would report them."""
+        size = self.model.quantizer.codebook_size
+        counts = distributed.all_reduce_histogram(wvq_kernels.code_histogram(indices, size))
+        utilization, _ = wvq_kernels.usage(counts)
+        mean_loss = parallel.sum_over_ranks(loss.detach().reshape(1)) / parallel.world_size()
+        return {"loss": mean_loss.item(), "batch_utilization": utilization.item()}
 
     def adversarial_step(self, images: torch.Tensor) -> dict[str, float]:
         """Decoder: reconstruction + adaptively weighted hinge generator loss; then the
         discriminator on real images against the detached reconstructions."""
-        reconstruction, _ = self.model(images)
+        reconstruction, out = self.forward_model(images)
+        parallel.add_other_ranks_usage(self.model.quantizer, out.indices)
         reconstruction_loss = F.mse_loss(reconstruction, images)
         generator_loss = hinge_generator_loss(self.discriminator(reconstruction))
         weight = adaptive_adversarial_weight(
@@ -139,17 +158,20 @@ class Trainer:
         discriminator_loss = hinge_discriminator_loss(
             self.discriminator(images), self.discriminator(reconstruction.detach())
         )
-        self.apply(self.discriminator_optimizer, discriminator_loss)
+        self.apply(self.discriminator_optimizer, discriminator_loss, self.discriminator)
         return {"loss": loss.item(), "discriminator_loss": discriminator_loss.item()}
 
     @staticmethod
-    def apply(optimizer, loss: torch.Tensor) -> None:
+    def apply(optimizer, loss: torch.Tensor, unwrapped: nn.Module | None = None) -> None:
         """One optimizer step, gradient norms clipped per parameter group at the group's
         ``max_grad_norm`` (1, else none): NSVQ's dense loss gives the codebook gradients orders
         of magnitude above the model's, which a joint clip would turn into vanishing model
-        updates; an SGD codebook's step is its gradient, which a clip would distort."""
+        updates; an SGD codebook's step is its gradient, which a clip would distort. The
+        gradients of ``unwrapped`` (a module outside DDP) are averaged over ranks first."""
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if unwrapped is not None:
+            parallel.average_gradients(unwrapped)
         for group in optimizer.param_groups:
             max_norm = group.get("max_grad_norm", MAX_GRAD_NORM)
             if max_norm is not None:
@@ -195,29 +217,35 @@ class Trainer:
         # Checkpoints written before the curve was recorded resume with an empty one.
         self.curve = state.get("curve", [])
 
-    def save(self, path: Path) -> None:
+    def save_on_main(self, path: Path) -> None:
+        """Rank 0 writes the checkpoint (every rank holds the same state)."""
+        if not parallel.is_main():
+            return
         tmp = path.with_suffix(".tmp")
         torch.save(self.state_dict(), tmp)
         tmp.replace(path)  # atomic: an interrupted save never leaves a broken checkpoint
 
 
 class Progress:
-    """tqdm when installed, else one printed line every ``every`` steps."""
+    """tqdm when installed, else one printed line every ``every`` steps; nothing unless
+    ``shown`` (the ranks other than 0 of a multi-process run)."""
 
-    def __init__(self, total: int, start: int, every: int = 50):
-        try:
-            from tqdm import tqdm
+    def __init__(self, total: int, start: int, every: int = 50, shown: bool = True):
+        self.bar = None
+        if shown:
+            try:
+                from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=start, unit="step")
-        except ImportError:
-            self.bar = None
-        self.every = every
+                self.bar = tqdm(total=total, initial=start, unit="step")
+            except ImportError:
+                pass
+        self.every = every if shown else 0
 
     def update(self, step: int, info: dict) -> None:
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix({k: f"{v:.4g}" for k, v in info.items()})
-        elif step % self.every == 0:
+        elif self.every and step % self.every == 0:
             print(f"step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in info.items()), flush=True)
 
     def close(self) -> None:
@@ -230,6 +258,9 @@ def train(config: TrainConfig, *, resume: bool = False, log=print) -> list[dict]
     evaluation history."""
     if config.strategy not in STRATEGIES:
         raise ValueError(f"strategy: expected one of {STRATEGIES}, got {config.strategy!r}")
+    parallel.check_batch_size(config.batch_size)
+    if not parallel.is_main():
+        log = _silent
     run_dir = Path(config.out_dir) / config.name
     run_dir.mkdir(parents=True, exist_ok=True)
     train_set, eval_set = load_datasets(
@@ -249,12 +280,13 @@ def train(config: TrainConfig, *, resume: bool = False, log=print) -> list[dict]
         trainer.stage_start = trainer.step
     # Saved before the final evaluation: that row reports where this run stopped, and a run
     # resumed from here must not inherit it, since an uninterrupted run has no row there.
-    trainer.save(checkpoint)
+    trainer.save_on_main(checkpoint)
     history = trainer.history
     if not history or history[-1]["step"] != trainer.step:
         final = evaluate(trainer.model, eval_set)
         history.append({"step": trainer.step, "stage": schedule[-1].name, **final})
-    write_artefacts(run_dir, config, trainer, eval_set)
+    if parallel.is_main():
+        write_artefacts(run_dir, config, trainer, eval_set)
     log(
         f"final {describe(history[-1])} ({config.quantizer}, K={config.codebook_size}); "
         f"plot {run_dir / 'usage.png'}"
@@ -266,10 +298,13 @@ def run_stage(trainer: Trainer, stage: Stage, train_set, eval_set, checkpoint: P
     config = trainer.config
     trainer.enter_stage(stage)
     deadline = time.monotonic() + 60 * stage.minutes
-    progress = Progress(trainer.stage_start + stage.steps, trainer.step)
-    while trainer.step - trainer.stage_start < stage.steps and time.monotonic() < deadline:
+    progress = Progress(trainer.stage_start + stage.steps, trainer.step, shown=parallel.is_main())
+    while trainer.step - trainer.stage_start < stage.steps:
+        if parallel.any_rank(time.monotonic() >= deadline):
+            break
+        # Every rank draws the same global batch and trains on its share of it.
         picks = torch.randint(len(train_set), (config.batch_size,), generator=trainer.sampler)
-        info = trainer.train_step(train_set[picks], stage)
+        info = trainer.train_step(train_set[parallel.local_share(picks)], stage)
         trainer.step += 1
         progress.update(trainer.step, info)
         if trainer.step % config.curve_every == 0:
@@ -281,8 +316,12 @@ def run_stage(trainer: Trainer, stage: Stage, train_set, eval_set, checkpoint: P
             trainer.history.append({"step": trainer.step, "stage": stage.name, **metrics})
             log(f"eval {describe(trainer.history[-1])}")
         if trainer.step % config.checkpoint_every == 0:
-            trainer.save(checkpoint)
+            trainer.save_on_main(checkpoint)
     progress.close()
+
+
+def _silent(_message: str) -> None:
+    pass
 
 
 def compare(configs: list[TrainConfig], *, log=print) -> list[dict]:
@@ -293,7 +332,8 @@ def compare(configs: list[TrainConfig], *, log=print) -> list[dict]:
         final = train(config, log=log)[-1]
         rows.append({"quantizer": config.quantizer, "strategy": config.strategy, **final})
     log(compare_table(rows))
-    out = Path(configs[0].out_dir) / "compare.json"
-    out.write_text(json.dumps(rows, indent=2))
-    log(f"wrote {out}")
+    if parallel.is_main():
+        out = Path(configs[0].out_dir) / "compare.json"
+        out.write_text(json.dumps(rows, indent=2))
+        log(f"wrote {out}")
     return rows

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 from test_distributed import ROW_COUNTS, TIMEOUT, global_rows, init_group, local_part, spawn
 
+from wvq_kernels import distributed as wd
 from wvq_kernels import kmeans, kmeans_fit
 
 CODES = 10
@@ -51,6 +52,10 @@ def checks(rank: int, counts: list[int], seed: int) -> dict:
     with contextlib.redirect_stderr(stderr):
         kmeans_fit(x, CODES, 2, seed=seed, progress=True)
     results["progress"] = stderr.getvalue()
+    with wd.count_bytes() as tally:
+        wd.all_reduce_histogram(torch.zeros(CODES, dtype=torch.int64))
+        wd.all_gather_rows(x)
+    results["tally"] = tally
     return results
 
 
@@ -118,3 +123,15 @@ def test_progress_only_on_rank_zero():
         lines = ranks[0][0]["progress"].splitlines()
         assert [line.split()[2] for line in lines] == ["1/2", "2/2"]
         assert all(result[0]["progress"] == "" for result in ranks[1:])
+
+
+def test_count_bytes_tallies_each_collective_payload():
+    for world in (2, 3):
+        for rank, ranks in enumerate(run_world(world)):
+            for seed, counts in enumerate(ROW_COUNTS[world]):
+                padded = max(counts) * global_rows(1, 0).shape[1] * 4  # rows travel as bytes
+                assert ranks[seed]["tally"] == {
+                    f"all_reduce int64 ({CODES},)": [1, CODES * 8],
+                    "all_gather int64 (1,)": [1, 8],
+                    f"all_gather uint8 ({max(counts)}, {padded // max(counts)})": [1, padded],
+                }, (world, rank, seed)

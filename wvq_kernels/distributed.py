@@ -16,6 +16,9 @@ order.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -32,11 +35,40 @@ __all__ = [
     "all_reduce_code_sums",
     "all_reduce_histogram",
     "assign_sharded",
+    "count_bytes",
     "is_distributed",
 ]
 
 # The low half of a packed assign_sharded key holds the global code index.
 _INDEX_BITS = 32
+
+
+# The tallies of the count_bytes blocks now open (innermost last).
+_tallies: list[dict[str, list[int]]] = []
+
+
+@contextlib.contextmanager
+def count_bytes() -> Iterator[dict[str, list[int]]]:
+    """Within the block, tallies what this process hands to the collectives of this module:
+    ``{"<collective> <dtype> <shape>": [calls, payload bytes]}``, payload = the bytes of this
+    rank's input tensor (what an all_gather contributes; what an all_reduce reduces). Opt-in,
+    for benchmarks: the bytes on the wire follow from it and the backend's algorithm (a ring
+    all_gather sends (W - 1) x payload per rank, a ring all_reduce about 2 (W - 1) / W x
+    payload)."""
+    tally: dict[str, list[int]] = {}
+    _tallies.append(tally)
+    try:
+        yield tally
+    finally:
+        _tallies.remove(tally)
+
+
+def _count(collective: str, tensor: Tensor) -> None:
+    key = f"{collective} {str(tensor.dtype).removeprefix('torch.')} {tuple(tensor.shape)}"
+    for tally in _tallies:
+        calls_and_bytes = tally.setdefault(key, [0, 0])
+        calls_and_bytes[0] += 1
+        calls_and_bytes[1] += tensor.numel() * tensor.element_size()
 
 
 def is_distributed(process_group=None) -> bool:
@@ -58,6 +90,7 @@ def _gather_equal(tensor: Tensor, process_group) -> list[Tensor]:
     """all_gather of equally shaped tensors; the list is in rank order, on the group's device."""
     local = tensor.detach().to(_group_device(process_group)).contiguous()
     parts = [torch.empty_like(local) for _ in range(dist.get_world_size(process_group))]
+    _count("all_gather", local)
     dist.all_gather(parts, local, group=process_group)
     return parts
 
@@ -76,6 +109,7 @@ def all_reduce_histogram(counts: Tensor, process_group=None) -> Tensor:
         return counts
     # A copy: the in-place all_reduce must not write into the caller's tensor.
     total = counts.detach().to(_group_device(process_group), torch.int64, copy=True)
+    _count("all_reduce", total)
     dist.all_reduce(total, op=dist.ReduceOp.SUM, group=process_group)
     return total.to(counts.device)
 
@@ -200,6 +234,7 @@ def assign_sharded(
     offset = sum(shard_sizes[:rank])
     keys = _shard_keys(everyone, codebook_shard, offset, metric, precision, backend)
     keys = keys.to(_group_device(process_group))
+    _count("all_reduce", keys)
     dist.all_reduce(keys, op=dist.ReduceOp.MIN, group=process_group)
     start = sum(row_counts[:rank])
     indices, distances = _unpack(keys[start : start + rows.shape[0]].to(x.device))

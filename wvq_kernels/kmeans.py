@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -40,8 +40,7 @@ _WEIGHT_BITS = 62
 _LONG_RUN_FLOP = 1e12
 
 
-@dataclass(frozen=True)
-class KMeansResult:
+class KMeansResult(NamedTuple):
     """What :func:`kmeans_fit` returns.
 
     codebook: float32 (K, D), the centroids after the last update (and split).

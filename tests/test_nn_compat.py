@@ -18,11 +18,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 DIM, CODES = 8, 16
 
 DECLINED_VALUES = {
-    "commitment_use_cross_entropy_loss": True,
     "codebook_diversity_loss_weight": 0.1,
 }
 DECLINED_FORWARD = {
-    "indices": torch.zeros(2, 5, dtype=torch.long),
     "topk": 2,
     "codebook_transform_fn": abs,
 }

@@ -4,8 +4,9 @@ Gumbel-max code sampler against the exact softmax."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from wvq_kernels.nn.code_sampling import sample_codes_chunked
+from wvq_kernels.nn.code_logits import cross_entropy_chunked, sample_codes_chunked
 from wvq_kernels.nn.rotation_trick import rotate_to, straight_through
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -107,3 +108,27 @@ def test_low_temperature_sampling_is_the_nearest_code():
     codes, rows = torch.randn(50, 6), torch.randn(200, 6)
     samples = sample_codes_chunked(rows, codes, 1e-6, "l2", chunk=7)
     assert torch.equal(samples, torch.cdist(rows, codes).argmin(-1))
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_chunked_cross_entropy_matches_the_materialised_one_in_float64(metric):
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(40, 5, generator=generator, dtype=torch.float64)
+    codes = torch.randn(11, 5, generator=generator, dtype=torch.float64)
+    if metric == "cosine":
+        features, codes = F.normalize(features, dim=-1), F.normalize(codes, dim=-1)
+    codes[3] = features[0]  # a zero distance, where the peer's floor stops the gradient
+    targets = torch.randint(-1, 11, (40,), generator=generator)
+    ours = [t.float().requires_grad_() for t in (features, codes)]
+    loss = cross_entropy_chunked(*ours, targets, metric, chunk=4)
+    loss.backward()
+    exact = [t.clone().requires_grad_() for t in (features, codes)]
+    logits = exact[0] @ exact[1].T
+    if metric == "l2":
+        squared = exact[0].square().sum(-1, keepdim=True) + exact[1].square().sum(-1) - 2 * logits
+        logits = -squared.clamp_min(1e-8).sqrt()
+    expected = F.cross_entropy(logits, targets, ignore_index=-1, reduction="sum")
+    expected.backward()
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-5)
+    for mine, reference in zip(ours, exact):
+        torch.testing.assert_close(mine.grad.double(), reference.grad, rtol=1e-4, atol=1e-5)

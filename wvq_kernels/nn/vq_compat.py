@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from .. import _trusted as kernels
 from .. import distributed
 from ..kmeans import kmeans
-from .code_sampling import sample_codes_chunked
+from .code_logits import cross_entropy_chunked, sample_codes_chunked
 from .gather import gather_codes
 from .quantizer import LAPLACE_EPS, VectorQuantizer
 from .rotation_trick import directional_reparam, rotate_to, straight_through
@@ -46,6 +46,7 @@ class _Step(NamedTuple):
     features: Tensor  # (M, codebook_dim) float32, differentiable in the input
     codes: Tensor  # (M, codebook_dim) the chosen codes, differentiable in a learned codebook
     indices: Tensor  # (M,) int64
+    codebook: Tensor  # (K, codebook_dim) the codes chosen among, as the assignment saw them
 
 
 class VectorQuantize(nn.Module):
@@ -123,7 +124,6 @@ class VectorQuantize(nn.Module):
             "VectorQuantize",
             UNSUPPORTED_OPTIONS,
             {
-                "commitment_use_cross_entropy_loss": commitment_use_cross_entropy_loss,
                 "codebook_diversity_loss_weight": codebook_diversity_loss_weight,
             },
         )
@@ -167,6 +167,7 @@ class VectorQuantize(nn.Module):
             accept_3d_fmap,
         )
         self.commitment_weight = commitment_weight
+        self.commitment_use_cross_entropy_loss = commitment_use_cross_entropy_loss
         self.has_commitment_loss = commitment_weight > 0 and not directional_reparam
         self.orthogonal_reg_weight = orthogonal_reg_weight
         self.orthogonal_reg_active_codes_only = orthogonal_reg_active_codes_only
@@ -357,7 +358,7 @@ class VectorQuantize(nn.Module):
         reject_unsupported(
             "VectorQuantize.forward",
             UNSUPPORTED_FORWARD,
-            {"indices": indices, "topk": topk, "codebook_transform_fn": codebook_transform_fn},
+            {"topk": topk, "codebook_transform_fn": codebook_transform_fn},
         )
         mask = _token_mask(x, mask, lens)
         tokens, restore = self._tokens(x, mask)
@@ -382,6 +383,8 @@ class VectorQuantize(nn.Module):
                 for index, (rows, _) in enumerate(groups)
             ]
         outputs = [self._route(step, x.requires_grad) for step in steps]
+        if indices is not None:
+            return self._given_codes_loss(outputs, steps, groups, heads, indices)
         quantized = self.project_out(self._scatter(outputs, groups, heads, 0.0))
         codes = self._scatter([step.indices for step in steps], groups, heads[..., 0], -1)
         if mask is not None:
@@ -396,6 +399,43 @@ class VectorQuantize(nn.Module):
         if return_loss_breakdown:
             return quantized, codes, loss, breakdown
         return quantized, codes, loss
+
+    def _given_codes_loss(self, outputs, steps, groups, heads, indices) -> tuple[Tensor, Tensor]:
+        """The peer's ``forward(x, indices=...)``: the quantized features in the codebook
+        space, laid out as the peer's codebook returns them (``(B, N, d)``; with heads
+        ``(heads, B, N, d)`` or ``(1, B·heads, N, d)``), and the mean cross-entropy of the
+        given codes (−1: ignored) under softmax over every code's logit."""
+        targets = indices.reshape(heads.shape[:3])
+        parts = (
+            [targets[:, :, h : h + 1] for h in range(self.heads)]
+            if self.separate_codebook_per_head
+            else [targets]
+        )
+        selected = [
+            part.reshape(-1) if where is None else part[where]
+            for part, (_, where) in zip(parts, groups)
+        ]
+        loss = self._cross_entropy(steps, selected)
+        quantized = self._scatter(outputs, groups, heads, 0.0).unflatten(-1, heads.shape[2:])
+        if self.heads == 1:
+            return quantized[:, :, 0], loss
+        if self.separate_codebook_per_head:
+            return quantized.permute(2, 0, 1, 3), loss
+        return quantized.transpose(1, 2).flatten(0, 1)[None], loss
+
+    def _cross_entropy(self, steps: list[_Step], targets: list[Tensor]) -> Tensor:
+        """Mean over the targets that are not −1 of their cross-entropy among all K codes
+        (no N×K matrix); the codebook takes the gradient when it is learned, as the peer's."""
+        metric = "cosine" if self.use_cosine_sim else "l2"
+        learned = self.learnable_codebook or self.orthogonal_reg_weight > 0
+        total = sum(
+            cross_entropy_chunked(
+                step.features, step.codebook if learned else step.codebook.detach(), t, metric
+            )
+            for step, t in zip(steps, targets)
+        )
+        count = sum((t >= 0).sum() for t in targets)
+        return total / count.clamp_min(1)
 
     def _optimize_in_place(self, steps: list[_Step]) -> Tensor:
         """The peer's in-place codebook step: the codes' squared error to the (detached)
@@ -487,9 +527,8 @@ class VectorQuantize(nn.Module):
             indices = quantizer(rows).indices
         finally:
             quantizer.train(training)
-        return _Step(
-            self._normalize(rows.float()), gather_codes(codes, indices, self.backend), indices
-        )
+        chosen = gather_codes(codes, indices, self.backend)
+        return _Step(self._normalize(rows.float()), chosen, indices, codes)
 
     def _quantize_here(
         self, index: int, rows: Tensor, update: bool, temperature: float, weight, accumulate: bool
@@ -509,7 +548,7 @@ class VectorQuantize(nn.Module):
         chosen = gather_codes(codes, indices, self.backend)
         if update:
             self._ema_step(index, features.detach(), indices, weight, accumulate)
-        return _Step(features, chosen, indices)
+        return _Step(features, chosen, indices, codes)
 
     def _route(self, step: _Step, input_requires_grad: bool) -> Tensor:
         """The quantized rows, with the gradient estimator to the input in training."""
@@ -686,7 +725,9 @@ class VectorQuantize(nn.Module):
         if not self.training:
             return LossBreakdown(zero, zero, zero, zero)
         commitment = zero
-        if self.has_commitment_loss:
+        if self.has_commitment_loss and self.commitment_use_cross_entropy_loss:
+            commitment = self._cross_entropy(steps, [step.indices for step in steps])
+        elif self.has_commitment_loss:
             commitment = self._commitment(steps, learned=self.learnable_codebook and not freeze)
         orthogonal = self._orthogonal(steps) if self.orthogonal_reg_weight > 0 else zero
         return LossBreakdown(commitment, zero, orthogonal, zero)

@@ -19,10 +19,6 @@ _N_BY_K = "it needs the N×K matrix of distances to every code, which the fused 
 
 # name: (the peer's default, why another value is declined)
 UNSUPPORTED_OPTIONS: dict[str, tuple[Any, str]] = {
-    "commitment_use_cross_entropy_loss": (
-        False,
-        f"a cross-entropy over all K codes per token; {_N_BY_K}",
-    ),
     "codebook_diversity_loss_weight": (
         0.0,
         f"the batch entropy of softmax over all K codes per token; {_N_BY_K}",
@@ -30,10 +26,6 @@ UNSUPPORTED_OPTIONS: dict[str, tuple[Any, str]] = {
 }
 
 UNSUPPORTED_FORWARD: dict[str, tuple[Any, str]] = {
-    "indices": (
-        None,
-        f"the cross-entropy of given codes against all K; {_N_BY_K}",
-    ),
     "topk": (None, "several codes per token are not returned by the swap-in"),
     "codebook_transform_fn": (
         None,

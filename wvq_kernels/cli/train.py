@@ -75,6 +75,15 @@ def add_parser(commands) -> None:
     train.add_argument("--seed", type=int, default=defaults.seed)
     train.add_argument("--out", default=defaults.out_dir)
     train.add_argument(
+        "--profile",
+        type=int,
+        nargs="?",
+        const=10,
+        metavar="STEPS",
+        help="train nothing: profile this many steps (default 10, after 3 warm-up steps) and "
+        "print where a step's time goes, the quantizer's fused ops against the model",
+    )
+    train.add_argument(
         "--nproc",
         type=int,
         default=1,
@@ -91,6 +100,11 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.nproc < 1:
         raise SystemExit(f"--nproc: expected at least 1, got {args.nproc}")
+    if args.profile is not None:
+        from wvq_kernels.vqvae.profile import profile_training
+
+        profile_training(train_config(args, args.quantizer), steps=args.profile)
+        return 0
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return launch_processes(args.nproc, args.argv)
     with process_group_from_environment():

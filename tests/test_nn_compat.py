@@ -21,7 +21,6 @@ DECLINED_VALUES = {
     "codebook_diversity_loss_weight": 0.1,
 }
 DECLINED_FORWARD = {
-    "topk": 2,
     "codebook_transform_fn": abs,
 }
 
@@ -323,3 +322,21 @@ def test_stochastic_codes_are_sampled_in_training_and_nearest_in_eval():
     assert torch.equal(
         quantizer.train()(x, sample_codebook_temp=0.0, freeze_codebook=True)[1], nearest
     )
+
+
+@pytest.mark.parametrize(
+    "options, shape, index_shape",
+    [({"accept_image_fmap": True}, (2, DIM, 3, 4), (2, 3, 4)), ({}, (3, DIM), (3,))],
+    ids=["image", "one token"],
+)
+def test_top_k_adds_a_code_axis_in_the_peers_place(options, shape, index_shape):
+    quantizer = VectorQuantize(DIM, CODES, **options).eval()
+    x = tokens(*shape)
+    quantized, indices, loss = quantizer(x, topk=3)
+    assert indices.shape == loss.shape == (*index_shape, 3)
+    channel = 1 if options else -1
+    assert quantized.shape == ((*x.shape, 3) if options else (3, 3, DIM))
+    codes = quantizer.codebook[indices].movedim(-1, channel)
+    torch.testing.assert_close(quantized, codes)
+    # Best first: the first of the k is the nearest code.
+    assert torch.equal(indices[..., 0], quantizer(x)[1])

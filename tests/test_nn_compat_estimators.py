@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wvq_kernels.nn.code_logits import cross_entropy_chunked, sample_codes_chunked
+from wvq_kernels.nn.code_logits import cross_entropy_chunked, top_codes_chunked
 from wvq_kernels.nn.rotation_trick import rotate_to, straight_through
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -95,7 +95,7 @@ def test_chunked_gumbel_max_draws_from_the_softmax(metric, chunk):
     if metric == "cosine":
         codes, row = torch.nn.functional.normalize(codes, dim=-1), row / row.norm()
     draws = 40_000
-    samples = sample_codes_chunked(row.expand(draws, 4), codes, 0.7, metric, chunk=chunk)
+    samples = top_codes_chunked(row.expand(draws, 4), codes, 1, 0.7, metric, chunk=chunk)[:, 0]
     frequencies = torch.bincount(samples, minlength=10).double() / draws
     expected = exact_probabilities(row, codes, 0.7, metric)
     # Five binomial standard deviations per code.
@@ -106,8 +106,31 @@ def test_chunked_gumbel_max_draws_from_the_softmax(metric, chunk):
 def test_low_temperature_sampling_is_the_nearest_code():
     torch.manual_seed(0)
     codes, rows = torch.randn(50, 6), torch.randn(200, 6)
-    samples = sample_codes_chunked(rows, codes, 1e-6, "l2", chunk=7)
+    samples = top_codes_chunked(rows, codes, 1, 1e-6, "l2", chunk=7)[:, 0]
     assert torch.equal(samples, torch.cdist(rows, codes).argmin(-1))
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_top_codes_are_the_k_largest_logits_in_order(metric):
+    generator = torch.Generator().manual_seed(0)
+    codes, rows = torch.randn(50, 6, generator=generator), torch.randn(200, 6, generator=generator)
+    if metric == "cosine":
+        codes, rows = F.normalize(codes, dim=-1), F.normalize(rows, dim=-1)
+    logits = rows @ codes.T if metric == "cosine" else -torch.cdist(rows, codes)
+    top = top_codes_chunked(rows, codes, 5, 0.0, metric, chunk=7)
+    assert torch.equal(top, logits.topk(5, dim=1).indices)
+
+
+def test_gumbel_top_k_draws_distinct_codes_by_the_softmax():
+    torch.manual_seed(0)
+    codes, row = torch.randn(6, 3), torch.randn(3)
+    draws = top_codes_chunked(row.expand(40_000, 3), codes, 2, 1.0, "l2", chunk=4)
+    assert (draws[:, 0] != draws[:, 1]).all()
+    # The first of the k is one exact draw from the softmax.
+    expected = torch.softmax(-(codes.double() - row.double()).norm(dim=-1), dim=0)
+    frequencies = torch.bincount(draws[:, 0], minlength=6).double() / len(draws)
+    bound = 5 * (expected * (1 - expected) / len(draws)).sqrt()
+    assert ((frequencies - expected).abs() <= bound).all()
 
 
 @pytest.mark.parametrize("metric", ["l2", "cosine"])

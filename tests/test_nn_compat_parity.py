@@ -211,3 +211,31 @@ def test_loss_of_given_codes_matches_theirs(options, training):
     assert q_ours.shape == q_theirs.shape
     torch.testing.assert_close(q_ours, q_theirs, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(loss_ours, loss_theirs, rtol=1e-5, atol=1e-6)
+
+
+TOP_CASES = {
+    "l2": {},
+    "cosine": {"use_cosine_sim": True},
+    "projection": {"codebook_dim": 8},
+    "learnable": {"learnable_codebook": True, "ema_update": False},
+    "channel first": {"channel_last": False},
+}
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("options", TOP_CASES.values(), ids=TOP_CASES.keys())
+def test_top_k_codes_match_theirs(options, training):
+    ours, theirs = pair(options)
+    ours.train(training), theirs.train(training)
+    x, lens = batch(options), None if options else torch.tensor([24, 11])
+    results = []
+    for module in (ours, theirs):
+        x_in = x.clone().requires_grad_()
+        quantized, indices, loss = module(x_in, topk=3, lens=lens)
+        (quantized.square().sum() + loss.sum()).backward()
+        results.append((quantized.detach(), indices, loss.detach(), x_in.grad))
+    (q_ours, i_ours, loss_ours, grad_ours), (q_theirs, i_theirs, loss_theirs, grad_theirs) = results
+    assert torch.equal(i_ours, i_theirs)
+    torch.testing.assert_close(q_ours, q_theirs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss_ours, loss_theirs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_ours, grad_theirs, rtol=1e-4, atol=1e-5)

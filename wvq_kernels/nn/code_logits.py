@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["cross_entropy_chunked", "sample_codes_chunked"]
+__all__ = ["cross_entropy_chunked", "top_codes_chunked"]
 
 # Codes per block: the scores of one block (N × CHUNK float32) are the largest temporaries.
 CHUNK = 4096
@@ -35,25 +35,34 @@ def _blocks(num_codes: int, chunk: int):
 
 
 @torch.no_grad()
-def sample_codes_chunked(
-    features: Tensor, codes: Tensor, temperature: float, metric: str, chunk: int = CHUNK
+def top_codes_chunked(
+    features: Tensor,
+    codes: Tensor,
+    k: int,
+    temperature: float,
+    metric: str,
+    chunk: int = CHUNK,
 ) -> Tensor:
-    """One draw per row of ``features`` (N, D) from ``softmax(logits / temperature)`` over all
-    K codes. Gumbel-max: the argmax over codes of ``logit/T + G``, G i.i.d. Gumbel(0, 1), is
-    such a draw, and the argmax is carried from block to block. Randomness comes from torch's
-    global generator, as in the peer."""
+    """The ``k`` codes of largest logit per row of ``features`` (N, D), best first:
+    ``(N, k)`` int64. With ``temperature > 0`` the logits are divided by it and get i.i.d.
+    Gumbel(0, 1) noise first (Gumbel-top-k: k draws without replacement from
+    ``softmax(logits / temperature)``; k = 1 is one exact draw). The running top k is merged
+    with each block's, so the extra memory is O(N · (k + chunk)). Randomness comes from
+    torch's global generator, as in the peer."""
     features, codes = features.float(), codes.float()
-    best_score = features.new_full((features.shape[0],), float("-inf"))
-    best_index = torch.zeros(features.shape[0], dtype=torch.int64, device=features.device)
+    best_scores = features.new_empty((features.shape[0], 0))
+    best_codes = torch.empty((features.shape[0], 0), dtype=torch.int64, device=features.device)
     for start in _blocks(codes.shape[0], chunk):
-        scores = _logits(features, codes[start : start + chunk], metric)[0] / temperature
-        uniform = torch.rand_like(scores).clamp_min(UNIFORM_FLOOR)
-        scores -= uniform.log_().neg_().clamp_min_(UNIFORM_FLOOR).log_()
-        value, index = scores.max(dim=1)
-        better = value > best_score
-        best_score = torch.where(better, value, best_score)
-        best_index = torch.where(better, index + start, best_index)
-    return best_index
+        scores = _logits(features, codes[start : start + chunk], metric)[0]
+        if temperature > 0:
+            uniform = torch.rand_like(scores).clamp_min(UNIFORM_FLOOR)
+            scores = scores / temperature - uniform.log_().neg_().clamp_min_(UNIFORM_FLOOR).log_()
+        index = torch.arange(start, start + scores.shape[1], device=features.device)
+        scores = torch.cat([best_scores, scores], dim=1)
+        candidates = torch.cat([best_codes, index.expand(features.shape[0], -1)], dim=1)
+        best_scores, position = scores.topk(min(k, scores.shape[1]), dim=1)
+        best_codes = candidates.gather(1, position)
+    return best_codes
 
 
 def cross_entropy_chunked(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -13,7 +14,7 @@ from torch import Tensor, nn
 from .. import _trusted as kernels
 from .. import distributed
 from ..kmeans import kmeans
-from .code_logits import cross_entropy_chunked, sample_codes_chunked
+from .code_logits import cross_entropy_chunked, top_codes_chunked
 from .gather import gather_codes
 from .quantizer import LAPLACE_EPS, VectorQuantizer
 from .rotation_trick import directional_reparam, rotate_to, straight_through
@@ -358,10 +359,10 @@ class VectorQuantize(nn.Module):
         reject_unsupported(
             "VectorQuantize.forward",
             UNSUPPORTED_FORWARD,
-            {"topk": topk, "codebook_transform_fn": codebook_transform_fn},
+            {"codebook_transform_fn": codebook_transform_fn},
         )
         mask = _token_mask(x, mask, lens)
-        tokens, restore = self._tokens(x, mask)
+        tokens, vectors_back, tokens_back = self._tokens(x, mask)
         heads = self.project_in(tokens).unflatten(-1, (self.heads, self.codebook_dim))
         groups = self._groups(heads, mask)
         freeze = self.freeze_codebook if freeze_codebook is None else freeze_codebook
@@ -371,6 +372,9 @@ class VectorQuantize(nn.Module):
         )
         if not self.initted:
             self._kmeans_init([rows for rows, _ in groups])
+        if topk is not None:
+            top = self._forward_top(x, tokens, heads, groups, mask, topk, temperature, freeze)
+            return top if return_loss_breakdown else top[:3]
         steps = [
             self._quantize(index, rows, update, temperature, ema_update_weight, accum_ema_update)
             for index, (rows, _) in enumerate(groups)
@@ -385,13 +389,11 @@ class VectorQuantize(nn.Module):
         outputs = [self._route(step, x.requires_grad) for step in steps]
         if indices is not None:
             return self._given_codes_loss(outputs, steps, groups, heads, indices)
-        quantized = self.project_out(self._scatter(outputs, groups, heads, 0.0))
+        quantized = self.project_out(self._scatter(outputs, groups, heads, 0.0).flatten(2))
         codes = self._scatter([step.indices for step in steps], groups, heads[..., 0], -1)
-        if mask is not None:
-            padding = torch.zeros_like(tokens) if self.return_zeros_for_masked_padding else tokens
-            quantized = torch.where(mask[..., None], quantized, padding)
+        quantized = self._mask_padding(quantized, tokens, mask)
         codes = codes if self.heads > 1 else codes[..., 0]
-        quantized, codes = restore(quantized.to(x.dtype), codes)
+        quantized, codes = vectors_back(quantized.to(x.dtype)), tokens_back(codes)
         breakdown = self._losses(steps, freeze, tokens)
         if in_place is not None:
             breakdown = breakdown._replace(inplace_optimize=in_place)
@@ -399,6 +401,57 @@ class VectorQuantize(nn.Module):
         if return_loss_breakdown:
             return quantized, codes, loss, breakdown
         return quantized, codes, loss
+
+    def _forward_top(self, x, tokens, heads, groups, mask, topk, temperature, freeze):
+        """The peer's ``forward(x, topk=k)``: the k nearest codes per token (k draws without
+        replacement with ``stochastic_sample_codes`` in training), best first, and the
+        commitment loss per token and code; no codebook update. Returns the four outputs of
+        ``return_loss_breakdown``."""
+        if self.heads != 1 or (
+            self.training
+            and (self.commitment_use_cross_entropy_loss or self.in_place_codebook_optimizer)
+        ):
+            raise ValueError(
+                "topk: only with one head, and in training without the cross-entropy "
+                "commitment or the in-place optimizer (as the peer)"
+            )
+        ((rows, _),) = groups
+        step = self._quantize_here(0, rows, False, temperature, None, False, topk)
+        routed = self._route(step, x.requires_grad)
+        quantized = self.project_out(self._scatter([routed], groups, heads, 0.0)[:, :, 0])
+        codes = self._scatter([step.indices], groups, heads[..., 0], -1)[:, :, 0]
+        commitment = self._top_commitment(step, groups, heads, freeze)
+        parts = self._losses([step], freeze, tokens)._replace(commitment=commitment)
+        if self.has_commitment_loss:
+            loss = commitment * self.commitment_weight
+        else:
+            # As the peer: unweighted in eval, left out in training.
+            loss = commitment if not self.training else torch.zeros_like(commitment)
+        loss = loss + parts.orthogonal_reg * self.orthogonal_reg_weight
+        quantized = self._mask_padding(quantized, tokens[:, :, None], mask)
+        quantized = self._vectors_back(x, quantized.to(x.dtype))
+        return quantized, self._tokens_back(x, codes), self._tokens_back(x, loss), parts
+
+    def _top_commitment(self, step: _Step, groups, heads, freeze: bool) -> Tensor:
+        """(B, N, k): each code's mean squared error to its token, 0 on padding; the codes
+        detached unless learned (in eval: whenever the codebook takes gradients, as the
+        peer)."""
+        if self.training:
+            learned = self.learnable_codebook and not freeze
+        else:
+            learned = self.learnable_codebook or self.orthogonal_reg_weight > 0
+        codes = step.codes if learned else step.codes.detach()
+        error = (codes - step.features).square().mean(-1)
+        return self._scatter([error], groups, heads[..., 0], 0.0)[:, :, 0]
+
+    def _mask_padding(self, quantized: Tensor, tokens: Tensor, mask: Tensor | None) -> Tensor:
+        """The padding's outputs: zeros, or the input with ``return_zeros_for_masked_padding``
+        off."""
+        if mask is None:
+            return quantized
+        padding = torch.zeros_like(tokens) if self.return_zeros_for_masked_padding else tokens
+        keep = mask.reshape(*mask.shape, *[1] * (quantized.ndim - mask.ndim))
+        return torch.where(keep, quantized, padding)
 
     def _given_codes_loss(self, outputs, steps, groups, heads, indices) -> tuple[Tensor, Tensor]:
         """The peer's ``forward(x, indices=...)``: the quantized features in the codebook
@@ -416,7 +469,7 @@ class VectorQuantize(nn.Module):
             for part, (_, where) in zip(parts, groups)
         ]
         loss = self._cross_entropy(steps, selected)
-        quantized = self._scatter(outputs, groups, heads, 0.0).unflatten(-1, heads.shape[2:])
+        quantized = self._scatter(outputs, groups, heads, 0.0)
         if self.heads == 1:
             return quantized[:, :, 0], loss
         if self.separate_codebook_per_head:
@@ -448,24 +501,35 @@ class VectorQuantize(nn.Module):
         return loss.detach()
 
     def _tokens(self, x: Tensor, mask: Tensor | None):
-        """``x`` as (B, N, dim) tokens, and the function that puts outputs back in its layout."""
+        """``x`` as (B, N, dim) tokens, and the functions that put per-token vectors
+        ``(B, N, ..., d)`` and per-token values ``(B, N, ...)`` back in its layout."""
+        if mask is not None and (x.ndim == 2 or self.accept_image_fmap or self.accept_3d_fmap):
+            raise ValueError("mask/lens: not accepted with one-token or feature-map input")
         if x.ndim == 2:
-            if mask is not None:
-                raise ValueError("mask/lens: not accepted with one token per row ((B, dim) input)")
-            return x[:, None], lambda q, i: (q[:, 0], i[:, 0])
+            tokens = x[:, None]
+        elif self.accept_image_fmap or self.accept_3d_fmap:
+            tokens = x.flatten(2).transpose(1, 2)
+        else:
+            tokens = x if self.channel_last else x.transpose(1, 2)
+        return (
+            tokens,
+            functools.partial(self._vectors_back, x),
+            functools.partial(self._tokens_back, x),
+        )
+
+    def _vectors_back(self, x: Tensor, vectors: Tensor) -> Tensor:
+        if x.ndim == 2:
+            return vectors[:, 0]
         if self.accept_image_fmap or self.accept_3d_fmap:
-            if mask is not None:
-                raise ValueError("mask/lens: not accepted with feature-map input")
-            spatial = x.shape[2:]
+            return vectors.movedim(-1, 1).unflatten(2, x.shape[2:])
+        return vectors if self.channel_last else vectors.movedim(-1, 1)
 
-            def restore_map(quantized: Tensor, codes: Tensor):
-                quantized = quantized.transpose(1, 2).unflatten(2, spatial)
-                return quantized, codes.unflatten(1, spatial)
-
-            return x.flatten(2).transpose(1, 2), restore_map
-        if not self.channel_last:
-            return x.transpose(1, 2), lambda q, i: (q.transpose(1, 2), i)
-        return x, lambda q, i: (q, i)
+    def _tokens_back(self, x: Tensor, values: Tensor) -> Tensor:
+        if x.ndim == 2:
+            return values[:, 0]
+        if self.accept_image_fmap or self.accept_3d_fmap:
+            return values.unflatten(1, x.shape[2:])
+        return values
 
     def _groups(self, heads: Tensor, mask: Tensor | None) -> list[tuple[Tensor, Tensor | None]]:
         """Per codebook: its selected rows (M, codebook_dim) and where they sit in
@@ -494,8 +558,7 @@ class VectorQuantize(nn.Module):
                 parts.append(value.reshape(shape))
             else:
                 parts.append(value.new_full(shape, fill).index_put((where,), value))
-        merged = torch.cat(parts, dim=2)
-        return merged.flatten(2) if merged.ndim == 4 else merged
+        return torch.cat(parts, dim=2)
 
     # ---- one codebook ----------------------------------------------------------------------
 
@@ -511,9 +574,7 @@ class VectorQuantize(nn.Module):
             or self._pending[index] is not None
         )
         if self.affine_param or self.vq_bridge is not None or sampling or wrapper_ema:
-            return self._quantize_here(
-                index, rows, update, temperature if sampling else 0, weight, accumulate
-            )
+            return self._quantize_here(index, rows, update, temperature, weight, accumulate)
         return self._quantize_core(self.quantizers[index], rows, update)
 
     def _quantize_core(self, quantizer: VectorQuantizer, rows: Tensor, update: bool) -> _Step:
@@ -531,24 +592,43 @@ class VectorQuantize(nn.Module):
         return _Step(self._normalize(rows.float()), chosen, indices, codes)
 
     def _quantize_here(
-        self, index: int, rows: Tensor, update: bool, temperature: float, weight, accumulate: bool
+        self,
+        index: int,
+        rows: Tensor,
+        update: bool,
+        temperature: float,
+        weight,
+        accumulate: bool,
+        topk: int | None = None,
     ) -> _Step:
-        """Affine codebooks, sampled codes and the EMA variants the core quantizer lacks."""
+        """Affine codebooks, bridges, sampled codes, the top k and the EMA variants the core
+        quantizer lacks. With ``topk`` the step's tensors gain a k axis after the rows."""
         features = self._normalize(rows.float())
         # A copy: the EMA step and refills below move the codebook in place.
         raw = self.quantizers[index].codes().clone()
         if self.affine_param:
             self._update_affine(index, features.detach(), raw.detach())
         codes = self._normalize(self._effective_codes(index, raw))
-        if temperature > 0:
-            metric = "cosine" if self.use_cosine_sim else "l2"
-            indices = sample_codes_chunked(features.detach(), codes.detach(), temperature, metric)
-        else:
-            indices = kernels.assign(features, codes.detach(), backend=self.backend).indices
+        indices = self._choose(features.detach(), codes.detach(), temperature, topk)
         chosen = gather_codes(codes, indices, self.backend)
         if update:
             self._ema_step(index, features.detach(), indices, weight, accumulate)
+        if topk is not None:
+            features = features[:, None].expand(-1, indices.shape[1], -1)
         return _Step(features, chosen, indices, codes)
+
+    def _choose(
+        self, features: Tensor, codes: Tensor, temperature: float, topk: int | None
+    ) -> Tensor:
+        """Nearest codes (M,), sampled ones (training, ``stochastic_sample_codes``), or the
+        top k (M, k)."""
+        sampling = self.training and self.stochastic_sample_codes and temperature > 0
+        if topk is None and not sampling:
+            return kernels.assign(features, codes, backend=self.backend).indices
+        metric = "cosine" if self.use_cosine_sim else "l2"
+        k = 1 if topk is None else min(int(topk), self.codebook_size)
+        top = top_codes_chunked(features, codes, k, temperature if sampling else 0.0, metric)
+        return top[:, 0] if topk is None else top
 
     def _route(self, step: _Step, input_requires_grad: bool) -> Tensor:
         """The quantized rows, with the gradient estimator to the input in training."""

@@ -26,7 +26,6 @@ UNSUPPORTED_OPTIONS: dict[str, tuple[Any, str]] = {
 }
 
 UNSUPPORTED_FORWARD: dict[str, tuple[Any, str]] = {
-    "topk": (None, "several codes per token are not returned by the swap-in"),
     "codebook_transform_fn": (
         None,
         "an implicit codebook per token is an N×K×D tensor, which the fused ops never build",

@@ -33,6 +33,8 @@ SPLIT_EPSILON = 1.0 / 1024
 # multiple of num_codes (Bahmani et al. find 2 to 5 rounds of 2K enough; Spark uses 2 and 2K).
 PARALLEL_ROUNDS = 2
 OVERSAMPLING = 2.0
+# k-means||'s last step draws the K centres among the candidates in this many batches.
+CANDIDATE_BATCHES = 64
 # Integer weights stay below 2^62 in total, so their sums are exact in int64.
 _WEIGHT_BITS = 62
 # progress=None shows progress on a terminal when 2·N·K·D·iters reaches this many FLOPs
@@ -113,12 +115,14 @@ def kmeans_fit(
         Exact but sequential: num_codes passes over the rows (N·K·D in all, and a few
         collectives per centre across ranks), so use it for K up to a few thousand.
       - ``"kmeans||"``: k-means|| (Bahmani et al.): PARALLEL_ROUNDS rounds in which every row
-        joins the candidates with probability OVERSAMPLING·K·d²/Σd², each round one fused
-        ``assign`` pass over the rows; then k-means++ on the ~(1 + 2·PARALLEL_ROUNDS)·K
-        candidates weighted by their rows. The pass over the data costs about as much as
-        3 Lloyd iterations and a handful of collectives, whatever the number of ranks; the
-        candidate step is local (K passes over the candidates, independent of N). Use it for
-        large K and data spread over many ranks.
+        joins the candidates with probability OVERSAMPLING·K·d²/Σd² (about 2K rows a round),
+        each round one fused ``assign`` of the rows against the new candidates; then one more
+        ``assign`` against all ~4K candidates weights each by its rows, and weighted D²
+        sampling among them picks the K centres, in CANDIDATE_BATCHES batches of draws
+        (sequential k-means++ for K <= 64). The passes over the data cost about as much as 8
+        Lloyd iterations and a handful of collectives, whatever the number of ranks; the
+        candidate step is local, independent of N and about one Lloyd iteration on ~4K rows.
+        Use it for large N and K and many ranks.
 
     split_empty: a code whose cluster is empty after an update is re-seeded, as faiss does, by
     splitting a cluster drawn with probability proportional to its size among those with more
@@ -156,7 +160,7 @@ def kmeans_fit(
     if init_codebook is not None:
         codebook = init_codebook.detach().to(rows.device, torch.float32, copy=True)
     else:
-        codebook = _INITIALISERS[init](shard, num_codes, generator, seed, precision, backend)
+        codebook = _INITIALISERS[init](shard, num_codes, generator, precision, backend)
     show = _Progress.wanted(progress, rows, num_codes, iters, shard)
     return _lloyd(
         shard, codebook, iters, generator, split_empty, precision, backend, _Progress(show, iters)
@@ -222,7 +226,7 @@ def _split_empty_clusters(codebook: Tensor, counts: Tensor, generator: torch.Gen
         donors = torch.where(sizes > 1, sizes, 0)
         if int(donors.sum()) == 0:
             break  # fewer rows than codes: no cluster has a row to give
-        donor = int(_weighted_draw(donors, generator))
+        donor = _weighted_draw(donors, generator)
         centre = codebook[donor].clone()
         codebook[code] = centre * (1 + SPLIT_EPSILON * signs)
         codebook[donor] = centre * (1 - SPLIT_EPSILON * signs)
@@ -232,12 +236,15 @@ def _split_empty_clusters(codebook: Tensor, counts: Tensor, generator: torch.Gen
     return done
 
 
-def _weighted_draw(weights: Tensor, generator: torch.Generator) -> Tensor:
+def _weighted_draw(weights: Tensor, generator: torch.Generator) -> int:
     """One index drawn with probability weights[i] / sum, for int64 weights with a positive
     sum below 2^63: exact integer arithmetic, so the same on every machine and rank."""
-    cumulative = weights.cumsum(0)
-    target = _randint(int(cumulative[-1]), generator)
-    return torch.searchsorted(cumulative, torch.tensor([target]), right=True)[0]
+    return _index_of(weights, _randint(int(weights.sum()), generator))
+
+
+def _index_of(weights: Tensor, target: int) -> int:
+    """The i with sum(weights[:i]) <= target < sum(weights[:i + 1])."""
+    return int(torch.searchsorted(weights.cumsum(0), torch.tensor([target]), right=True)[0])
 
 
 def _randint(high: int, generator: torch.Generator) -> int:
@@ -248,13 +255,13 @@ class _Shard:
     """This rank's rows and their place in the rank-order concatenation, with the few exact
     collectives the initialisers need; without a group, one process holds all rows."""
 
-    def __init__(self, rows: Tensor, process_group, *, local: bool = False):
+    def __init__(self, rows: Tensor, process_group):
         self.rows = rows
         self.group = process_group
-        self.distributed = not local and distributed.is_distributed(process_group)
-        self.sizes = distributed.all_gather_sizes(rows.shape[0], process_group)
-        if not self.distributed:
-            self.sizes = [rows.shape[0]]
+        self.distributed = distributed.is_distributed(process_group)
+        self.sizes = [rows.shape[0]]
+        if self.distributed:
+            self.sizes = distributed.all_gather_sizes(rows.shape[0], process_group)
         self.total_rows = sum(self.sizes)
         self.rank = dist.get_rank(process_group) if self.distributed else 0
         self.start = sum(self.sizes[: self.rank])
@@ -316,25 +323,15 @@ class _Shard:
             pick = _randint(self.total_rows, generator)
             return self.fetch(torch.tensor([pick]))
         target = _randint(sum(totals), generator)
-        owner = next(r for r, end in enumerate(_running(totals)) if target < end)
+        owner = _index_of(torch.tensor(totals), target)
         local = self.rows[:0]
         if owner == self.rank:
-            offset = target - sum(totals[:owner])
-            cumulative = weights.cumsum(0)
-            index = torch.searchsorted(cumulative, torch.tensor([offset]), right=True)
-            local = self.rows[index.to(self.rows.device)]
+            index = _index_of(weights, target - sum(totals[:owner]))
+            local = self.rows[index : index + 1]
         return self.gather(local)
 
 
-def _running(values: list[int]) -> list[int]:
-    out, total = [], 0
-    for value in values:
-        total += value
-        out.append(total)
-    return out
-
-
-def _random_init(shard: _Shard, num_codes, generator, seed, precision, backend) -> Tensor:
+def _random_init(shard: _Shard, num_codes, generator, precision, backend) -> Tensor:
     """Distinct rows when there are enough; sampling with replacement otherwise."""
     if shard.total_rows >= num_codes:
         picks = torch.randperm(shard.total_rows, generator=generator)[:num_codes]
@@ -343,21 +340,14 @@ def _random_init(shard: _Shard, num_codes, generator, seed, precision, backend) 
     return shard.fetch(picks)
 
 
-def _plus_plus(shard: _Shard, num_codes, generator, row_weights: Tensor | None = None) -> Tensor:
-    """k-means++ (D² sampling) on the shard's rows, each row's chance also multiplied by its
-    int64 ``row_weights`` when given; one pass over the rows per centre."""
-    multiplier = 1.0 if row_weights is None else row_weights.double()
-    centres = [shard.weighted_pick(_ones_or(row_weights, shard.rows.shape[0]), generator)]
+def _kmeans_plus_plus_init(shard: _Shard, num_codes, generator, precision, backend) -> Tensor:
+    """k-means++ (D² sampling) on the rows of every rank; one pass over the rows per centre."""
+    centres = [shard.weighted_pick(torch.ones(shard.rows.shape[0], dtype=torch.int64), generator)]
     nearest = _squared_distances(shard.rows, centres[0])
     for _ in range(1, num_codes):
-        weights = shard.integer_weights(nearest.double().cpu() * multiplier)
-        centres.append(shard.weighted_pick(weights, generator))
+        centres.append(shard.weighted_pick(shard.integer_weights(nearest), generator))
         nearest = torch.minimum(nearest, _squared_distances(shard.rows, centres[-1]))
     return torch.cat(centres)
-
-
-def _ones_or(weights: Tensor | None, count: int) -> Tensor:
-    return torch.ones(count, dtype=torch.int64) if weights is None else weights
 
 
 def _squared_distances(rows: Tensor, centre: Tensor) -> Tensor:
@@ -365,11 +355,7 @@ def _squared_distances(rows: Tensor, centre: Tensor) -> Tensor:
     return (rows - centre).square().sum(1)
 
 
-def _kmeans_plus_plus_init(shard: _Shard, num_codes, generator, seed, precision, backend):
-    return _plus_plus(shard, num_codes, generator)
-
-
-def _kmeans_parallel_init(shard: _Shard, num_codes, generator, seed, precision, backend):
+def _kmeans_parallel_init(shard: _Shard, num_codes, generator, precision, backend):
     """k-means||: oversampled rounds over the (distributed) rows, then weighted k-means++ on
     the candidates, run identically on every rank."""
     # Imported here: wvq_kernels.nn imports this module.
@@ -405,8 +391,33 @@ def _recluster(shard: _Shard, candidates, num_codes, generator, precision, backe
     indices = kernels.assign(shard.rows, candidates, precision=precision, backend=backend).indices
     counts = kernels.code_histogram(indices, candidates.shape[0], backend=backend)
     counts = distributed.all_reduce_histogram(counts, shard.group).cpu()
-    local = _Shard(candidates, shard.group, local=True)
-    return _plus_plus(local, num_codes, generator, counts)
+    return _batched_plus_plus(candidates, counts, num_codes, generator, precision, backend)
+
+
+def _batched_plus_plus(candidates, weights, num_codes, generator, precision, backend) -> Tensor:
+    """Weighted D² sampling of num_codes centres among the candidates, in CANDIDATE_BATCHES
+    batches: each batch draws up to ceil((num_codes - 1) / CANDIDATE_BATCHES) distinct
+    candidates in proportion to weight × squared distance to the centres so far, then one fused
+    ``assign`` updates those distances. Sequential k-means++ when num_codes <= the batches,
+    and K·M·D work in all, not K sequential passes, at large K. Local: every rank computes it
+    on the same candidates and weights, so float weights are as deterministic as integers."""
+    centres = [candidates[_weighted_draw(weights, generator)][None]]
+    nearest = _nearest_distances(candidates, centres[0], precision, backend)
+    batch = -(-(num_codes - 1) // CANDIDATE_BATCHES)
+    remaining = num_codes - 1
+    while remaining:
+        scores = weights.double() * nearest.double().cpu()
+        take = min(batch, remaining, int((scores > 0).sum()))
+        if take == 0:  # every candidate is a centre already: repeat some, uniformly
+            picks = torch.randint(candidates.shape[0], (remaining,), generator=generator)
+            centres.append(candidates[picks.to(candidates.device)])
+            break
+        picks = torch.multinomial(scores, take, replacement=False, generator=generator)
+        centres.append(candidates[picks.to(candidates.device)])
+        found = _nearest_distances(candidates, centres[-1], precision, backend)
+        nearest = torch.minimum(nearest, found)
+        remaining -= take
+    return torch.cat(centres)
 
 
 _INITIALISERS = {

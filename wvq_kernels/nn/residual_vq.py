@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import distributed
+from .rotation_trick import directional_reparam
 from .vq_compat import VectorQuantize
 from .vq_compat_options import reject_unsupported
 
@@ -23,7 +24,6 @@ UNSUPPORTED_RESIDUAL: dict[str, tuple[object, str]] = {
         "QINCo's per-token codebooks are an N×K×D tensor, which the fused ops never build",
     ),
     "mlp_kwargs": (None, "only used by implicit_neural_codebook, which is not supported"),
-    "diveq": (False, "DiVeQ across the residual stack is not implemented"),
     "beam_size": (None, f"beam search: {_NO_TOPK}"),
     "eval_beam_size": (None, f"beam search: {_NO_TOPK}"),
     "beam_score_quantizer_weights": (None, "only used by beam search, which is not supported"),
@@ -37,6 +37,17 @@ UNSUPPORTED_RESIDUAL_FORWARD: dict[str, tuple[object, str]] = {
     ),
     "beam_size": (None, f"beam search: {_NO_TOPK}"),
 }
+
+# DiVeQ (Vali et al.) across the stack, as the peer: learned codebooks without a commitment
+# loss or a gradient estimator in the layers, the directional reparameterisation applied once to
+# the summed output, every layer's gradient passed on to the next residual.
+DIVEQ_LAYER_OPTIONS = {
+    "ema_update": False,
+    "learnable_codebook": True,
+    "route_gradients_to_input": False,
+    "commitment_weight": 0.0,
+}
+DIVEQ_NOISE_VARIANCE = 5e-3
 
 # Peer options that put the channels at dim 1; the residual stack handles them itself and runs
 # its layers on channel-last tokens.
@@ -60,6 +71,8 @@ class ResidualVQ(nn.Module):
     ``rand_quantize_dropout_fixed_seed``, and reports the others as index -1 and loss 0; the
     draw is the same on every rank under torch.distributed. ``quant_grad_frac`` lets that
     fraction of the gradient flow from each layer's output into the next layer's residual.
+    ``diveq=True`` trains the codebooks by DiVeQ: learned codes, no commitment loss, and the
+    directional reparameterisation of the summed output (the peer's noise variance, 5e-3).
 
     Channel-first inputs (``accept_image_fmap``, ``accept_3d_fmap``, ``channel_last=False``)
     work at any size (the peer's stack needs channels == height there): indices come back as
@@ -98,7 +111,6 @@ class ResidualVQ(nn.Module):
             {
                 "implicit_neural_codebook": implicit_neural_codebook,
                 "mlp_kwargs": mlp_kwargs or None,
-                "diveq": diveq,
                 "beam_size": beam_size,
                 "eval_beam_size": eval_beam_size,
                 "beam_score_quantizer_weights": beam_score_quantizer_weights,
@@ -126,7 +138,10 @@ class ResidualVQ(nn.Module):
         self.quantize_dropout = quantize_dropout and self.num_quantizers > 1
         self.quantize_dropout_cutoff_index = quantize_dropout_cutoff_index
         self.quantize_dropout_multiple_of = quantize_dropout_multiple_of
-        self.quant_grad_frac = quant_grad_frac
+        self.diveq = diveq
+        self.quant_grad_frac = 1.0 if diveq else quant_grad_frac
+        if diveq:
+            vq_kwargs.update(DIVEQ_LAYER_OPTIONS)
         self.return_zeros_for_masked_padding = return_zeros_for_masked_padding
         self.layers = self._build_layers(sizes, shared_codebook, vq_kwargs)
 
@@ -213,6 +228,8 @@ class ResidualVQ(nn.Module):
         quantized, all_indices, losses = self._quantize_layers(features, last, options)
         if self.training and self.shared_codebook and self.layers[0].ema_update:
             self.layers[0].update_ema()
+        if self.diveq:
+            quantized = directional_reparam(features, quantized, DIVEQ_NOISE_VARIANCE)
         quantized = self.project_out(quantized)
         if mask is not None:
             padding = (

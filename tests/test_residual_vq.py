@@ -223,6 +223,59 @@ def test_channel_first_inputs_at_any_size(layout):
     torch.testing.assert_close(channel_first.get_output_from_indices(indices), quantized)
 
 
+# The ResidualVQ examples of the peer's README: (class, keywords, indices shape, losses shape),
+# each on x of shape (1, 1024, 256). The shapes are the peer's actual ones (its README's
+# comments still give (1, 8) losses).
+README_EXAMPLES = {
+    "residual": (ResidualVQ, {"num_quantizers": 8, "codebook_size": 1024}, (1, 1024, 8), (8,)),
+    "diveq": (
+        ResidualVQ,
+        {"num_quantizers": 8, "codebook_size": 1024, "diveq": True},
+        (1, 1024, 8),
+        (8,),
+    ),
+    "shared stochastic": (
+        ResidualVQ,
+        {
+            "num_quantizers": 8,
+            "codebook_size": 1024,
+            "stochastic_sample_codes": True,
+            "sample_codebook_temp": 0.1,
+            "shared_codebook": True,
+        },
+        (1, 1024, 8),
+        (8,),
+    ),
+    "grouped": (
+        GroupedResidualVQ,
+        {"num_quantizers": 8, "groups": 2, "codebook_size": 1024},
+        (2, 1, 1024, 8),
+        (2, 8),
+    ),
+    "kmeans init": (
+        ResidualVQ,
+        {"codebook_size": 256, "num_quantizers": 4, "kmeans_init": True, "kmeans_iters": 10},
+        (1, 1024, 4),
+        (4,),
+    ),
+}
+
+
+@pytest.mark.parametrize("example", README_EXAMPLES)
+def test_peer_readme_examples(example):
+    module_class, options, indices_shape, losses_shape = README_EXAMPLES[example]
+    torch.manual_seed(0)
+    module = module_class(dim=256, **options)
+    x = batch(1, 1024, 256)
+    quantized, indices, losses, all_codes = module(x, return_all_codes=True)
+    assert quantized.shape == x.shape and torch.isfinite(quantized).all()
+    assert indices.shape == indices_shape and losses.shape == losses_shape
+    assert (indices >= 0).all() and (indices < options["codebook_size"]).all()
+    assert torch.isfinite(losses).all()
+    if module_class is ResidualVQ:
+        assert all_codes.shape == (indices_shape[-1], 1, 1024, 256)
+
+
 @pytest.mark.parametrize(
     "option",
     [

@@ -15,7 +15,10 @@ from .vq_compat_options import reject_unsupported
 
 __all__ = ["GroupedResidualVQ", "ResidualVQ"]
 
-_NO_TOPK = "it needs several candidate codes per token from every layer, which is not offered"
+_NO_BEAM = (
+    "beam search is not implemented (it would need the peer's update_indices, the EMA step "
+    "of the chosen beam's codes, on the swap-in VectorQuantize)"
+)
 
 # name: (the peer's default, why another value is declined)
 UNSUPPORTED_RESIDUAL: dict[str, tuple[object, str]] = {
@@ -24,8 +27,8 @@ UNSUPPORTED_RESIDUAL: dict[str, tuple[object, str]] = {
         "QINCo's per-token codebooks are an N×K×D tensor, which the fused ops never build",
     ),
     "mlp_kwargs": (None, "only used by implicit_neural_codebook, which is not supported"),
-    "beam_size": (None, f"beam search: {_NO_TOPK}"),
-    "eval_beam_size": (None, f"beam search: {_NO_TOPK}"),
+    "beam_size": (None, _NO_BEAM),
+    "eval_beam_size": (None, _NO_BEAM),
     "beam_score_quantizer_weights": (None, "only used by beam search, which is not supported"),
 }
 
@@ -35,7 +38,7 @@ UNSUPPORTED_RESIDUAL_FORWARD: dict[str, tuple[object, str]] = {
         "the cross-entropy of given codes against all K needs the N×K matrix of distances, "
         "which the fused ops never build",
     ),
-    "beam_size": (None, f"beam search: {_NO_TOPK}"),
+    "beam_size": (None, _NO_BEAM),
 }
 
 # DiVeQ (Vali et al.) across the stack, as the peer: learned codebooks without a commitment

@@ -340,3 +340,32 @@ def test_top_k_adds_a_code_axis_in_the_peers_place(options, shape, index_shape):
     torch.testing.assert_close(quantized, codes)
     # Best first: the first of the k is the nearest code.
     assert torch.equal(indices[..., 0], quantizer(x)[1])
+
+
+MIXED_PRECISION_OPTIONS = {
+    "ema": {},
+    "projection": {"codebook_dim": 4},
+    "sampled": {"stochastic_sample_codes": True},
+    "learned": {"learnable_codebook": True, "ema_update": False},
+    "cross-entropy": {"commitment_use_cross_entropy_loss": True},
+}
+
+
+@pytest.mark.parametrize("precision", ["autocast bf16", "bf16 module"])
+@pytest.mark.parametrize(
+    "options", MIXED_PRECISION_OPTIONS.values(), ids=MIXED_PRECISION_OPTIONS.keys()
+)
+def test_training_step_in_bfloat16_is_finite(options, precision):
+    torch.manual_seed(0)
+    quantizer = VectorQuantize(DIM, CODES, **options)
+    x = tokens(2, 12, DIM)
+    if precision == "bf16 module":
+        quantizer, x = quantizer.to(torch.bfloat16), x.bfloat16()
+    x.requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "autocast bf16"):
+        quantized, indices, loss = quantizer(x)
+    (quantized.float().square().sum() + loss).backward()
+    assert quantized.dtype == x.dtype or precision == "autocast bf16"
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    assert indices.min() >= 0 and indices.max() < CODES

@@ -385,11 +385,13 @@ class VectorQuantize(CodebookState, nn.Module):
         outputs = [self._route(step, x.requires_grad) for step in steps]
         if indices is not None:
             return self._given_codes_loss(outputs, steps, groups, heads, indices)
-        quantized = self.project_out(self._scatter(outputs, groups, heads, 0.0).flatten(2))
+        # In the input's dtype before project_out, as the peer (a bf16 module stays bf16).
+        quantized = self._scatter(outputs, groups, heads, 0.0).flatten(2).to(x.dtype)
+        quantized = self.project_out(quantized)
         codes = self._scatter([step.indices for step in steps], groups, heads[..., 0], -1)
         quantized = self._mask_padding(quantized, tokens, mask)
         codes = codes if self.heads > 1 else codes[..., 0]
-        quantized, codes = vectors_back(quantized.to(x.dtype)), tokens_back(codes)
+        quantized, codes = vectors_back(quantized), tokens_back(codes)
         breakdown = self._losses(steps, freeze, tokens)
         if in_place is not None:
             breakdown = breakdown._replace(inplace_optimize=in_place)
@@ -414,7 +416,8 @@ class VectorQuantize(CodebookState, nn.Module):
         ((rows, _),) = groups
         step = self._quantize_here(0, rows, False, temperature, None, False, topk)
         routed = self._route(step, x.requires_grad)
-        quantized = self.project_out(self._scatter([routed], groups, heads, 0.0)[:, :, 0])
+        quantized = self._scatter([routed], groups, heads, 0.0)[:, :, 0].to(x.dtype)
+        quantized = self.project_out(quantized)
         codes = self._scatter([step.indices], groups, heads[..., 0], -1)[:, :, 0]
         commitment = self._top_commitment(step, groups, heads, freeze)
         parts = self._losses([step], freeze, tokens)._replace(commitment=commitment)
@@ -425,7 +428,7 @@ class VectorQuantize(CodebookState, nn.Module):
             loss = commitment if not self.training else torch.zeros_like(commitment)
         loss = loss + parts.orthogonal_reg * self.orthogonal_reg_weight
         quantized = self._mask_padding(quantized, tokens[:, :, None], mask)
-        quantized = self._vectors_back(x, quantized.to(x.dtype))
+        quantized = self._vectors_back(x, quantized)
         return quantized, self._tokens_back(x, codes), self._tokens_back(x, loss), parts
 
     def _top_commitment(self, step: _Step, groups, heads, freeze: bool) -> Tensor:
@@ -465,7 +468,7 @@ class VectorQuantize(CodebookState, nn.Module):
             for part, (_, where) in zip(parts, groups)
         ]
         loss = self._cross_entropy(steps, selected)
-        quantized = self._scatter(outputs, groups, heads, 0.0)
+        quantized = self._scatter(outputs, groups, heads, 0.0).to(heads.dtype)
         if self.heads == 1:
             return quantized[:, :, 0], loss
         if self.separate_codebook_per_head:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from wvq_kernels.nn import VectorQuantize
-from wvq_kernels.nn.vq_compat_options import UNSUPPORTED_FORWARD, UNSUPPORTED_OPTIONS
+from wvq_kernels.nn.vq_compat_options import UNSUPPORTED_FORWARD
 
 vqp = pytest.importorskip("vector_quantize_pytorch")
 
@@ -17,9 +17,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 DIM, CODES = 8, 16
 
-DECLINED_VALUES = {
-    "codebook_diversity_loss_weight": 0.1,
-}
 DECLINED_FORWARD = {
     "codebook_transform_fn": abs,
 }
@@ -43,19 +40,11 @@ def test_every_option_of_theirs_is_accepted_with_their_default():
         assert ours_forward[name].default == parameter.default, name
 
 
-def test_declined_options_are_listed_and_their_defaults_accepted():
-    assert DECLINED_VALUES.keys() == UNSUPPORTED_OPTIONS.keys()
+def test_the_declined_forward_keyword_is_listed_and_its_default_accepted():
     assert DECLINED_FORWARD.keys() == UNSUPPORTED_FORWARD.keys()
-    defaults = {name: default for name, (default, _) in UNSUPPORTED_OPTIONS.items()}
-    quantizer = VectorQuantize(DIM, CODES, **defaults)
     forward_defaults = {name: default for name, (default, _) in UNSUPPORTED_FORWARD.items()}
+    quantizer = VectorQuantize(DIM, CODES)
     assert quantizer(tokens(2, 5, DIM), **forward_defaults)[1].shape == (2, 5)
-
-
-@pytest.mark.parametrize("name", DECLINED_VALUES)
-def test_declined_option_raises_a_type_error_naming_it(name):
-    with pytest.raises(TypeError, match=f"{name}=.*not supported: "):
-        VectorQuantize(DIM, CODES, **{name: DECLINED_VALUES[name]})
 
 
 @pytest.mark.parametrize("name", DECLINED_FORWARD)
@@ -369,3 +358,15 @@ def test_training_step_in_bfloat16_is_finite(options, precision):
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     assert indices.min() >= 0 and indices.max() < CODES
+
+
+def test_diversity_loss_with_separate_codebooks_is_declined():
+    with pytest.raises(TypeError, match="codebook_diversity_loss_weight > 0 with separate"):
+        VectorQuantize(
+            DIM,
+            CODES,
+            heads=2,
+            codebook_dim=4,
+            separate_codebook_per_head=True,
+            codebook_diversity_loss_weight=1.0,
+        )

@@ -6,7 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wvq_kernels.nn.code_logits import cross_entropy_chunked, top_codes_chunked
+from wvq_kernels.nn.code_logits import (
+    cross_entropy_chunked,
+    diversity_loss_chunked,
+    top_codes_chunked,
+)
 from wvq_kernels.nn.rotation_trick import rotate_to, straight_through
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -155,3 +159,32 @@ def test_chunked_cross_entropy_matches_the_materialised_one_in_float64(metric):
     torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-5)
     for mine, reference in zip(ours, exact):
         torch.testing.assert_close(mine.grad.double(), reference.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_chunked_diversity_loss_matches_the_materialised_one_in_float64(metric):
+    generator = torch.Generator().manual_seed(0)
+    batch, length, codes_count, temperature = 3, 5, 11, 3.0
+    features = torch.randn(batch * length, 4, generator=generator, dtype=torch.float64)
+    codes = torch.randn(codes_count, 4, generator=generator, dtype=torch.float64)
+    if metric == "cosine":
+        features, codes = F.normalize(features, dim=-1), F.normalize(codes, dim=-1)
+    positions = torch.arange(length).repeat(batch)
+    kept = torch.rand(batch * length, generator=generator) > 0.3  # rows of a masked batch
+    ours = [t.float().requires_grad_() for t in (features, codes)]
+    loss = diversity_loss_chunked(
+        ours[0][kept], ours[1], positions[kept], length, temperature, metric, chunk=4
+    )
+    loss.backward()
+    exact = [t.clone().requires_grad_() for t in (features, codes)]
+    logits = exact[0] @ exact[1].T if metric == "cosine" else -torch.cdist(*exact)
+    probabilities = (temperature * logits).softmax(-1)[kept]
+    sums = torch.zeros(length, codes_count, dtype=torch.float64)
+    sums = sums.index_add(0, positions[kept], probabilities)
+    counts = torch.bincount(positions[kept], minlength=length).double()
+    average = sums[counts > 0] / counts[counts > 0, None]
+    expected = (average * average.clamp_min(1e-5).log()).sum(-1).mean()
+    expected.backward()
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-6)
+    for mine, reference in zip(ours, exact):
+        torch.testing.assert_close(mine.grad.double(), reference.grad, rtol=1e-4, atol=1e-6)

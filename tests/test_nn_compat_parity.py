@@ -239,3 +239,36 @@ def test_top_k_codes_match_theirs(options, training):
     torch.testing.assert_close(q_ours, q_theirs, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(loss_ours, loss_theirs, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad_ours, grad_theirs, rtol=1e-4, atol=1e-5)
+
+
+DIVERSITY_CASES = {
+    "l2": {},
+    "cosine": {"use_cosine_sim": True},
+    "shared heads": {"heads": 2, "codebook_dim": 8},
+    "learnable": {"learnable_codebook": True, "ema_update": False},
+}
+
+
+@pytest.mark.parametrize("options", DIVERSITY_CASES.values(), ids=DIVERSITY_CASES.keys())
+def test_codebook_diversity_loss_matches_theirs(options):
+    weights = {"codebook_diversity_loss_weight": 0.5, "codebook_diversity_temperature": 3.0}
+    ours, theirs = pair({**weights, **options})
+    x = batch(options)
+    # Frozen, as for the cross-entropy: the peer's backward would see its updated codebook.
+    results = []
+    for module in (ours, theirs):
+        x_in = x.clone().requires_grad_()
+        _, indices, loss, parts = module(x_in, freeze_codebook=True, return_loss_breakdown=True)
+        loss.backward()
+        results.append((indices, loss.detach(), parts.codebook_diversity.detach(), x_in.grad))
+    (i_ours, loss_ours, div_ours, grad_ours), (i_theirs, loss_theirs, div_theirs, grad_theirs) = (
+        results
+    )
+    assert torch.equal(i_ours, i_theirs) and div_ours < 0
+    torch.testing.assert_close(div_ours, div_theirs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss_ours, loss_theirs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_ours, grad_theirs, rtol=1e-4, atol=1e-5)
+    if options.get("learnable_codebook"):
+        torch.testing.assert_close(
+            ours.quantizers[0].embedding.grad, theirs._codebook.embed.grad[0], rtol=1e-4, atol=1e-6
+        )

@@ -12,14 +12,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import _trusted as kernels
-from .code_logits import cross_entropy_chunked, top_codes_chunked
+from .code_logits import cross_entropy_chunked, diversity_loss_chunked, top_codes_chunked
 from .gather import gather_codes
 from .quantizer import LAPLACE_EPS, VectorQuantizer
 from .rotation_trick import directional_reparam, rotate_to, straight_through
 from .vq_compat_checkpoint import PEER_MARKER, from_peer_layout, to_peer_layout
 from .vq_compat_options import (
     UNSUPPORTED_FORWARD,
-    UNSUPPORTED_OPTIONS,
     check_peer_constraints,
     reject_unsupported,
 )
@@ -117,13 +116,12 @@ class VectorQuantize(CodebookState, nn.Module):
         backend: str = "auto",
     ):
         super().__init__()
-        reject_unsupported(
-            "VectorQuantize",
-            UNSUPPORTED_OPTIONS,
-            {
-                "codebook_diversity_loss_weight": codebook_diversity_loss_weight,
-            },
-        )
+        if codebook_diversity_loss_weight > 0 and separate_codebook_per_head:
+            raise TypeError(
+                "VectorQuantize: codebook_diversity_loss_weight > 0 with "
+                "separate_codebook_per_head=True is not supported: the peer averages the code "
+                "distributions of different codebooks together"
+            )
         # The peer's defaults, which depend on one another. Straight-through given alone
         # turns the rotation trick off rather than clash with its default.
         bridged = vq_bridge is not None
@@ -169,6 +167,7 @@ class VectorQuantize(CodebookState, nn.Module):
         self.orthogonal_reg_weight = orthogonal_reg_weight
         self.orthogonal_reg_active_codes_only = orthogonal_reg_active_codes_only
         self.orthogonal_reg_max_codes = orthogonal_reg_max_codes
+        self.codebook_diversity_loss_weight = codebook_diversity_loss_weight
         self.codebook_diversity_temperature = codebook_diversity_temperature
         self.stochastic_sample_codes, self.sample_codebook_temp = (
             stochastic_sample_codes,
@@ -392,7 +391,7 @@ class VectorQuantize(CodebookState, nn.Module):
         quantized = self._mask_padding(quantized, tokens, mask)
         codes = codes if self.heads > 1 else codes[..., 0]
         quantized, codes = vectors_back(quantized), tokens_back(codes)
-        breakdown = self._losses(steps, freeze, tokens)
+        breakdown = self._losses(steps, freeze, tokens, groups, heads)
         if in_place is not None:
             breakdown = breakdown._replace(inplace_optimize=in_place)
         loss = self._total_loss(breakdown)
@@ -420,7 +419,8 @@ class VectorQuantize(CodebookState, nn.Module):
         quantized = self.project_out(quantized)
         codes = self._scatter([step.indices], groups, heads[..., 0], -1)[:, :, 0]
         commitment = self._top_commitment(step, groups, heads, freeze)
-        parts = self._losses([step], freeze, tokens)._replace(commitment=commitment)
+        parts = self._losses([step], freeze, tokens, groups, heads)
+        parts = parts._replace(commitment=commitment)
         if self.has_commitment_loss:
             loss = commitment * self.commitment_weight
         else:
@@ -648,25 +648,48 @@ class VectorQuantize(CodebookState, nn.Module):
 
     # ---- losses ----------------------------------------------------------------------------
 
-    def _losses(self, steps: list[_Step], freeze: bool, tokens: Tensor) -> LossBreakdown:
+    def _losses(self, steps: list[_Step], freeze: bool, tokens, groups, heads) -> LossBreakdown:
         zero = tokens.new_zeros((), dtype=torch.float32)
         if not self.training:
             return LossBreakdown(zero, zero, zero, zero)
+        diversity = zero
+        if self.codebook_diversity_loss_weight > 0:
+            diversity = self._diversity(steps, groups, heads)
         commitment = zero
         if self.has_commitment_loss and self.commitment_use_cross_entropy_loss:
             commitment = self._cross_entropy(steps, [step.indices for step in steps])
         elif self.has_commitment_loss:
             commitment = self._commitment(steps, learned=self.learnable_codebook and not freeze)
         orthogonal = self._orthogonal(steps) if self.orthogonal_reg_weight > 0 else zero
-        return LossBreakdown(commitment, zero, orthogonal, zero)
+        return LossBreakdown(commitment, diversity, orthogonal, zero)
 
     def _total_loss(self, breakdown: LossBreakdown) -> Tensor:
         loss = breakdown.commitment * self.commitment_weight
+        loss = loss + breakdown.codebook_diversity * self.codebook_diversity_loss_weight
         loss = loss + breakdown.orthogonal_reg * self.orthogonal_reg_weight
         if self.training and not loss.requires_grad:
             # As the peer: a training loss always takes part in autograd.
             loss = loss.detach().requires_grad_()
         return loss
+
+    def _diversity(self, steps: list[_Step], groups, heads: Tensor) -> Tensor:
+        """The peer's codebook diversity loss over the one codebook's selected rows: minus
+        the entropy of each sequence position's mean code distribution, averaged over
+        positions (see ``diversity_loss_chunked``)."""
+        ((step,), ((_, where),)) = steps, groups
+        grid = torch.arange(heads.shape[1], device=heads.device)[None, :, None]
+        grid = grid.expand(heads.shape[:3])
+        positions = grid.reshape(-1) if where is None else grid[where]
+        features = step.features if step.features.ndim == 2 else step.features[:, 0]
+        learned = self.learnable_codebook or self.orthogonal_reg_weight > 0
+        return diversity_loss_chunked(
+            features,
+            step.codebook if learned else step.codebook.detach(),
+            positions,
+            heads.shape[1],
+            self.codebook_diversity_temperature,
+            "cosine" if self.use_cosine_sim else "l2",
+        )
 
     def _commitment(self, steps: list[_Step], learned: bool) -> Tensor:
         """Mean squared error between the selected features and their codes (detached unless

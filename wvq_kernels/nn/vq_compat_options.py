@@ -1,7 +1,9 @@
-"""Which of vector-quantize-pytorch's ``VectorQuantize`` options the swap-in declines, and why.
+"""Which of vector-quantize-pytorch's ``VectorQuantize`` options the swap-in declines, and why,
+and the option combinations the peer refuses.
 
-Every other option of the peer's constructor and forward is honoured. An option below raises
-a ``TypeError`` naming it only when given a value other than the peer's default.
+Every constructor option of the peer is honoured; so is every forward keyword but the one
+below, which raises a ``TypeError`` naming it only when given a value other than the peer's
+default.
 """
 
 from __future__ import annotations
@@ -10,21 +12,11 @@ from typing import Any
 
 __all__ = [
     "UNSUPPORTED_FORWARD",
-    "UNSUPPORTED_OPTIONS",
     "check_peer_constraints",
     "reject_unsupported",
 ]
 
-_N_BY_K = "it needs the N×K matrix of distances to every code, which the fused ops never build"
-
 # name: (the peer's default, why another value is declined)
-UNSUPPORTED_OPTIONS: dict[str, tuple[Any, str]] = {
-    "codebook_diversity_loss_weight": (
-        0.0,
-        f"the batch entropy of softmax over all K codes per token; {_N_BY_K}",
-    ),
-}
-
 UNSUPPORTED_FORWARD: dict[str, tuple[Any, str]] = {
     "codebook_transform_fn": (
         None,

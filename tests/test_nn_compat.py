@@ -370,3 +370,15 @@ def test_diversity_loss_with_separate_codebooks_is_declined():
             separate_codebook_per_head=True,
             codebook_diversity_loss_weight=1.0,
         )
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"commitment_use_cross_entropy_loss": True}, {"codebook_diversity_loss_weight": 1.0}],
+    ids=["mse", "cross-entropy", "diversity"],
+)
+def test_a_fully_masked_batch_gives_padding_and_a_zero_loss(options):
+    quantizer = VectorQuantize(DIM, CODES, **options)
+    x = tokens(2, 5, DIM, requires_grad=True)
+    quantized, indices, loss = quantizer(x, mask=torch.zeros(2, 5, dtype=torch.bool))
+    assert (quantized == 0).all() and (indices == -1).all() and loss.item() == 0

@@ -223,7 +223,8 @@ class _ProbabilityBlocks:
         counts = torch.zeros(num_positions, device=features.device).index_add_(
             0, positions, torch.ones_like(positions, dtype=torch.float32)
         )
-        self.counts, self.present = counts.clamp_min(1), (counts > 0).sum()
+        # Positions with rows; at least 1, so that no rows at all give a loss of 0.
+        self.counts, self.present = counts.clamp_min(1), (counts > 0).sum().clamp_min(1)
         if log_partition is None:
             log_partition = features.new_full((features.shape[0],), float("-inf"))
             for start in self.starts:

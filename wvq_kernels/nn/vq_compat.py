@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -229,9 +228,7 @@ class VectorQuantize(CodebookState, nn.Module):
             backend=self.backend,
             sync_stats=self.sync_codebook,
         )
-        # The peer learns the codebook by gradient when asked to, and also under orthogonal
-        # regularisation (whose gradient then meets the EMA updates, as there).
-        learned = self.learnable_codebook or self.orthogonal_reg_weight > 0
+        learned = self._codebook_takes_gradients
         if ema and learned:
             codes = quantizer.embedding
             delattr(quantizer, "embedding")
@@ -239,6 +236,13 @@ class VectorQuantize(CodebookState, nn.Module):
         elif not ema:
             quantizer.embedding.requires_grad_(learned)
         return quantizer
+
+    @property
+    def _codebook_takes_gradients(self) -> bool:
+        # The peer learns the codebook by gradient when asked to, and also under orthogonal
+        # regularisation (whose gradient then meets the EMA updates, as there); its distances
+        # (cross-entropy, diversity) then carry gradients to the codes too.
+        return self.learnable_codebook or self.orthogonal_reg_weight > 0
 
     def _build_affine_state(self, num_codebooks: int) -> None:
         shape = (num_codebooks, 1, self.codebook_dim)
@@ -357,7 +361,7 @@ class VectorQuantize(CodebookState, nn.Module):
             {"codebook_transform_fn": codebook_transform_fn},
         )
         mask = _token_mask(x, mask, lens)
-        tokens, vectors_back, tokens_back = self._tokens(x, mask)
+        tokens = self._tokens(x, mask)
         heads = self.project_in(tokens).unflatten(-1, (self.heads, self.codebook_dim))
         groups = self._groups(heads, mask)
         freeze = self.freeze_codebook if freeze_codebook is None else freeze_codebook
@@ -390,7 +394,7 @@ class VectorQuantize(CodebookState, nn.Module):
         codes = self._scatter([step.indices for step in steps], groups, heads[..., 0], -1)
         quantized = self._mask_padding(quantized, tokens, mask)
         codes = codes if self.heads > 1 else codes[..., 0]
-        quantized, codes = vectors_back(quantized), tokens_back(codes)
+        quantized, codes = self._vectors_back(x, quantized), self._tokens_back(x, codes)
         breakdown = self._losses(steps, freeze, tokens, groups, heads)
         if in_place is not None:
             breakdown = breakdown._replace(inplace_optimize=in_place)
@@ -438,7 +442,7 @@ class VectorQuantize(CodebookState, nn.Module):
         if self.training:
             learned = self.learnable_codebook and not freeze
         else:
-            learned = self.learnable_codebook or self.orthogonal_reg_weight > 0
+            learned = self._codebook_takes_gradients
         codes = step.codes if learned else step.codes.detach()
         error = (codes - step.features).square().mean(-1)
         return self._scatter([error], groups, heads[..., 0], 0.0)[:, :, 0]
@@ -479,7 +483,7 @@ class VectorQuantize(CodebookState, nn.Module):
         """Mean over the targets that are not −1 of their cross-entropy among all K codes
         (no N×K matrix); the codebook takes the gradient when it is learned, as the peer's."""
         metric = "cosine" if self.use_cosine_sim else "l2"
-        learned = self.learnable_codebook or self.orthogonal_reg_weight > 0
+        learned = self._codebook_takes_gradients
         total = sum(
             cross_entropy_chunked(
                 step.features, step.codebook if learned else step.codebook.detach(), t, metric
@@ -499,9 +503,9 @@ class VectorQuantize(CodebookState, nn.Module):
             self.update_in_place_optimizer()
         return loss.detach()
 
-    def _tokens(self, x: Tensor, mask: Tensor | None):
-        """``x`` as (B, N, dim) tokens, and the functions that put per-token vectors
-        ``(B, N, ..., d)`` and per-token values ``(B, N, ...)`` back in its layout."""
+    def _tokens(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """``x`` as (B, N, dim) tokens; ``_vectors_back`` and ``_tokens_back`` put per-token
+        vectors ``(B, N, ..., d)`` and per-token values ``(B, N, ...)`` back in its layout."""
         if mask is not None and (x.ndim == 2 or self.accept_image_fmap or self.accept_3d_fmap):
             raise ValueError("mask/lens: not accepted with one-token or feature-map input")
         if x.ndim == 2:
@@ -510,11 +514,7 @@ class VectorQuantize(CodebookState, nn.Module):
             tokens = x.flatten(2).transpose(1, 2)
         else:
             tokens = x if self.channel_last else x.transpose(1, 2)
-        return (
-            tokens,
-            functools.partial(self._vectors_back, x),
-            functools.partial(self._tokens_back, x),
-        )
+        return tokens
 
     def _vectors_back(self, x: Tensor, vectors: Tensor) -> Tensor:
         if x.ndim == 2:
@@ -681,7 +681,7 @@ class VectorQuantize(CodebookState, nn.Module):
         grid = grid.expand(heads.shape[:3])
         positions = grid.reshape(-1) if where is None else grid[where]
         features = step.features if step.features.ndim == 2 else step.features[:, 0]
-        learned = self.learnable_codebook or self.orthogonal_reg_weight > 0
+        learned = self._codebook_takes_gradients
         return diversity_loss_chunked(
             features,
             step.codebook if learned else step.codebook.detach(),

@@ -57,12 +57,15 @@ class VectorQuantize(CodebookState, nn.Module):
     loss), k-means initialisation on the first forward (training or not, as the peer), the
     gradient estimators (rotation trick by default, straight-through, DiVeQ), the losses, and
     the EMA steps the core quantizer does not take (per-code weights, accumulation, sampled
-    codes, affine codebooks, another Laplace ``eps``).
+    codes, affine codebooks, bridges, another Laplace ``eps``). What needs every code's logit
+    for every token (sampling, top k, the cross-entropy commitment, the diversity loss) is made
+    block by block of codes (``code_logits``), never as an N×K matrix.
 
-    Options that are declined raise a ``TypeError`` naming the option and the reason, only
-    when given a value other than the peer's default: see ``vq_compat_options`` and
-    docs/migration.md. A peer ``state_dict`` loads directly (its keys are mapped on load);
-    ``peer_state_dict()`` gives the reverse.
+    Declined, with a ``TypeError`` naming the option and the reason (never for the peer's
+    default): ``forward(codebook_transform_fn=...)`` and the diversity loss with separate
+    codebooks per head; see ``vq_compat_options`` and docs/migration.md. A peer
+    ``state_dict`` loads directly (its keys are mapped on load); ``peer_state_dict()`` gives
+    the reverse.
     """
 
     def __init__(

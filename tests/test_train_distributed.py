@@ -6,6 +6,7 @@ ranks with each other (bitwise) and with a single-process run (within float tole
 
 import copy
 import dataclasses
+import datetime
 import functools
 import os
 import subprocess
@@ -15,12 +16,17 @@ import tempfile
 import numpy as np
 import pytest
 import torch
-from test_distributed import TIMEOUT, init_group, spawn
+from test_distributed import init_group, spawn
 
 from wvq_kernels.cli.train import without_nproc
-from wvq_kernels.vqvae import TrainConfig, train
+from wvq_kernels.vqvae import TrainConfig, evaluate, train
+from wvq_kernels.vqvae.config import build_model
 
 pytest.importorskip("matplotlib")
+
+# Ranks build a model and evaluate between collectives: on a loaded 2-vCPU machine one rank can
+# fall far behind the others, so the groups wait longer than the collective tests' groups do.
+TIMEOUT = datetime.timedelta(minutes=3)
 
 
 @pytest.fixture
@@ -88,6 +94,32 @@ def test_two_ranks_hold_the_same_model_and_match_one_process(tiny_config):
         assert abs(split["utilization"] - whole["utilization"]) <= 0.02
         assert abs(split["psnr"] - whole["psnr"]) <= 0.5
         assert split["quantization_error"] == pytest.approx(whole["quantization_error"], rel=0.05)
+
+
+def evaluate_worker(config: TrainConfig, rank, world, folder) -> None:
+    init_group(rank, world, folder, TIMEOUT)
+    torch.save(evaluate_fixture(config), os.path.join(folder, f"rank{rank}.pt"))
+
+
+def evaluate_fixture(config: TrainConfig) -> dict:
+    """A freshly built model's metrics over 50 images, the first 19 of them decoded (shares of
+    both the decoded and the other images differ between ranks)."""
+    model = build_model(config)
+    images = torch.rand(50, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    return evaluate(model, images, batch_size=8, psnr_images=19)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_evaluation_over_ranks_gives_the_metrics_of_the_whole_set(tiny_config, world):
+    folder = tempfile.mkdtemp(prefix="wvq-eval-dist-")
+    spawn(functools.partial(evaluate_worker, tiny_config), world, folder)
+    whole = evaluate_fixture(tiny_config)
+    for rank in range(world):
+        split = torch.load(os.path.join(folder, f"rank{rank}.pt"))
+        assert split["utilization"] == whole["utilization"]
+        assert split["perplexity"] == pytest.approx(whole["perplexity"], rel=1e-6)
+        assert split["quantization_error"] == pytest.approx(whole["quantization_error"], rel=1e-6)
+        assert split["psnr"] == pytest.approx(whole["psnr"], abs=1e-4)
 
 
 def test_a_resumed_two_rank_run_continues_exactly(tiny_config):

@@ -64,10 +64,12 @@ def evaluate(
 
     In a multi-process run every rank takes its share of the images, and the counts and float64
     sums are combined over ranks: every rank returns the metrics of the whole set."""
+    # Each rank's share of the decoded images and of the rest, so that both are balanced.
     shown = parallel.local_share(images[:psnr_images])
-    result, reconstruction = _assign_and_decode(
-        model, parallel.local_share(images), len(shown), batch_size
-    )
+    mine = images
+    if parallel.world_size() > 1:
+        mine = torch.cat([shown, parallel.local_share(images[psnr_images:])])
+    result, reconstruction = _assign_and_decode(model, mine, len(shown), batch_size)
     if parallel.world_size() == 1:
         return {**usage_metrics(result), "psnr": psnr(reconstruction, shown)}
     utilization, perplexity = wvq_kernels.usage(distributed.all_reduce_histogram(result.counts))

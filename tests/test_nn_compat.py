@@ -382,3 +382,28 @@ def test_a_fully_masked_batch_gives_padding_and_a_zero_loss(options):
     x = tokens(2, 5, DIM, requires_grad=True)
     quantized, indices, loss = quantizer(x, mask=torch.zeros(2, 5, dtype=torch.bool))
     assert (quantized == 0).all() and (indices == -1).all() and loss.item() == 0
+
+
+def test_update_indices_is_the_update_of_a_training_forward():
+    torch.manual_seed(0)
+    trained, updated = VectorQuantize(DIM, CODES), VectorQuantize(DIM, CODES)
+    updated.load_state_dict(trained.state_dict())
+    x = tokens(2, 12, DIM)
+    _, indices, _ = trained(x)
+    updated.update_indices(x, indices)
+    torch.testing.assert_close(updated.codebook, trained.codebook)
+    for name in ("cluster_size", "embed_sum"):
+        torch.testing.assert_close(
+            getattr(updated.quantizers[0], name), getattr(trained.quantizers[0], name)
+        )
+
+
+def test_expire_codes_refills_dead_codes_from_the_given_rows():
+    torch.manual_seed(0)
+    quantizer = VectorQuantize(DIM, CODES, threshold_ema_dead_code=2.0)
+    rows = tokens(40, DIM)
+    quantizer.eval().expire_codes_(rows)  # outside training: nothing
+    assert not (quantizer.codebook[:, None] == rows[None]).all(-1).any()
+    quantizer.train().expire_codes_(rows)
+    # Every code was dead (cluster sizes start at 1): each is now one of the rows.
+    assert (quantizer.codebook[:, None] == rows[None]).all(-1).any(1).all()

@@ -272,3 +272,15 @@ def test_codebook_diversity_loss_matches_theirs(options):
         torch.testing.assert_close(
             ours.quantizers[0].embedding.grad, theirs._codebook.embed.grad[0], rtol=1e-4, atol=1e-6
         )
+
+
+@pytest.mark.parametrize("options", [{}, {"use_cosine_sim": True}], ids=["l2", "cosine"])
+def test_update_indices_matches_theirs(options):
+    ours, theirs = pair(options)
+    x, lens = batch(options), torch.tensor([24, 13])
+    codes = ours.eval()(x)[1]
+    for module in (ours, theirs):
+        module.train().update_indices(x, codes, mask=torch.arange(24) < lens[:, None])
+    torch.testing.assert_close(ours.codebook, theirs.codebook, rtol=1e-5, atol=1e-6)
+    cluster_size = ours.quantizers[0].cluster_size
+    torch.testing.assert_close(cluster_size, theirs._codebook.cluster_size[0])

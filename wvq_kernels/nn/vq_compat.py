@@ -311,6 +311,50 @@ class VectorQuantize(CodebookState, nn.Module):
             if quantizer.ema:
                 self._refresh_codebook(quantizer)
 
+    @torch.no_grad()
+    def update_indices(
+        self,
+        x: Tensor,
+        indices: Tensor,
+        mask: Tensor | None = None,
+        ema_update_weight: Tensor | Callable | None = None,
+        accum_ema_update: bool = False,
+        ema_update: bool | None = None,
+    ) -> None:
+        """The codebook update of a training forward for given ``indices`` (as forward
+        returns them; −1 and masked tokens are left out): the EMA step, then the dead-code
+        refills. For callers that choose the codes themselves (beam search over residual
+        quantizers)."""
+        heads = self.project_in(self._tokens(x, mask)).unflatten(
+            -1, (self.heads, self.codebook_dim)
+        )
+        groups = self._groups(heads, mask)
+        for index, ((rows, _), codes) in enumerate(
+            zip(groups, self._group_targets(indices, groups, heads))
+        ):
+            kept = codes >= 0
+            features = self._normalize(rows.float())[kept]
+            if ema_update is not False:
+                self._ema_step(index, features, codes[kept], ema_update_weight, accum_ema_update)
+
+    update_ema_indices = update_indices
+
+    @torch.no_grad()
+    def expire_codes_(self, x: Tensor) -> None:
+        """Dead-code refills (in training, with ``threshold_ema_dead_code``) from ``x``,
+        ``(..., heads·codebook_dim)`` rows already in the codebook space (as the peer's:
+        no ``project_in``)."""
+        if not self.training:
+            return
+        heads = x.reshape(-1, self.heads, self.codebook_dim)
+        parts = (
+            [heads[:, h] for h in range(self.heads)] if self.separate_codebook_per_head else [heads]
+        )
+        for quantizer, part in zip(self.quantizers, parts):
+            if quantizer.dead_code_threshold > 0:
+                features = self._normalize(part.reshape(-1, self.codebook_dim).float())
+                self._replace_dead_codes(quantizer, features, torch.isfinite(features).all())
+
     def peer_state_dict(self) -> dict[str, Tensor]:
         """This module's state in vector-quantize-pytorch's layout (see docs/migration.md)."""
         return to_peer_layout(self)
@@ -464,23 +508,26 @@ class VectorQuantize(CodebookState, nn.Module):
         space, laid out as the peer's codebook returns them (``(B, N, d)``; with heads
         ``(heads, B, N, d)`` or ``(1, B·heads, N, d)``), and the mean cross-entropy of the
         given codes (−1: ignored) under softmax over every code's logit."""
-        targets = indices.reshape(heads.shape[:3])
-        parts = (
-            [targets[:, :, h : h + 1] for h in range(self.heads)]
-            if self.separate_codebook_per_head
-            else [targets]
-        )
-        selected = [
-            part.reshape(-1) if where is None else part[where]
-            for part, (_, where) in zip(parts, groups)
-        ]
-        loss = self._cross_entropy(steps, selected)
+        loss = self._cross_entropy(steps, self._group_targets(indices, groups, heads))
         quantized = self._scatter(outputs, groups, heads, 0.0).to(heads.dtype)
         if self.heads == 1:
             return quantized[:, :, 0], loss
         if self.separate_codebook_per_head:
             return quantized.permute(2, 0, 1, 3), loss
         return quantized.transpose(1, 2).flatten(0, 1)[None], loss
+
+    def _group_targets(self, indices: Tensor, groups, heads: Tensor) -> list[Tensor]:
+        """Per codebook, the given ``indices`` of its selected rows (as ``_groups``)."""
+        targets = indices.reshape(heads.shape[:3])
+        parts = (
+            [targets[:, :, h : h + 1] for h in range(self.heads)]
+            if self.separate_codebook_per_head
+            else [targets]
+        )
+        return [
+            part.reshape(-1) if where is None else part[where]
+            for part, (_, where) in zip(parts, groups)
+        ]
 
     def _cross_entropy(self, steps: list[_Step], targets: list[Tensor]) -> Tensor:
         """Mean over the targets that are not −1 of their cross-entropy among all K codes

@@ -284,3 +284,34 @@ def test_update_indices_matches_theirs(options):
     torch.testing.assert_close(ours.codebook, theirs.codebook, rtol=1e-5, atol=1e-6)
     cluster_size = ours.quantizers[0].cluster_size
     torch.testing.assert_close(cluster_size, theirs._codebook.cluster_size[0])
+
+
+LOOKUP_CASES = {
+    "plain": ({}, (2, 24, DIM)),
+    "separate heads": (
+        {"heads": 2, "codebook_dim": 4, "separate_codebook_per_head": True},
+        (2, 24, DIM),
+    ),
+    "shared heads": ({"heads": 2, "codebook_dim": 8}, (2, 24, DIM)),
+    "image": ({"accept_image_fmap": True}, (2, DIM, 4, 6)),
+    "cosine": ({"use_cosine_sim": True}, (2, 24, DIM)),
+}
+
+
+@pytest.mark.parametrize("options, shape", LOOKUP_CASES.values(), ids=LOOKUP_CASES.keys())
+def test_codes_and_outputs_from_indices_match_theirs(options, shape):
+    ours, theirs = pair(options)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(6))
+    indices = ours.eval()(x)[1]
+    codes = theirs.get_codes_from_indices(indices)
+    assert ours.codebook.shape == theirs.codebook.shape
+    if options.get("heads") and not options.get("separate_codebook_per_head"):
+        # The peer leaves a shared codebook's heads apart here ((B, N, heads, d)), which its
+        # own get_output_from_indices then cannot project; ours joins them, as forward does.
+        codes = codes.flatten(-2)
+        torch.testing.assert_close(ours.get_codes_from_indices(indices), codes)
+        return
+    torch.testing.assert_close(ours.get_codes_from_indices(indices), codes)
+    torch.testing.assert_close(
+        ours.get_output_from_indices(indices), theirs.eval().get_output_from_indices(indices)
+    )

@@ -9,17 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from wvq_kernels.nn import VectorQuantize
-from wvq_kernels.nn.vq_compat_options import UNSUPPORTED_FORWARD
 
 vqp = pytest.importorskip("vector_quantize_pytorch")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 DIM, CODES = 8, 16
-
-DECLINED_FORWARD = {
-    "codebook_transform_fn": abs,
-}
 
 
 def tokens(*shape, seed=0, requires_grad=False):
@@ -38,19 +33,6 @@ def test_every_option_of_theirs_is_accepted_with_their_default():
     assert list(ours_forward) == list(theirs_forward)
     for name, parameter in theirs_forward.items():
         assert ours_forward[name].default == parameter.default, name
-
-
-def test_the_declined_forward_keyword_is_listed_and_its_default_accepted():
-    assert DECLINED_FORWARD.keys() == UNSUPPORTED_FORWARD.keys()
-    forward_defaults = {name: default for name, (default, _) in UNSUPPORTED_FORWARD.items()}
-    quantizer = VectorQuantize(DIM, CODES)
-    assert quantizer(tokens(2, 5, DIM), **forward_defaults)[1].shape == (2, 5)
-
-
-@pytest.mark.parametrize("name", DECLINED_FORWARD)
-def test_declined_forward_keyword_raises_a_type_error_naming_it(name):
-    with pytest.raises(TypeError, match=f"{name}=.*not supported: "):
-        VectorQuantize(DIM, CODES)(tokens(2, 5, DIM), **{name: DECLINED_FORWARD[name]})
 
 
 @pytest.mark.parametrize(
@@ -407,3 +389,11 @@ def test_expire_codes_refills_dead_codes_from_the_given_rows():
     quantizer.train().expire_codes_(rows)
     # Every code was dead (cluster sizes start at 1): each is now one of the rows.
     assert (quantizer.codebook[:, None] == rows[None]).all(-1).any(1).all()
+
+
+def test_per_token_codebooks_refuse_what_needs_every_codes_logit():
+    quantizer = VectorQuantize(DIM, CODES, commitment_use_cross_entropy_loss=True)
+    with pytest.raises(TypeError, match="codebook_transform_fn with commitment_use_cross"):
+        quantizer(tokens(2, 5, DIM), codebook_transform_fn=lambda codes: codes)
+    with pytest.raises(TypeError, match="codebook_transform_fn with topk"):
+        VectorQuantize(DIM, CODES)(tokens(2, 5, DIM), topk=2, codebook_transform_fn=abs)

@@ -315,3 +315,36 @@ def test_codes_and_outputs_from_indices_match_theirs(options, shape):
     torch.testing.assert_close(
         ours.get_output_from_indices(indices), theirs.eval().get_output_from_indices(indices)
     )
+
+
+def per_token_shift(x_shape):
+    """A codebook_transform_fn: each token's codebook is the codebook plus a token-dependent
+    shift scaled by a learned factor, (1, K, d) -> (1, B, N, K, d)."""
+    shifts = 0.3 * torch.randn(*x_shape[:2], 1, DIM, generator=torch.Generator().manual_seed(8))
+    scale = torch.ones((), requires_grad=True)
+
+    def transform(codebook):
+        return codebook[:, None, None] + scale * shifts[None]
+
+    return transform, scale
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("options", [{}, {"use_cosine_sim": True}], ids=["l2", "cosine"])
+def test_implicit_per_token_codebooks_match_theirs(options, training):
+    ours, theirs = pair(options)
+    ours.train(training), theirs.train(training)
+    x = batch(options)
+    results = []
+    for module in (ours, theirs):
+        transform, scale = per_token_shift(x.shape)
+        x_in = x.clone().requires_grad_()
+        quantized, indices, loss = module(x_in, codebook_transform_fn=transform)
+        (quantized.square().sum() + loss).backward()
+        results.append((quantized.detach(), indices, loss.detach(), x_in.grad, scale.grad))
+    for mine, reference in zip(*results):
+        if isinstance(mine, torch.Tensor) and mine.dtype == torch.int64:
+            assert torch.equal(mine, reference)
+        else:
+            torch.testing.assert_close(mine, reference, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours.codebook, theirs.codebook.detach(), rtol=1e-5, atol=1e-6)

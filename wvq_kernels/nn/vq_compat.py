@@ -11,16 +11,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import _trusted as kernels
-from .code_logits import cross_entropy_chunked, diversity_loss_chunked, top_codes_chunked
+from .code_logits import (
+    EXPONENTIAL_FLOOR,
+    cross_entropy_chunked,
+    diversity_loss_chunked,
+    top_codes_chunked,
+)
 from .gather import gather_codes
 from .quantizer import LAPLACE_EPS, VectorQuantizer
 from .rotation_trick import directional_reparam, rotate_to, straight_through
 from .vq_compat_checkpoint import PEER_MARKER, from_peer_layout, to_peer_layout
-from .vq_compat_options import (
-    UNSUPPORTED_FORWARD,
-    check_peer_constraints,
-    reject_unsupported,
-)
+from .vq_compat_options import check_peer_constraints
 from .vq_compat_state import CodebookState
 
 __all__ = ["LossBreakdown", "VectorQuantize"]
@@ -61,9 +62,10 @@ class VectorQuantize(CodebookState, nn.Module):
     for every token (sampling, top k, the cross-entropy commitment, the diversity loss) is made
     block by block of codes (``code_logits``), never as an N×K matrix.
 
-    Declined, with a ``TypeError`` naming the option and the reason (never for the peer's
-    default): ``forward(codebook_transform_fn=...)`` and the diversity loss with separate
-    codebooks per head; see ``vq_compat_options`` and docs/migration.md. A peer
+    Declined, with a ``TypeError`` naming the options and the reason (never for the peer's
+    defaults): a few combinations (the diversity loss with separate codebooks per head;
+    ``codebook_transform_fn`` with heads, top k or the losses over every code's logit); see
+    docs/migration.md. A peer
     ``state_dict`` loads directly (its keys are mapped on load); ``peer_state_dict()`` gives
     the reverse.
     """
@@ -402,11 +404,8 @@ class VectorQuantize(CodebookState, nn.Module):
         accum_ema_update: bool = False,
         ema_update: bool | None = None,
     ):
-        reject_unsupported(
-            "VectorQuantize.forward",
-            UNSUPPORTED_FORWARD,
-            {"codebook_transform_fn": codebook_transform_fn},
-        )
+        if codebook_transform_fn is not None:
+            self._check_transform(topk, indices)
         mask = _token_mask(x, mask, lens)
         tokens = self._tokens(x, mask)
         heads = self.project_in(tokens).unflatten(-1, (self.heads, self.codebook_dim))
@@ -421,10 +420,24 @@ class VectorQuantize(CodebookState, nn.Module):
         if topk is not None:
             top = self._forward_top(x, tokens, heads, groups, mask, topk, temperature, freeze)
             return top if return_loss_breakdown else top[:3]
-        steps = [
-            self._quantize(index, rows, update, temperature, ema_update_weight, accum_ema_update)
-            for index, (rows, _) in enumerate(groups)
-        ]
+        if codebook_transform_fn is not None:
+            steps = [
+                self._quantize_per_token(
+                    groups,
+                    update,
+                    temperature,
+                    codebook_transform_fn,
+                    ema_update_weight,
+                    accum_ema_update,
+                )
+            ]
+        else:
+            steps = [
+                self._quantize(
+                    index, rows, update, temperature, ema_update_weight, accum_ema_update
+                )
+                for index, (rows, _) in enumerate(groups)
+            ]
         in_place = None
         if self.in_place_codebook_optimizer is not None and self.training and not freeze:
             in_place = self._optimize_in_place(steps)
@@ -664,6 +677,53 @@ class VectorQuantize(CodebookState, nn.Module):
             self._ema_step(index, features.detach(), indices, weight, accumulate)
         if topk is not None:
             features = features[:, None].expand(-1, indices.shape[1], -1)
+        return _Step(features, chosen, indices, codes)
+
+    def _check_transform(self, topk, indices) -> None:
+        refused = {
+            "heads > 1": self.heads > 1,
+            "topk": topk is not None,
+            "indices": indices is not None,
+            "commitment_use_cross_entropy_loss": self.commitment_use_cross_entropy_loss,
+            "codebook_diversity_loss_weight > 0": self.codebook_diversity_loss_weight > 0,
+            "in_place_codebook_optimizer": self.in_place_codebook_optimizer is not None,
+        }
+        for name, present in refused.items():
+            if present:
+                raise TypeError(
+                    f"VectorQuantize.forward: codebook_transform_fn with {name} is not "
+                    "supported: those need the logits of every per-token code"
+                )
+
+    def _quantize_per_token(
+        self, groups, update: bool, temperature: float, transform, weight, accumulate: bool
+    ) -> _Step:
+        """An implicit codebook (``codebook_transform_fn``, e.g. QINCo's): the function maps
+        the (1, K, d) codebook to one codebook per token, (1, B, N, K, d), and each token takes
+        the nearest (or, sampling, a drawn) code of its own. Those per-token codebooks are the
+        function's N×K×D output, as in the peer; the logits to them add N×K."""
+        ((rows, where),) = groups
+        features = self._normalize(rows.float())
+        raw = self.quantizers[0].codes().clone()
+        if self.affine_param:
+            self._update_affine(0, features.detach(), raw.detach())
+        codes = self._normalize(self._effective_codes(0, raw))
+        per_token = transform(codes[None]).reshape(-1, self.codebook_size, self.codebook_dim)
+        if where is not None:
+            per_token = per_token[where.reshape(-1)]
+        per_token = self._normalize(per_token)
+        if self.use_cosine_sim:
+            logits = (per_token @ features[:, :, None]).squeeze(-1)
+        else:
+            logits = -F.pairwise_distance(features[:, None], per_token)
+        logits = logits.detach()
+        if self.training and self.stochastic_sample_codes and temperature > 0:
+            noise = torch.empty_like(logits).exponential_().clamp_min_(EXPONENTIAL_FLOOR)
+            logits = logits / temperature - noise.log()
+        indices = logits.argmax(-1)
+        chosen = per_token[torch.arange(indices.shape[0], device=indices.device), indices]
+        if update:
+            self._ema_step(0, features.detach(), indices, weight, accumulate)
         return _Step(features, chosen, indices, codes)
 
     def _choose(

@@ -1,9 +1,8 @@
-"""Which of vector-quantize-pytorch's ``VectorQuantize`` options the swap-in declines, and why,
-and the option combinations the peer refuses.
+"""Declining options by name, and the option combinations vector-quantize-pytorch refuses.
 
-Every constructor option of the peer is honoured; so is every forward keyword but the one
-below, which raises a ``TypeError`` naming it only when given a value other than the peer's
-default.
+``reject_unsupported`` raises a ``TypeError`` that names a declined option and the reason,
+only for a value other than the peer's default (the swap-in quantizers keep their tables of
+declined options beside their constructors).
 """
 
 from __future__ import annotations
@@ -11,18 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "UNSUPPORTED_FORWARD",
     "check_peer_constraints",
     "reject_unsupported",
 ]
-
-# name: (the peer's default, why another value is declined)
-UNSUPPORTED_FORWARD: dict[str, tuple[Any, str]] = {
-    "codebook_transform_fn": (
-        None,
-        "an implicit codebook per token is an N×K×D tensor, which the fused ops never build",
-    ),
-}
 
 
 def _differs(value: Any, default: Any) -> bool:

@@ -21,6 +21,11 @@ SCHEMAS = {
         "(Tensor x, Tensor codebook, float tau, float lam)"
         " -> (Tensor, Tensor, Tensor, Tensor, Tensor)"
     ),
+    # Top-k nearest codes (issue 16): the public entry is assign(..., k=...).
+    "assign_topk": (
+        "(Tensor x, Tensor codebook, SymInt k, str metric, str precision, bool histogram)"
+        " -> (Tensor, Tensor, Tensor)"
+    ),
 }
 
 # Ops of the C++ library that take no tensors and exist on the CPU extension only.

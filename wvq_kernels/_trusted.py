@@ -44,6 +44,35 @@ def assign(
     )
 
 
+def assign_topk(
+    x: Tensor,
+    codebook: Tensor,
+    k: int,
+    *,
+    metric: str = "l2",
+    precision: str = "auto",
+    histogram: bool = False,
+    backend: str = "auto",
+) -> Assignment:
+    backend = resolve_backend(backend, x.device)
+    if backend == "cuda":  # no CUDA kernel of its own: Triton's serves backend="cuda" too
+        backend = "triton"
+    rows = _rows(x.detach())
+    num_codes = codebook.shape[0]
+    batch_shape = (*x.shape[:-1], k)
+    if rows.shape[0] == 0:
+        empty = torch.zeros(num_codes, dtype=torch.int64, device=x.device)
+        indices = torch.empty(batch_shape, dtype=torch.int64, device=x.device)
+        distances = torch.empty(batch_shape, dtype=torch.float32, device=x.device)
+        return Assignment(indices, distances, empty if histogram else None)
+    indices, distances, counts = kernel(backend, "assign_topk")(
+        rows, codebook.detach(), k, metric, resolve_precision(precision, x.dtype), bool(histogram)
+    )
+    return Assignment(
+        indices.reshape(batch_shape), distances.reshape(batch_shape), counts if histogram else None
+    )
+
+
 def code_histogram(indices: Tensor, num_codes: int, *, backend: str = "auto") -> Tensor:
     backend = resolve_backend(backend, indices.device)
     flat = indices.detach().reshape(-1)

@@ -79,9 +79,7 @@ def assign_topk(
         candidates = members[groups].flatten(1)  # (rows, groups * k), K where a group ends
         candidate_scores = scores.repeat_interleave(k, dim=1)
         candidate_scores = candidate_scores.masked_fill(candidates == codes.shape[0], math.inf)
-        indices[start : start + TOPK_ROW_BLOCK] = _sort_pairs(candidate_scores, candidates)[1][
-            :, :k
-        ]
+        indices[start : start + TOPK_ROW_BLOCK] = sort_pairs(candidate_scores, candidates)[1][:, :k]
     distances, indices = rank_by_distance(x, codebook, indices, metric)
     counts = _counts(indices[:, 0], codebook.shape[0]) if histogram else _no_counts(x.device)
     return indices, distances, counts
@@ -97,10 +95,10 @@ def rank_by_distance(
     distances = _chosen_distances(
         x.repeat_interleave(indices.shape[1], dim=0), codebook, indices.reshape(-1), metric
     )
-    return _sort_pairs(distances.reshape(indices.shape), indices)
+    return sort_pairs(distances.reshape(indices.shape), indices)
 
 
-def _sort_pairs(scores: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
+def sort_pairs(scores: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
     """Each row's (score, index) pairs sorted by score, then index (two stable sorts)."""
     indices, by_index = indices.sort(dim=1, stable=True)
     scores, by_score = scores.gather(1, by_index).sort(dim=1, stable=True)

@@ -40,7 +40,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from wvq_kernels._gpu_limits import shared_memory_limit
-from wvq_kernels.triton import assign, configs, histogram, moments, soft_assign
+from wvq_kernels.triton import assign, assign_topk, configs, histogram, moments, soft_assign
 
 TARGETS = {"sm_80": GPUTarget("cuda", 80, 32), "sm_90": GPUTarget("cuda", 90, 32)}
 # D values of the report; together they reach every row of every assign table.
@@ -365,8 +365,75 @@ def _soft_assign_case(arch, kernel, operand, dim, strided):
     return _fma_case(f"soft_assign_{kernel}", arch, variant, fn, types, constexprs, config, strided)
 
 
+# assign_topk is compiled with its largest candidate list (k = 64 pads to 64 slots).
+TOPK_SLOTS = 64
+
+
+def assign_topk_cases():
+    for arch in configs.ARCHS:
+        for precision in ASSIGN_PRECISIONS:
+            for dim in DIMS:
+                yield _assign_topk_case(arch, precision, dim)
+
+
+def _assign_topk_case(arch, precision, dim):
+    """Unit inner strides only, as for assign; l2 (code norms loaded), split or not alike."""
+    config = configs.assign_topk_config(dim, configs.dot_kind(precision), arch)
+    fn = assign_topk.assign_topk_kernel
+    constexprs = {
+        "stride_xd": 1,
+        "METRIC": assign.METRIC_CODES["l2"],
+        "DOT_PRECISION": assign.DOT_PRECISION[precision],
+        "ROUND_BF16": precision == "bf16",
+        "INTERPRETED": False,
+        "BLOCK_N": config.block_n,
+        "BLOCK_K": config.block_k,
+        "BLOCK_D": config.block_d,
+        "D_CHUNKS": triton.cdiv(dim, config.block_d),
+        "K_PAD": TOPK_SLOTS,
+    }
+    pointer = POINTER_TYPES["bf16" if precision == "bf16" else "fp32"]
+    types = {
+        "x_ptr": pointer,
+        "row_scale_ptr": "*fp32",
+        "codes_t_ptr": pointer,
+        "norms_ptr": "*fp32",
+        "list_scores_ptr": "*fp32",
+        "list_index_ptr": "*i32",
+        "stride_xn": "i32",
+        "N": "i32",
+        "K": "i32",
+        "D": "i32",
+        "TOP_K": "i32",
+        "codes_per_split": "i32",
+    }
+    divisible = ["K", "codes_per_split"] + [n for n, t in types.items() if t.startswith("*")]
+    if dim % 16 == 0:
+        divisible.append("stride_xn")
+    return Case(
+        "assign_topk",
+        arch,
+        f"{precision} D={dim} k<={TOPK_SLOTS}",
+        fn,
+        _signature(fn, types, constexprs),
+        constexprs,
+        tuple(divisible),
+        config.num_warps,
+        config.num_stages,
+        tensor_core=precision != "ieee",
+        dim=dim,
+        precision=precision,
+        block_d=config.block_d,
+    )
+
+
 def all_cases():
-    return list(assign_cases()) + list(rows_cases()) + list(soft_assign_cases())
+    return (
+        list(assign_cases())
+        + list(assign_topk_cases())
+        + list(rows_cases())
+        + list(soft_assign_cases())
+    )
 
 
 def compile_case(index: int) -> Result:

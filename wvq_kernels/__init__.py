@@ -9,6 +9,7 @@ from wvq_kernels.distributed import assign_sharded
 from wvq_kernels.kmeans import kmeans
 from wvq_kernels.losses import gaussian_w2
 from wvq_kernels.ops import (
+    MAX_TOP_K,
     Assignment,
     BackendStatus,
     Moments,
@@ -27,6 +28,7 @@ from wvq_kernels.ops import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "MAX_TOP_K",
     "Assignment",
     "BackendStatus",
     "Moments",

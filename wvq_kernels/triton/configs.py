@@ -76,11 +76,16 @@ INTERPRETER_ASSIGN = AssignConfig(256, 512, 256, 4, 1)
 
 # assign_topk (issue 16): assign's scan with up to 64 candidates per row held in registers next
 # to the score tile (fp32 score + int32 index each). Per dot kind, [(largest D, config)]; the
-# same on sm_80 and sm_90 (checked by the gate on both).
+# same on sm_80 and sm_90 (checked by the gate on both). 8 warps: on 4, 64 candidates of 64
+# rows spill at small D; tf32x3 beyond D = 32 spills on sm_80 with 32-wide chunks.
 ASSIGN_TOPK_CONFIGS = {
-    "bf16": [(16, AssignConfig(64, 64, 16, 4, 2)), (None, AssignConfig(64, 64, 32, 4, 2))],
-    "tf32": [(16, AssignConfig(64, 64, 16, 4, 2)), (None, AssignConfig(64, 64, 32, 4, 2))],
-    "ieee": [(None, AssignConfig(64, 64, 16, 4, 2))],
+    "bf16": [(16, AssignConfig(64, 64, 16, 8, 2)), (None, AssignConfig(64, 64, 32, 8, 2))],
+    "tf32": [
+        (16, AssignConfig(64, 64, 16, 8, 2)),
+        (32, AssignConfig(64, 64, 32, 8, 2)),
+        (None, AssignConfig(64, 64, 16, 8, 2)),
+    ],
+    "ieee": [(None, AssignConfig(64, 64, 16, 8, 2))],
 }
 
 

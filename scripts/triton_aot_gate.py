@@ -9,7 +9,8 @@ configuration from a stated roofline model, to docs/gpu-kernels.md.
     python scripts/triton_aot_gate.py [--jobs 2] [--doc docs/gpu-kernels.md]
 
 Assign is compiled in its heaviest form (l2, which also loads code norms, with the fused
-histogram): cosine and dot only drop work. Calibrated for the triton pinned in pyproject.toml.
+histogram): cosine and dot only drop work; assign_topk likewise, with its largest candidate
+list (64 slots per row). Calibrated for the triton pinned in pyproject.toml.
 
 Strides. A contiguous input launches a kernel with its inner stride specialised to the
 constant 1; a strided one (x[:, ::2], y.T) with the inner stride as an i32 run-time argument,
@@ -541,6 +542,7 @@ shipped Triton configuration is compiled with `triton.compile` for sm_80 and sm_
 shared memory from the compiled metadata, the instruction kind from the PTX (`wgmma`,
 `mma.sync`, or `fma` where no tensor-core instruction appears). `assign` is compiled in its
 heaviest form: metric l2 with the fused histogram; `code_norms` is its ||c||^2 pre-pass.
+`assign_topk` (`assign(..., k)`) is the same scan with 64 candidate slots per row (k ≤ 64).
 `soft_assign_scan` and `soft_assign_accumulate` (the two passes of `soft_assign_stats`) run on
 the FMA units by design. `code_sums`, `moments` and the `soft_assign` kernels appear twice: as
 contiguous inputs launch them (inner stride the constant 1) and, marked `strided`, with the

@@ -217,3 +217,22 @@ def test_compiles_without_graph_breaks():
         x, codebook = random_inputs(n, 40, 12, seed=n)
         for a, b in zip(compiled(x, codebook), nearest_two(x, codebook)):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("precision", ["ieee", "bf16"])
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_triton_table_configs_meet_the_oracle(arch, precision):
+    """The GPU table's tiles (64 x 64, several D chunks at D = 40 with 16- or 32-wide chunks)
+    in the interpreter: two and a bit row blocks and code tiles, split-K (4 SMs) and
+    row-owned (1 SM), with the largest k."""
+    if not wvq.available_backends()["triton"]:
+        pytest.skip("no Triton")
+    from wvq_kernels.triton import configs
+    from wvq_kernels.triton.assign_topk import launch_assign_topk
+
+    x, codebook = hard_inputs((133,), 131, 40)
+    for sms in (1, 4):
+        with configs.emulate(arch, sms):
+            indices, distances, counts = launch_assign_topk(x, codebook, 64, "l2", precision, True)
+        check_topk(x, codebook, indices, distances, "l2", precision)
+        assert torch.equal(counts, torch.bincount(indices[:, 0], minlength=131))

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from wvq_kernels._backends import resolve_backend
 from wvq_kernels._registration import kernel
+from wvq_kernels._schemas import TRITON_ON_CUDA_OPS
 from wvq_kernels._types import Assignment, Moments, SoftAssignStats
 from wvq_kernels._validation import resolve_precision
 
@@ -55,7 +56,7 @@ def assign_topk(
     backend: str = "auto",
 ) -> Assignment:
     backend = resolve_backend(backend, x.device)
-    if backend == "cuda":  # no CUDA kernel of its own: Triton's serves backend="cuda" too
+    if backend == "cuda" and "assign_topk" in TRITON_ON_CUDA_OPS:  # no CUDA kernel yet
         backend = "triton"
     rows = _rows(x.detach())
     num_codes = codebook.shape[0]

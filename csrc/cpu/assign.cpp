@@ -11,6 +11,11 @@
 // to the smallest index and results never depend on the thread count. Within a task, code
 // blocks sized for L2 are the outer loop and row tiles sized for registers the inner one.
 //
+// assign_topk runs the same scan keeping a sorted list of k (score, index) candidates per row
+// instead of one minimum (the micro-kernel's other epilogue, scan_impl.h); lists of segments
+// and passes merge in code order, ties to the earlier, so the k codes do not depend on the
+// thread count either. Its reported distances then order the k codes.
+//
 // Inputs whose largest magnitude lies outside [2^-32, 2^32] are scaled by a power of two first
 // (common/input_scale.h; exact, and it preserves the order of the scores): otherwise |c|^2 overflows to inf above
 // ~1.8e19 and every score becomes inf or NaN, and bf16 dot products (vdpbf16ps treats subnormal

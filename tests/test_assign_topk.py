@@ -252,3 +252,21 @@ def test_backend_cuda_runs_the_triton_kernel(monkeypatch):
     result = _trusted.assign_topk(x, codebook, 3, backend="cuda")
     assert ran == ["triton"]
     check_topk(x, codebook, result.indices, result.distances, "l2", "ieee")
+
+
+@pytest.mark.slow
+def test_every_cpu_isa_meets_the_oracle(run_on_isa):
+    """The top-k epilogue of every micro-kernel this CPU runs (AVX-512, AVX2, scalar), forced in
+    a subprocess: every rank within the oracle, duplicates in index order."""
+    shapes = [(60, 1000, 12), (40, 4100, 59)]
+    inputs = [hard_inputs((n,), k, d) for n, k, d in shapes]
+    calls = [
+        ("assign", (x, codebook), {"k": 8, "precision": precision, "backend": "cpu"})
+        for x, codebook in inputs
+        for precision in ("ieee", "bf16")
+    ]
+    results = iter(run_on_isa(calls))
+    for x, codebook in inputs:
+        for precision in ("ieee", "bf16"):
+            indices, distances, _ = next(results)
+            check_topk(x, codebook, indices, distances, "l2", precision)

@@ -201,6 +201,14 @@ def test_bad_k_raises_naming_k(k, error, message):
     x, codebook = random_inputs(5, 10, 4)
     with pytest.raises(error, match=message):
         wvq.assign(x, codebook, k=k)
+    with pytest.raises(error, match=message):
+        wvq.assign_topk(x, codebook, k)
+
+
+def test_assign_topk_needs_a_k():
+    x, codebook = random_inputs(5, 10, 4)
+    with pytest.raises(TypeError, match="k: expected an int, got NoneType"):
+        wvq.assign_topk(x, codebook, None)
 
 
 def test_compiles_without_graph_breaks():

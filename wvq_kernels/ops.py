@@ -104,6 +104,8 @@ def assign_topk(
     counts each row's nearest code. 1 <= k <= min(K, MAX_TOP_K = 64). On CUDA tensors
     ``backend="cuda"`` runs the Triton kernel. Other arguments as :func:`assign`.
     """
+    if k is None:  # assign's k=None means the nearest code alone, not a top-k
+        raise TypeError("k: expected an int, got NoneType")
     return assign(
         x,
         codebook,

@@ -91,11 +91,15 @@ def rank_by_distance(
     """(distances, indices) (N, k) of the chosen codes, recomputed as :func:`assign` reports
     them and sorted by distance, ties to the smallest index: the order holds on the values a
     caller sees, whatever rounding separated near-equal scores. Shared with the Triton
-    launcher."""
-    distances = _chosen_distances(
-        x.repeat_interleave(indices.shape[1], dim=0), codebook, indices.reshape(-1), metric
-    )
-    return sort_pairs(distances.reshape(indices.shape), indices)
+    launcher. Rows are repeated k times a block at a time, never all at once."""
+    k = indices.shape[1]
+    distances = torch.empty(indices.shape, dtype=torch.float32, device=x.device)
+    for start in range(0, x.shape[0], ROW_BLOCK):
+        block = slice(start, start + ROW_BLOCK)
+        rows = x[block].repeat_interleave(k, dim=0)
+        chosen = _chosen_distances(rows, codebook, indices[block].reshape(-1), metric)
+        distances[block] = chosen.reshape(-1, k)
+    return sort_pairs(distances, indices)
 
 
 def sort_pairs(scores: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:

@@ -2,6 +2,9 @@
 (wvq_kernels.testing.TopkTruth): every rank's regret within the precision's bound, the exact
 index at decisive ranks, distances ascending with ties to the smallest index at every rank."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -278,3 +281,39 @@ def test_every_cpu_isa_meets_the_oracle(run_on_isa):
         for precision in ("ieee", "bf16"):
             indices, distances, _ = next(results)
             check_topk(x, codebook, indices, distances, "l2", precision)
+
+
+PEAK_MEMORY = """
+import sys, torch, wvq_kernels as wvq
+from wvq_kernels.bench.harness import PeakMemory
+backend, n, k = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+generator = torch.Generator().manual_seed(0)
+x = torch.randn(n, 64, generator=generator)
+codebook = torch.randn(65536, 64, generator=generator)
+wvq.assign(x[:8], codebook[:100], k=k, backend=backend)
+peak = PeakMemory()
+peak.reset()
+wvq.assign(x, codebook, k=k, histogram=True, backend=backend)
+print(peak.peak_delta_mib())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("k", [8, 64])
+def test_cpu_peak_memory_beyond_inputs_and_outputs_is_bounded(k):
+    """Issue 16's size, N = 16384, K = 65536, D = 64: the packed codebook (16 MiB) and the
+    candidate lists, under 64 MiB beyond the inputs and the (N, k) outputs, where the N x K
+    scores would take 4 GiB."""
+    if not wvq.available_backends()["cpu"]:
+        pytest.skip("no CPU extension")
+    n = 16384
+    child = subprocess.run(
+        [sys.executable, "-c", PEAK_MEMORY, "cpu", str(n), str(k)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    outputs_mib = n * k * 12 / 2**20
+    peak_mib = float(child.stdout.split()[-1])
+    assert peak_mib - outputs_mib < 64, f"{peak_mib:.1f} MiB, outputs {outputs_mib:.1f} MiB"

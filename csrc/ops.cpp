@@ -24,6 +24,9 @@ TORCH_LIBRARY(wvq, m) {
   m.def("soft_assign_stats(Tensor x, Tensor codebook, float tau, float lam)"
         " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("cpu_isa() -> str", &wvq::cpu::cpu_isa);
+  // Top-k nearest codes (issue 16).
+  m.def("assign_topk(Tensor x, Tensor codebook, SymInt k, str metric, str precision,"
+        " bool histogram) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(wvq, CPU, m) {
@@ -33,4 +36,5 @@ TORCH_LIBRARY_IMPL(wvq, CPU, m) {
   m.impl("usage", &wvq::cpu::usage);
   m.impl("moments", &wvq::cpu::moments);
   m.impl("soft_assign_stats", &wvq::cpu::soft_assign_stats);
+  m.impl("assign_topk", &wvq::cpu::assign_topk);
 }

@@ -1,6 +1,7 @@
 """Imports _C (schemas) and _C_cuda built against a CUDA torch from the given directory, and fails
 unless every op of the schema table (wvq_kernels/_schemas.py) has a kernel registered for the
-CUDA dispatch key. Needs no GPU: loading registers the kernels; nothing runs."""
+CUDA dispatch key, but those of TRITON_ON_CUDA_OPS, which run their Triton kernel on CUDA
+tensors. Needs no GPU: loading registers the kernels; nothing runs."""
 
 import importlib.util
 import sys
@@ -17,9 +18,12 @@ def _load_by_path(name: str, path: Path):
 
 
 # Loaded by path: importing the package would load the in-place _C built for the CPU torch.
-SCHEMAS = _load_by_path(
+_TABLE = _load_by_path(
     "wvq_schemas", Path(__file__).resolve().parents[1] / "wvq_kernels" / "_schemas.py"
-).SCHEMAS
+)
+SCHEMAS = {
+    op: schema for op, schema in _TABLE.SCHEMAS.items() if op not in _TABLE.TRITON_ON_CUDA_OPS
+}
 
 
 def main(build_dir: str) -> int:

@@ -9,7 +9,8 @@ configuration from a stated roofline model, to docs/gpu-kernels.md.
     python scripts/triton_aot_gate.py [--jobs 2] [--doc docs/gpu-kernels.md]
 
 Assign is compiled in its heaviest form (l2, which also loads code norms, with the fused
-histogram): cosine and dot only drop work. Calibrated for the triton pinned in pyproject.toml.
+histogram): cosine and dot only drop work; assign_topk likewise, with its largest candidate
+list (64 slots per row). Calibrated for the triton pinned in pyproject.toml.
 
 Strides. A contiguous input launches a kernel with its inner stride specialised to the
 constant 1; a strided one (x[:, ::2], y.T) with the inner stride as an i32 run-time argument,
@@ -40,7 +41,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from wvq_kernels._gpu_limits import shared_memory_limit
-from wvq_kernels.triton import assign, configs, histogram, moments, soft_assign
+from wvq_kernels.triton import assign, assign_topk, configs, histogram, moments, soft_assign
 
 TARGETS = {"sm_80": GPUTarget("cuda", 80, 32), "sm_90": GPUTarget("cuda", 90, 32)}
 # D values of the report; together they reach every row of every assign table.
@@ -365,8 +366,75 @@ def _soft_assign_case(arch, kernel, operand, dim, strided):
     return _fma_case(f"soft_assign_{kernel}", arch, variant, fn, types, constexprs, config, strided)
 
 
+# assign_topk is compiled with its largest candidate list (k = 64 pads to 64 slots).
+TOPK_SLOTS = 64
+
+
+def assign_topk_cases():
+    for arch in configs.ARCHS:
+        for precision in ASSIGN_PRECISIONS:
+            for dim in DIMS:
+                yield _assign_topk_case(arch, precision, dim)
+
+
+def _assign_topk_case(arch, precision, dim):
+    """Unit inner strides only, as for assign; l2 (code norms loaded), split or not alike."""
+    config = configs.assign_topk_config(dim, configs.dot_kind(precision), arch)
+    fn = assign_topk.assign_topk_kernel
+    constexprs = {
+        "stride_xd": 1,
+        "METRIC": assign.METRIC_CODES["l2"],
+        "DOT_PRECISION": assign.DOT_PRECISION[precision],
+        "ROUND_BF16": precision == "bf16",
+        "INTERPRETED": False,
+        "BLOCK_N": config.block_n,
+        "BLOCK_K": config.block_k,
+        "BLOCK_D": config.block_d,
+        "D_CHUNKS": triton.cdiv(dim, config.block_d),
+        "K_PAD": TOPK_SLOTS,
+    }
+    pointer = POINTER_TYPES["bf16" if precision == "bf16" else "fp32"]
+    types = {
+        "x_ptr": pointer,
+        "row_scale_ptr": "*fp32",
+        "codes_t_ptr": pointer,
+        "norms_ptr": "*fp32",
+        "list_scores_ptr": "*fp32",
+        "list_index_ptr": "*i32",
+        "stride_xn": "i32",
+        "N": "i32",
+        "K": "i32",
+        "D": "i32",
+        "TOP_K": "i32",
+        "codes_per_split": "i32",
+    }
+    divisible = ["K", "codes_per_split"] + [n for n, t in types.items() if t.startswith("*")]
+    if dim % 16 == 0:
+        divisible.append("stride_xn")
+    return Case(
+        "assign_topk",
+        arch,
+        f"{precision} D={dim} k<={TOPK_SLOTS}",
+        fn,
+        _signature(fn, types, constexprs),
+        constexprs,
+        tuple(divisible),
+        config.num_warps,
+        config.num_stages,
+        tensor_core=precision != "ieee",
+        dim=dim,
+        precision=precision,
+        block_d=config.block_d,
+    )
+
+
 def all_cases():
-    return list(assign_cases()) + list(rows_cases()) + list(soft_assign_cases())
+    return (
+        list(assign_cases())
+        + list(assign_topk_cases())
+        + list(rows_cases())
+        + list(soft_assign_cases())
+    )
 
 
 def compile_case(index: int) -> Result:
@@ -474,6 +542,7 @@ shipped Triton configuration is compiled with `triton.compile` for sm_80 and sm_
 shared memory from the compiled metadata, the instruction kind from the PTX (`wgmma`,
 `mma.sync`, or `fma` where no tensor-core instruction appears). `assign` is compiled in its
 heaviest form: metric l2 with the fused histogram; `code_norms` is its ||c||^2 pre-pass.
+`assign_topk` (`assign(..., k)`) is the same scan with 64 candidate slots per row (k ≤ 64).
 `soft_assign_scan` and `soft_assign_accumulate` (the two passes of `soft_assign_stats`) run on
 the FMA units by design. `code_sums`, `moments` and the `soft_assign` kernels appear twice: as
 contiguous inputs launch them (inner stride the constant 1) and, marked `strided`, with the

@@ -41,6 +41,14 @@ def test_assign_non_contiguous():
     torch.library.opcheck(torch.ops.wvq.assign.default, (x, codebook, "l2", "ieee", True))
 
 
+@pytest.mark.parametrize("metric, precision, histogram, dtype", ASSIGN_CASES)
+@pytest.mark.parametrize("k", [1, 5])
+def test_assign_topk(metric, precision, histogram, dtype, k):
+    x, codebook = _x(dtype=dtype), _x(70, dtype=dtype)
+    arguments = (x, codebook, k, metric, precision, histogram)
+    torch.library.opcheck(torch.ops.wvq.assign_topk.default, arguments)
+
+
 def test_code_histogram():
     indices = torch.randint(0, 50, (500,))
     torch.library.opcheck(torch.ops.wvq.code_histogram.default, (indices, 50))

@@ -9,11 +9,13 @@ from wvq_kernels.distributed import assign_sharded
 from wvq_kernels.kmeans import KMeansResult, kmeans, kmeans_fit
 from wvq_kernels.losses import gaussian_w2
 from wvq_kernels.ops import (
+    MAX_TOP_K,
     Assignment,
     BackendStatus,
     Moments,
     SoftAssignStats,
     assign,
+    assign_topk,
     available_backends,
     code_histogram,
     code_sums,
@@ -26,6 +28,7 @@ from wvq_kernels.ops import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "MAX_TOP_K",
     "Assignment",
     "BackendStatus",
     "KMeansResult",
@@ -34,6 +37,7 @@ __all__ = [
     "__version__",
     "assign",
     "assign_sharded",
+    "assign_topk",
     "available_backends",
     "code_histogram",
     "code_sums",

@@ -30,6 +30,15 @@ def _register_fake_kernels(namespace: str) -> None:
             x.new_empty(num_counts, dtype=torch.int64),
         )
 
+    @torch.library.register_fake(f"{namespace}::assign_topk")
+    def _(x, codebook, k, metric, precision, histogram):
+        num_counts = codebook.shape[0] if histogram else 0
+        return (
+            x.new_empty(x.shape[0], k, dtype=torch.int64),
+            x.new_empty(x.shape[0], k, dtype=torch.float32),
+            x.new_empty(num_counts, dtype=torch.int64),
+        )
+
     @torch.library.register_fake(f"{namespace}::code_histogram")
     def _(indices, num_codes):
         return indices.new_empty(num_codes, dtype=torch.int64)

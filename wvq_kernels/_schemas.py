@@ -21,7 +21,16 @@ SCHEMAS = {
         "(Tensor x, Tensor codebook, float tau, float lam)"
         " -> (Tensor, Tensor, Tensor, Tensor, Tensor)"
     ),
+    # Top-k nearest codes (issue 16): the public entry is assign(..., k=...).
+    "assign_topk": (
+        "(Tensor x, Tensor codebook, SymInt k, str metric, str precision, bool histogram)"
+        " -> (Tensor, Tensor, Tensor)"
+    ),
 }
+
+# Ops without a CUDA kernel of their own: on CUDA tensors backend="cuda" runs their Triton kernel
+# (wvq_kernels/_trusted.py), and scripts/check_cuda_registration.py does not ask _C_cuda for one.
+TRITON_ON_CUDA_OPS = frozenset({"assign_topk"})
 
 # Ops of the C++ library that take no tensors and exist on the CPU extension only.
 HOST_ONLY_OPS = {"cpu_isa": "() -> str"}

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from wvq_kernels._backends import resolve_backend
 from wvq_kernels._registration import kernel
+from wvq_kernels._schemas import TRITON_ON_CUDA_OPS
 from wvq_kernels._types import Assignment, Moments, SoftAssignStats
 from wvq_kernels._validation import resolve_precision
 
@@ -39,6 +40,35 @@ def assign(
         rows, codebook.detach(), metric, resolve_precision(precision, x.dtype), bool(histogram)
     )
     batch_shape = x.shape[:-1]
+    return Assignment(
+        indices.reshape(batch_shape), distances.reshape(batch_shape), counts if histogram else None
+    )
+
+
+def assign_topk(
+    x: Tensor,
+    codebook: Tensor,
+    k: int,
+    *,
+    metric: str = "l2",
+    precision: str = "auto",
+    histogram: bool = False,
+    backend: str = "auto",
+) -> Assignment:
+    backend = resolve_backend(backend, x.device)
+    if backend == "cuda" and "assign_topk" in TRITON_ON_CUDA_OPS:  # no CUDA kernel yet
+        backend = "triton"
+    rows = _rows(x.detach())
+    num_codes = codebook.shape[0]
+    batch_shape = (*x.shape[:-1], k)
+    if rows.shape[0] == 0:
+        empty = torch.zeros(num_codes, dtype=torch.int64, device=x.device)
+        indices = torch.empty(batch_shape, dtype=torch.int64, device=x.device)
+        distances = torch.empty(batch_shape, dtype=torch.float32, device=x.device)
+        return Assignment(indices, distances, empty if histogram else None)
+    indices, distances, counts = kernel(backend, "assign_topk")(
+        rows, codebook.detach(), k, metric, resolve_precision(precision, x.dtype), bool(histogram)
+    )
     return Assignment(
         indices.reshape(batch_shape), distances.reshape(batch_shape), counts if histogram else None
     )

@@ -8,7 +8,8 @@ from torch import Tensor
 
 class Assignment(NamedTuple):
     """Result of :func:`wvq_kernels.assign`: indices int64 and distances float32, both
-    ``x.shape[:-1]``; counts int64 ``(K,)`` when ``histogram=True``, else None."""
+    ``x.shape[:-1]`` (``x.shape[:-1] + (k,)``, nearest first, for ``k=...``); counts int64
+    ``(K,)`` when ``histogram=True`` (of the nearest codes), else None."""
 
     indices: Tensor
     distances: Tensor

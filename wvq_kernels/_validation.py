@@ -139,6 +139,22 @@ def check_count(argument: str, value, lowest: int) -> int:
     return int(value)
 
 
+# The most codes assign(..., k=...) returns per row on every backend: the Triton kernel keeps
+# each row's candidates in registers.
+MAX_TOP_K = 64
+
+
+def check_top_k(k, num_codes: int) -> int:
+    """k for assign's top-k: an int (not a bool) in [1, min(MAX_TOP_K, K)]."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"k: expected an int or None, got {type(k).__name__}")
+    if not 1 <= k <= MAX_TOP_K:
+        raise ValueError(f"k: expected 1 <= k <= {MAX_TOP_K}, got {k}")
+    if k > num_codes:
+        raise ValueError(f"k: expected k <= K = {num_codes} codes, got {k}")
+    return int(k)
+
+
 def check_index_range(indices: Tensor, num_codes: int) -> None:
     flat_indices = indices.reshape(-1)
     if flat_indices.numel() == 0:

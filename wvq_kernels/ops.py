@@ -18,10 +18,11 @@ from wvq_kernels._backends import (
 )
 from wvq_kernels._backends import resolve_backend as _resolve_backend
 from wvq_kernels._types import Assignment, Moments, SoftAssignStats
-from wvq_kernels._validation import METRICS, PRECISIONS, resolve_precision
+from wvq_kernels._validation import MAX_TOP_K, METRICS, PRECISIONS, resolve_precision
 
 __all__ = [
     "ENV_BACKEND",
+    "MAX_TOP_K",
     "METRICS",
     "PRECISIONS",
     "Assignment",
@@ -29,6 +30,7 @@ __all__ = [
     "Moments",
     "SoftAssignStats",
     "assign",
+    "assign_topk",
     "available_backends",
     "code_histogram",
     "code_sums",
@@ -49,9 +51,14 @@ def assign(
     histogram: bool = False,
     backend: str = "auto",
     check_finite: bool = True,
+    k: int | None = None,
 ) -> Assignment:
     """Nearest code in ``codebook`` (K, D) of every row of ``x`` (..., D), without building the
     N x K distance matrix. Not differentiable.
+
+    k: None (the nearest code; indices and distances ``x.shape[:-1]``) or an int in
+    [1, min(K, MAX_TOP_K = 64)]: the k nearest codes, ``x.shape[:-1] + (k,)``, as
+    :func:`assign_topk` returns them.
 
     metric: ``"l2"`` (distance = squared L2), ``"cosine"`` (1 - cos) or ``"dot"`` (-x.c).
     precision: ``"ieee"`` (fp32 products), ``"bf16"`` (inputs rounded to bf16, fp32
@@ -64,13 +71,50 @@ def assign(
     check.check_rows("x", x)
     check.check_codebook(codebook, x)
     check.check_choice("metric", metric, METRICS)
+    if k is not None:
+        k = check.check_top_k(k, codebook.shape[0])
     backend = _resolve_backend(backend, x.device)
     check.check_precision(precision, backend, x.device)
     if check_finite:
         check.check_finite("x", x)
         check.check_finite("codebook", codebook)
-    return _trusted.assign(
-        x, codebook, metric=metric, precision=precision, histogram=histogram, backend=backend
+    options = dict(metric=metric, precision=precision, histogram=histogram, backend=backend)
+    if k is not None:
+        return _trusted.assign_topk(x, codebook, k, **options)
+    return _trusted.assign(x, codebook, **options)
+
+
+def assign_topk(
+    x: Tensor,
+    codebook: Tensor,
+    k: int,
+    *,
+    metric: str = "l2",
+    precision: str = "auto",
+    histogram: bool = False,
+    backend: str = "auto",
+    check_finite: bool = True,
+) -> Assignment:
+    """The ``k`` nearest codes in ``codebook`` (K, D) of every row of ``x`` (..., D), in one
+    fused scan without an N x K buffer: ``assign(x, codebook, k=k, ...)``. Not differentiable.
+
+    Returns indices int64 and distances float32, both ``x.shape[:-1] + (k,)``, sorted by
+    distance (nearest first) with ties to the smallest index at every rank; distances as
+    :func:`assign` reports them (recomputed from the unrounded inputs). ``histogram=True``
+    counts each row's nearest code. 1 <= k <= min(K, MAX_TOP_K = 64). On CUDA tensors
+    ``backend="cuda"`` runs the Triton kernel. Other arguments as :func:`assign`.
+    """
+    if k is None:  # assign's k=None means the nearest code alone, not a top-k
+        raise TypeError("k: expected an int, got NoneType")
+    return assign(
+        x,
+        codebook,
+        metric=metric,
+        precision=precision,
+        histogram=histogram,
+        backend=backend,
+        check_finite=check_finite,
+        k=k,
     )
 
 

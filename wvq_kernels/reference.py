@@ -43,6 +43,108 @@ def assign(
     return indices, distances, counts
 
 
+# ---------------------------------------------------------------------------------------------
+# Top-k nearest codes (issue 16)
+
+# Rows per block of the top-k scan: each block sorts its scores with the running candidates,
+# so it holds a few copies of a TOPK_ROW_BLOCK x CODE_BLOCK tile (~100 MiB at 1024 x 4096).
+TOPK_ROW_BLOCK = 1024
+
+
+def assign_topk(
+    x: Tensor, codebook: Tensor, k: int, metric: str, precision: str, histogram: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``k`` nearest codes of every row of ``x`` (N, D) in ``codebook`` (K, D), k <= K.
+
+    Returns (indices int64 (N, k), distances float32 (N, k), counts int64 (K,) or (0,)): the k
+    codes with the lowest scores (as :func:`assign` forms them), ties to the smallest index,
+    then ordered by their reported distances, ties again to the smallest index; counts are
+    those of each row's first code. Identical codes get one score: each group of identical
+    score operands is scored once, through its first code, and stands for its members in index
+    order (GEMM would round their columns differently, and a later copy could take the place
+    of an earlier one at the k-th rank).
+    """
+    row_scale, code_scale = input_scales(x, codebook, metric)
+    codes = _score_operand(codebook, metric, precision, code_scale)
+    first_identical = _first_identical(codes)
+    code_ids = torch.arange(codes.shape[0], device=codes.device)
+    heads = code_ids[first_identical == code_ids]  # each group's first code, ascending
+    members = _group_members(first_identical, heads, k)
+    head_codes = codes[heads]
+    head_sq_norms = head_codes.square().sum(dim=1) if metric == "l2" else None
+    indices = torch.empty(x.shape[0], k, dtype=torch.int64, device=x.device)
+    for start in range(0, x.shape[0], TOPK_ROW_BLOCK):
+        rows = _score_operand(x[start : start + TOPK_ROW_BLOCK], metric, precision, row_scale)
+        scores, groups = _smallest_scores(rows, head_codes, head_sq_norms, min(k, len(heads)))
+        candidates = members[groups].flatten(1)  # (rows, groups * k), K where a group ends
+        candidate_scores = scores.repeat_interleave(k, dim=1)
+        candidate_scores = candidate_scores.masked_fill(candidates == codes.shape[0], math.inf)
+        indices[start : start + TOPK_ROW_BLOCK] = sort_pairs(candidate_scores, candidates)[1][:, :k]
+    distances, indices = rank_by_distance(x, codebook, indices, metric)
+    counts = _counts(indices[:, 0], codebook.shape[0]) if histogram else _no_counts(x.device)
+    return indices, distances, counts
+
+
+def rank_by_distance(
+    x: Tensor, codebook: Tensor, indices: Tensor, metric: str
+) -> tuple[Tensor, Tensor]:
+    """(distances, indices) (N, k) of the chosen codes, recomputed as :func:`assign` reports
+    them and sorted by distance, ties to the smallest index: the order holds on the values a
+    caller sees, whatever rounding separated near-equal scores. Shared with the Triton
+    launcher. Rows are repeated k times a block at a time, never all at once."""
+    k = indices.shape[1]
+    distances = torch.empty(indices.shape, dtype=torch.float32, device=x.device)
+    for start in range(0, x.shape[0], ROW_BLOCK):
+        block = slice(start, start + ROW_BLOCK)
+        rows = x[block].repeat_interleave(k, dim=0)
+        chosen = _chosen_distances(rows, codebook, indices[block].reshape(-1), metric)
+        distances[block] = chosen.reshape(-1, k)
+    return sort_pairs(distances, indices)
+
+
+def sort_pairs(scores: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
+    """Each row's (score, index) pairs sorted by score, then index (two stable sorts)."""
+    indices, by_index = indices.sort(dim=1, stable=True)
+    scores, by_score = scores.gather(1, by_index).sort(dim=1, stable=True)
+    return scores, indices.gather(1, by_score)
+
+
+def _group_members(first_identical: Tensor, heads: Tensor, k: int) -> Tensor:
+    """(groups, k): the first k codes of each group of identical codes, ascending, padded with
+    K. Group g is the one whose first code is heads[g]."""
+    num_codes = first_identical.shape[0]
+    group = torch.searchsorted(heads, first_identical)
+    order = torch.argsort(group * num_codes + torch.arange(num_codes, device=group.device))
+    sorted_group = group[order]
+    group_start = torch.searchsorted(sorted_group, sorted_group, side="left")
+    rank = torch.arange(num_codes, device=group.device) - group_start
+    members = torch.full((len(heads), k), num_codes, dtype=torch.int64, device=group.device)
+    keep = rank < k
+    members[sorted_group[keep], rank[keep]] = order[keep]
+    return members
+
+
+def _smallest_scores(
+    rows: Tensor, codes: Tensor, code_sq_norms: Tensor | None, k: int
+) -> tuple[Tensor, Tensor]:
+    """Per row, the k lowest scores and their code positions, sorted by score then position,
+    scanning the codebook block by block: each block's scores follow the running candidates,
+    whose positions are all smaller, so a stable sort keeps ties on the smaller position."""
+    best = torch.full((rows.shape[0], 0), math.inf, device=rows.device)
+    positions = torch.zeros(rows.shape[0], 0, dtype=torch.int64, device=rows.device)
+    for start in range(0, codes.shape[0], CODE_BLOCK):
+        block = codes[start : start + CODE_BLOCK]
+        if code_sq_norms is None:
+            scores = -(rows @ block.T)
+        else:
+            scores = torch.addmm(code_sq_norms[start : start + CODE_BLOCK], rows, block.T, alpha=-2)
+        block_positions = torch.arange(start, start + block.shape[0], device=rows.device)
+        best, order = torch.cat([best, scores], dim=1).sort(dim=1, stable=True)
+        candidates = torch.cat([positions, block_positions.expand(rows.shape[0], -1)], dim=1)
+        best, positions = best[:, :k], candidates.gather(1, order[:, :k])
+    return best, positions
+
+
 def code_histogram(indices: Tensor, num_codes: int) -> Tensor:
     """How many times each code in [0, num_codes) occurs in ``indices``: int64 (num_codes,)."""
     return _counts(indices, num_codes)

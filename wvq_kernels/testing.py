@@ -228,18 +228,7 @@ class AssignmentTruth:
         return float(ratio.max()) if len(ratio) else 0.0
 
     def distance_bound(self, indices: Tensor) -> Tensor:
-        """Error allowed on a reported distance, recomputed in float32 from the unrounded
-        inputs: relative for l2 (a sum of squares has no cancellation), absolute for cosine,
-        relative to sum |x_i c_i| for dot. float32's smallest normal is the floor."""
-        relative = SAFETY * gamma(self.rows.shape[1] + 4)
-        if self.metric == "l2":
-            exact = self.distances(indices).abs()
-            return relative * exact + torch.finfo(torch.float32).tiny
-        if self.metric == "cosine":
-            return torch.full((self.rows.shape[0],), 3 * relative, dtype=torch.float64)
-        codes = self.codebook[indices.reshape(-1).cpu()]
-        underflow = (self.rows.shape[1] + 4) * FP32_SUBNORMAL / 2
-        return relative * (self.rows * codes).abs().sum(1) + underflow
+        return reported_distance_bound(self.rows, self.codebook, indices, self.metric)
 
     def failures(self, indices: Tensor, distances: Tensor, precision: str) -> list[str]:
         """What an assignment owes, as messages (empty when it meets all): dtypes and range,
@@ -274,24 +263,49 @@ class AssignmentTruth:
         return problems
 
     def _distance_failures(self, indices: Tensor, distances: Tensor) -> list[str]:
-        exact, allowed = self.distances(indices), self.distance_bound(indices)
-        error = (distances.double() - exact).abs()
-        # A distance beyond float32's range rounds to an infinity of its sign.
-        beyond = exact.abs() - allowed > torch.finfo(torch.float32).max
-        overflowed = beyond & distances.isinf() & (distances.sign() == exact.sign())
-        error = torch.where(overflowed, 0.0, error)
-        problems = []
-        if (error > allowed).any():
-            row = int((error - allowed).argmax())
-            problems.append(
-                f"row {row}: distance {float(distances[row]):.6g} vs float64 "
-                f"{float(exact[row]):.6g} (bound {float(allowed[row]):.2g})"
-            )
-        if distances.isnan().any():
-            problems.append(f"NaN distance in row {int(distances.isnan().nonzero()[0, 0])}")
-        if self.metric != "dot" and (distances < 0).any():
-            problems.append(f"negative {self.metric} distance {float(distances.min()):.3g}")
-        return problems
+        return reported_distance_failures(self.rows, self.codebook, indices, distances, self.metric)
+
+
+def reported_distance_bound(rows: Tensor, codebook: Tensor, indices: Tensor, metric: str) -> Tensor:
+    """Error allowed on the distance of each row of ``rows`` (float64, (N, D)) to the code
+    ``indices`` names, recomputed in float32 from the unrounded inputs: relative for l2 (a sum
+    of squares has no cancellation), absolute for cosine, relative to sum |x_i c_i| for dot.
+    float32's smallest normal is the floor."""
+    relative = SAFETY * gamma(rows.shape[1] + 4)
+    codes = codebook[indices.reshape(-1).cpu()]
+    if metric == "l2":
+        exact = pair_distances64(rows, codes, metric).abs()
+        return relative * exact + torch.finfo(torch.float32).tiny
+    if metric == "cosine":
+        return torch.full((rows.shape[0],), 3 * relative, dtype=torch.float64)
+    underflow = (rows.shape[1] + 4) * FP32_SUBNORMAL / 2
+    return relative * (rows * codes).abs().sum(1) + underflow
+
+
+def reported_distance_failures(
+    rows: Tensor, codebook: Tensor, indices: Tensor, distances: Tensor, metric: str
+) -> list[str]:
+    """Each reported distance (one per row of ``rows``) within its bound of float64, never
+    NaN and, but for dot, not negative."""
+    exact = pair_distances64(rows, codebook[indices.reshape(-1).cpu()], metric)
+    allowed = reported_distance_bound(rows, codebook, indices, metric)
+    error = (distances.double() - exact).abs()
+    # A distance beyond float32's range rounds to an infinity of its sign.
+    beyond = exact.abs() - allowed > torch.finfo(torch.float32).max
+    overflowed = beyond & distances.isinf() & (distances.sign() == exact.sign())
+    error = torch.where(overflowed, 0.0, error)
+    problems = []
+    if (error > allowed).any():
+        row = int((error - allowed).argmax())
+        problems.append(
+            f"row {row}: distance {float(distances[row]):.6g} vs float64 "
+            f"{float(exact[row]):.6g} (bound {float(allowed[row]):.2g})"
+        )
+    if distances.isnan().any():
+        problems.append(f"NaN distance in row {int(distances.isnan().nonzero()[0, 0])}")
+    if metric != "dot" and (distances < 0).any():
+        problems.append(f"negative {metric} distance {float(distances.min()):.3g}")
+    return problems
 
 
 def check_assignment(
@@ -300,6 +314,137 @@ def check_assignment(
     """Assert everything an assignment owes (see :meth:`AssignmentTruth.failures`); returns the
     truth for further checks."""
     truth = AssignmentTruth(x, codebook, metric)
+    problems = truth.failures(indices, distances, precision)
+    assert not problems, "; ".join(problems)
+    return truth
+
+
+class TopkTruth:
+    """Float64 truth for the k nearest codes of every row of x (..., D): per row and rank j the
+    j-th smallest distance t_j (identical codes scored as one, so that they tie exactly), the
+    expected index (sorted by distance, ties to the smallest index; 0, ..., k-1 for an all-zero
+    row under cosine and dot, which ties every code) and the gap from t_j to the nearest
+    distance of a code not identical to the expected one.
+
+    Rank-j regret (the reported j-th code's distance minus t_j) is bounded by twice the score
+    bound, as for assign: a code whose computed score beats a true top-j code's cannot be
+    farther than t_j plus that, so the kernel's k candidates hold j codes within it. Ordering
+    the k candidates by their reported distances adds twice the error of one reported
+    distance. A rank is decisive when its gap exceeds the bound: there the index is owed, and
+    with it the exact order of identical codes. Memory O(ROW_BLOCK K + N k)."""
+
+    def __init__(self, x: Tensor, codebook: Tensor, metric: str, k: int) -> None:
+        self.metric, self.dtype, self.k = metric, x.dtype, k
+        self.rows = x.detach().reshape(-1, x.shape[-1]).cpu().double()
+        self.codebook = codebook.detach().cpu().double()
+        first = first_identical_code(self.codebook)
+        expected, gap = [], []
+        for block in self.rows.split(ROW_BLOCK):
+            scores = distances64(block, self.codebook, metric)[:, first]
+            values, order = scores.sort(dim=1, stable=True)
+            expected.append(order[:, :k])
+            other = [first[None, :] != first[order[:, j]][:, None] for j in range(k)]
+            gap.append(
+                torch.stack(
+                    [
+                        (scores - values[:, j : j + 1]).abs().masked_fill(~other[j], math.inf)
+                        for j in range(k)
+                    ],
+                    dim=1,
+                ).amin(dim=2)
+            )
+        self.expected = torch.cat(expected) if expected else torch.zeros(0, k, dtype=torch.long)
+        self.gap = torch.cat(gap) if gap else torch.zeros(0, k, dtype=torch.float64)
+        if metric != "l2":
+            zero_rows = (self.rows == 0).all(dim=1)[:, None]
+            self.expected = torch.where(zero_rows, torch.arange(k), self.expected)
+            self.gap = torch.where(zero_rows, math.inf, self.gap)
+        self.best = self.distances(self.expected)
+
+    def _pairs(self) -> Tensor:
+        return self.rows.repeat_interleave(self.k, dim=0)
+
+    def distances(self, indices: Tensor) -> Tensor:
+        """Float64 distances (N, k) of every row to the codes ``indices`` (N, k) names."""
+        codes = self.codebook[indices.reshape(-1).cpu()]
+        return pair_distances64(self._pairs(), codes, self.metric).reshape(-1, self.k)
+
+    def regret(self, indices: Tensor) -> Tensor:
+        return self.distances(indices) - self.best
+
+    def regret_bound(self, precision: str) -> Tensor:
+        """Largest rank-j regret rounding can explain, (N, k)."""
+        score = score_error_bound(self.rows, self.codebook, self.metric, precision, self.dtype)
+        reported = reported_distance_bound(
+            self._pairs(), self.codebook, self.expected, self.metric
+        ).reshape(-1, self.k)
+        return SAFETY * 2 * score[:, None] + 2 * reported.amax(dim=1, keepdim=True)
+
+    def decisive(self, precision: str) -> Tensor:
+        return self.gap > self.regret_bound(precision)
+
+    def worst_regret_ratio(self, indices: Tensor, precision: str) -> float:
+        regret, bound = self.regret(indices.reshape(-1, self.k)), self.regret_bound(precision)
+        ratio = torch.where(regret > 0, regret / bound, 0.0)
+        return float(ratio.max()) if ratio.numel() else 0.0
+
+    def failures(self, indices: Tensor, distances: Tensor, precision: str) -> list[str]:
+        """What a top-k owes, as messages: dtypes, shape and range; k distinct codes per row;
+        distances ascending, equal ones in increasing index order; every rank's regret within
+        the bound; the expected index at decisive ranks; every reported distance within its
+        bound."""
+        if indices.dtype != torch.int64 or distances.dtype != torch.float32:
+            return [f"dtypes {indices.dtype}, {distances.dtype} instead of int64, float32"]
+        if indices.shape[-1:] != (self.k,) or indices.shape != distances.shape:
+            return [f"shapes {tuple(indices.shape)}, {tuple(distances.shape)}: k = {self.k}"]
+        indices = indices.reshape(-1, self.k).cpu()
+        distances = distances.reshape(-1, self.k).cpu()
+        if not ((indices >= 0) & (indices < self.codebook.shape[0])).all():
+            return [f"indices outside [0, {self.codebook.shape[0]})"]
+        problems = self._order_failures(indices, distances)
+        regret, bound = self.regret(indices), self.regret_bound(precision)
+        if (regret > bound).any():
+            row, rank = divmod(int((regret - bound).argmax()), self.k)
+            problems.append(
+                f"row {row} rank {rank}: regret {float(regret[row, rank]):.3g} > bound "
+                f"{float(bound[row, 0]):.3g}"
+            )
+        wrong = self.decisive(precision) & (indices != self.expected)
+        if wrong.any():
+            row, rank = (int(i) for i in wrong.nonzero()[0])
+            problems.append(
+                f"{int(wrong.sum())} wrong indices at decisive ranks, first row {row} rank "
+                f"{rank}: {int(indices[row, rank])} instead of {int(self.expected[row, rank])}"
+            )
+        return problems + reported_distance_failures(
+            self._pairs(), self.codebook, indices, distances.reshape(-1), self.metric
+        )
+
+    @staticmethod
+    def _order_failures(indices: Tensor, distances: Tensor) -> list[str]:
+        problems = []
+        if (indices.sort(dim=1).values.diff(dim=1) == 0).any():
+            problems.append("a row names one code twice")
+        step, index_step = distances.diff(dim=1), indices.diff(dim=1)
+        if ((step < 0) | ((step == 0) & (index_step < 0))).any():
+            row = int(((step < 0) | ((step == 0) & (index_step < 0))).any(dim=1).nonzero()[0, 0])
+            problems.append(
+                f"row {row} not sorted by (distance, index): {indices[row].tolist()} at "
+                f"{distances[row].tolist()}"
+            )
+        return problems
+
+
+def check_topk(
+    x: Tensor,
+    codebook: Tensor,
+    indices: Tensor,
+    distances: Tensor,
+    metric: str,
+    precision: str,
+) -> TopkTruth:
+    """Assert everything a top-k owes (see :meth:`TopkTruth.failures`); returns the truth."""
+    truth = TopkTruth(x, codebook, metric, indices.shape[-1])
     problems = truth.failures(indices, distances, precision)
     assert not problems, "; ".join(problems)
     return truth

@@ -11,6 +11,11 @@
 // to the smallest index and results never depend on the thread count. Within a task, code
 // blocks sized for L2 are the outer loop and row tiles sized for registers the inner one.
 //
+// assign_topk runs the same scan keeping a sorted list of k (score, index) candidates per row
+// instead of one minimum (the micro-kernel's other epilogue, scan_impl.h); lists of segments
+// and passes merge in code order, ties to the earlier, so the k codes do not depend on the
+// thread count either. Its reported distances then order the k codes.
+//
 // Inputs whose largest magnitude lies outside [2^-32, 2^32] are scaled by a power of two first
 // (common/input_scale.h; exact, and it preserves the order of the scores): otherwise |c|^2 overflows to inf above
 // ~1.8e19 and every score becomes inf or NaN, and bf16 dot products (vdpbf16ps treats subnormal
@@ -233,7 +238,8 @@ Plan make_plan(int64_t num_rows, int64_t num_chunks, int64_t units, const MicroK
           chunks_per_segment, block_chunks};
 }
 
-// Per-segment minima for every row: segment s of row i lives at [s * num_rows + i].
+// Per-segment lists (see ScanArgs) for every row: segment s of row i lives at
+// [(s * num_rows + i) * list_length, ...).
 struct Partials {
   std::vector<float> best;
   std::vector<int64_t> index;
@@ -245,6 +251,7 @@ struct Problem {
   Encoding e;
   const MicroKernel& kernel;
   double row_scale;  // the power of two of input_scales
+  int64_t list_length;  // codes kept per row: 1 for assign, k for the top-k
 };
 
 // Scans the codes of one pass (packed from code `first_code` on) for one block of rows.
@@ -264,36 +271,55 @@ void scan_task(const scalar_t* x, int64_t num_rows, int64_t block, int64_t segme
   }
   const int64_t first_chunk = segment * plan.chunks_per_segment;
   const int64_t end_chunk = std::min(codes.num_chunks, first_chunk + plan.chunks_per_segment);
-  std::vector<float> best(plan.row_block, std::numeric_limits<float>::infinity());
-  std::vector<int64_t> best_index(plan.row_block, first_code + first_chunk * chunk_codes);
+  const int64_t k = p.list_length;
+  // Entries no code has beaten yet keep an infinite score and a valid index.
+  std::vector<float> best(plan.row_block * k, std::numeric_limits<float>::infinity());
+  std::vector<int64_t> best_index(plan.row_block * k, first_code + first_chunk * chunk_codes);
   const float* packed = codes.values.data_ptr<float>();
   const float* bias = codes.bias.data_ptr<float>();
+  const ScanFn scan = k == 1 ? p.kernel.scan : p.kernel.scan_topk;
   for (int64_t chunk = first_chunk; chunk < end_chunk; chunk += plan.block_chunks) {
     const int64_t chunks = std::min(plan.block_chunks, end_chunk - chunk);
     for (int64_t t = 0; t < count; t += p.kernel.tile_rows) {
       const ScanArgs args{rows.data() + t * units, units, packed + chunk * units * chunk_codes,
                           bias + chunk * chunk_codes, units, chunks,
-                          first_code + chunk * chunk_codes, best.data() + t,
-                          best_index.data() + t};
-      p.kernel.scan(args);
+                          first_code + chunk * chunk_codes, best.data() + t * k,
+                          best_index.data() + t * k, k};
+      scan(args);
     }
   }
-  const int64_t offset = segment * num_rows + first_row;
-  std::copy_n(best.begin(), count, partials.best.begin() + offset);
-  std::copy_n(best_index.begin(), count, partials.index.begin() + offset);
+  const int64_t offset = (segment * num_rows + first_row) * k;
+  std::copy_n(best.begin(), count * k, partials.best.begin() + offset);
+  std::copy_n(best_index.begin(), count * k, partials.index.begin() + offset);
 }
 
-// Folds one pass's segments, in order, into the running minima (strict "<": the earlier
-// segment or pass, holding smaller indices, wins ties).
-void merge_segments(int64_t num_rows, int64_t segments, const Partials& partials, float* best,
-                    int64_t* index) {
+// Merges a later list (b) into an earlier one (a), both sorted by score then index, keeping the
+// k best: on equal scores a's entries, whose indices are smaller, come first. For k = 1 this is
+// the strict "<" of a running minimum.
+void merge_list(float* a_best, int64_t* a_index, const float* b_best, const int64_t* b_index,
+                int64_t k, float* scratch_best, int64_t* scratch_index) {
+  int64_t from_a = 0, from_b = 0;
+  for (int64_t slot = 0; slot < k; ++slot) {
+    const bool take_b = b_best[from_b] < a_best[from_a];
+    scratch_best[slot] = take_b ? b_best[from_b] : a_best[from_a];
+    scratch_index[slot] = take_b ? b_index[from_b++] : a_index[from_a++];
+  }
+  std::copy_n(scratch_best, k, a_best);
+  std::copy_n(scratch_index, k, a_index);
+}
+
+// Folds one pass's segments, in order, into the running lists: the earlier segment or pass,
+// holding smaller indices, wins ties.
+void merge_segments(int64_t num_rows, int64_t segments, int64_t k, const Partials& partials,
+                    float* best, int64_t* index) {
   parallel_for(0, num_rows, 1024, [&](int64_t begin, int64_t end) {
+    std::vector<float> scratch_best(k);
+    std::vector<int64_t> scratch_index(k);
     for (int64_t s = 0; s < segments; ++s) {
       for (int64_t i = begin; i < end; ++i) {
-        if (partials.best[s * num_rows + i] < best[i]) {
-          best[i] = partials.best[s * num_rows + i];
-          index[i] = partials.index[s * num_rows + i];
-        }
+        const int64_t from = (s * num_rows + i) * k;
+        merge_list(best + i * k, index + i * k, partials.best.data() + from,
+                   partials.index.data() + from, k, scratch_best.data(), scratch_index.data());
       }
     }
   });
@@ -306,26 +332,28 @@ int64_t codes_per_pass(const Encoding& e, int chunk_codes) {
   return std::max<int64_t>(1, kPassBytes / chunk_bytes) * chunk_codes;
 }
 
-// The running minima over every pass, left in indices (and best, the scores).
+// The lists of every row (num_rows x list_length) over every pass, left in indices (and best,
+// the scores).
 template <typename scalar_t>
 void scan_codebook(const scalar_t* x, int64_t num_rows, const scalar_t* codebook,
                    int64_t num_codes, const Problem& p, double code_scale, int threads,
                    float* best, int64_t* indices) {
-  std::fill_n(best, num_rows, std::numeric_limits<float>::infinity());
-  std::fill_n(indices, num_rows, int64_t{0});
+  const int64_t k = p.list_length;
+  std::fill_n(best, num_rows * k, std::numeric_limits<float>::infinity());
+  std::fill_n(indices, num_rows * k, int64_t{0});
   const int64_t pass_codes = codes_per_pass(p.e, p.kernel.chunk_codes);
   for (int64_t first = 0; first < num_codes; first += pass_codes) {
     const PackedCodes codes =
         pack_codes(codebook, first, std::min(pass_codes, num_codes - first), code_scale, p.metric,
                    p.e, p.kernel.chunk_codes);
     const Plan plan = make_plan(num_rows, codes.num_chunks, p.e.units(), p.kernel, threads);
-    Partials partials{std::vector<float>(plan.segments * num_rows),
-                      std::vector<int64_t>(plan.segments * num_rows)};
+    Partials partials{std::vector<float>(plan.segments * num_rows * k),
+                      std::vector<int64_t>(plan.segments * num_rows * k)};
     parallel_tasks(plan.num_row_blocks * plan.segments, [&](int64_t task) {
       scan_task(x, num_rows, task / plan.segments, task % plan.segments, p, codes, first, plan,
                 partials);
     });
-    merge_segments(num_rows, plan.segments, partials, best, indices);
+    merge_segments(num_rows, plan.segments, k, partials, best, indices);
   }
 }
 
@@ -341,13 +369,47 @@ void finalize(const scalar_t* x, const scalar_t* codebook, int64_t num_rows, int
   });
 }
 
-}  // namespace
+// Reports the distances of each row's k codes, ordered by those distances (ties to the
+// smallest index, so that the order holds on the values a caller sees, whatever rounding
+// separated near-equal scores), and counts each row's first code.
+template <typename scalar_t>
+void finalize_topk(const scalar_t* x, const scalar_t* codebook, int64_t num_rows, int64_t dim,
+                   int64_t k, Metric metric, int64_t* indices, float* distances,
+                   int64_t* counts) {
+  parallel_for(0, num_rows, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      float* row_distances = distances + i * k;
+      int64_t* row_indices = indices + i * k;
+      for (int64_t j = 0; j < k; ++j) {
+        const float distance =
+            chosen_distance(metric, x + i * dim, codebook + row_indices[j] * dim, dim);
+        const int64_t index = row_indices[j];
+        int64_t slot = j;
+        for (; slot > 0 && (row_distances[slot - 1] > distance ||
+                            (row_distances[slot - 1] == distance && row_indices[slot - 1] > index));
+             --slot) {
+          row_distances[slot] = row_distances[slot - 1];
+          row_indices[slot] = row_indices[slot - 1];
+        }
+        row_distances[slot] = distance;
+        row_indices[slot] = index;
+      }
+      if (counts != nullptr) __atomic_fetch_add(counts + row_indices[0], 1, __ATOMIC_RELAXED);
+    }
+  });
+}
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> assign(const at::Tensor& x_in,
-                                                      const at::Tensor& codebook_in,
-                                                      const std::string& metric_name,
-                                                      const std::string& precision,
-                                                      bool histogram) {
+// What assign and assign_topk share: checked inputs in their common dtype, contiguous, and the
+// micro-kernel and operand encoding of the precision.
+struct Inputs {
+  at::Tensor x, codebook;
+  Metric metric;
+  const MicroKernel& kernel;
+  Encoding encoding;
+};
+
+Inputs prepare_inputs(const at::Tensor& x_in, const at::Tensor& codebook_in,
+                      const std::string& metric_name, const std::string& precision) {
   TORCH_CHECK(x_in.dim() == 2 && codebook_in.dim() == 2, "wvq::assign: x and codebook must be 2-D");
   TORCH_CHECK(x_in.size(1) == codebook_in.size(1), "wvq::assign: dimension mismatch");
   TORCH_CHECK(codebook_in.size(0) > 0, "wvq::assign: empty codebook");
@@ -357,32 +419,73 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> assign(const at::Tensor& x_in,
   const Metric metric = parse_metric(metric_name);
   const at::ScalarType dtype = c10::promoteTypes(x_in.scalar_type(), codebook_in.scalar_type());
   TORCH_CHECK(at::isFloatingType(dtype), "wvq::assign: inputs must be floating point");
-  const at::Tensor x = x_in.to(dtype).contiguous();
-  const at::Tensor codebook = codebook_in.to(dtype).contiguous();
-  const int64_t num_rows = x.size(0), dim = x.size(1), num_codes = codebook.size(0);
-
   const MicroKernel* bf16 = precision == "bf16" ? bf16_kernel() : nullptr;
   const MicroKernel& kernel = bf16 != nullptr ? *bf16 : fp32_kernel();
-  const Encoding encoding{dim, precision == "bf16" && bf16 == nullptr, bf16 != nullptr};
+  const Encoding encoding{x_in.size(1), precision == "bf16" && bf16 == nullptr, bf16 != nullptr};
+  return {x_in.to(dtype).contiguous(), codebook_in.to(dtype).contiguous(), metric, kernel,
+          encoding};
+}
 
+// Scans the codebook keeping `list_length` codes per row into `chosen` and `scores`, then
+// calls finish(x, codebook) on the typed data.
+template <class Finish>
+void scan_then(const Inputs& in, int64_t list_length, int64_t* chosen, float* scores,
+               const Finish& finish) {
+  const int threads = at::get_num_threads();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.x.scalar_type(), "wvq_assign_cpu",
+                                  [&] {
+    const Scales scales = input_scales<scalar_t>(in.metric, in.x, in.codebook);
+    const Problem problem{in.metric, in.encoding, in.kernel, scales.rows, list_length};
+    const scalar_t* x_data = in.x.data_ptr<scalar_t>();
+    const scalar_t* codes = in.codebook.data_ptr<scalar_t>();
+    scan_codebook(x_data, in.x.size(0), codes, in.codebook.size(0), problem, scales.codes,
+                  threads, scores, chosen);
+    finish(x_data, codes);
+  });
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> assign(const at::Tensor& x_in,
+                                                      const at::Tensor& codebook_in,
+                                                      const std::string& metric_name,
+                                                      const std::string& precision,
+                                                      bool histogram) {
+  const Inputs in = prepare_inputs(x_in, codebook_in, metric_name, precision);
+  const int64_t num_rows = in.x.size(0), dim = in.x.size(1), num_codes = in.codebook.size(0);
   at::Tensor indices = at::empty({num_rows}, at::kLong);
   at::Tensor distances = at::empty({num_rows}, at::kFloat);
   at::Tensor counts = at::zeros({histogram ? num_codes : 0}, at::kLong);
   if (num_rows == 0) return {indices, distances, counts};
-
-  const int threads = at::get_num_threads();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "wvq_assign_cpu", [&] {
-    const Scales scales = input_scales<scalar_t>(metric, x, codebook);
-    const Problem problem{metric, encoding, kernel, scales.rows};
-    const scalar_t* x_data = x.data_ptr<scalar_t>();
-    const scalar_t* codes = codebook.data_ptr<scalar_t>();
-    int64_t* chosen = indices.data_ptr<int64_t>();
-    // The scores are scratch: distances receives them, then the reported distances.
-    float* scores = distances.data_ptr<float>();
-    scan_codebook(x_data, num_rows, codes, num_codes, problem, scales.codes, threads, scores,
-                  chosen);
-    finalize(x_data, codes, num_rows, dim, metric, chosen, scores,
+  int64_t* chosen = indices.data_ptr<int64_t>();
+  // The scores are scratch: distances receives them, then the reported distances.
+  float* scores = distances.data_ptr<float>();
+  scan_then(in, 1, chosen, scores, [&](const auto* x, const auto* codes) {
+    finalize(x, codes, num_rows, dim, in.metric, chosen, scores,
              histogram ? counts.data_ptr<int64_t>() : nullptr);
+  });
+  return {indices, distances, counts};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> assign_topk(const at::Tensor& x_in,
+                                                           const at::Tensor& codebook_in,
+                                                           int64_t k,
+                                                           const std::string& metric_name,
+                                                           const std::string& precision,
+                                                           bool histogram) {
+  const Inputs in = prepare_inputs(x_in, codebook_in, metric_name, precision);
+  const int64_t num_rows = in.x.size(0), dim = in.x.size(1), num_codes = in.codebook.size(0);
+  TORCH_CHECK(k >= 1 && k <= num_codes, "wvq::assign_topk: k must lie in [1, K = ", num_codes,
+              "], got ", k);
+  at::Tensor indices = at::empty({num_rows, k}, at::kLong);
+  at::Tensor distances = at::empty({num_rows, k}, at::kFloat);
+  at::Tensor counts = at::zeros({histogram ? num_codes : 0}, at::kLong);
+  if (num_rows == 0) return {indices, distances, counts};
+  int64_t* chosen = indices.data_ptr<int64_t>();
+  float* scores = distances.data_ptr<float>();  // scratch, as in assign
+  scan_then(in, k, chosen, scores, [&](const auto* x, const auto* codes) {
+    finalize_topk(x, codes, num_rows, dim, k, in.metric, chosen, scores,
+                  histogram ? counts.data_ptr<int64_t>() : nullptr);
   });
   return {indices, distances, counts};
 }

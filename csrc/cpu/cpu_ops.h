@@ -15,6 +15,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> assign(const at::Tensor& x,
                                                       const std::string& precision,
                                                       bool histogram);
 
+// The k nearest codes of every row, sorted: (indices (N, k), distances (N, k), counts).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> assign_topk(const at::Tensor& x,
+                                                           const at::Tensor& codebook, int64_t k,
+                                                           const std::string& metric,
+                                                           const std::string& precision,
+                                                           bool histogram);
+
 at::Tensor code_histogram(const at::Tensor& indices, int64_t num_codes);
 
 std::tuple<at::Tensor, at::Tensor> code_sums(const at::Tensor& indices, const at::Tensor& x,

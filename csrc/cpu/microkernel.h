@@ -16,8 +16,12 @@ struct ScanArgs {
   int64_t units;            // 32-bit units per row and per code
   int64_t num_chunks;
   int64_t first_code;       // global index of the first code of the first chunk
-  float* best;              // tile_rows running minima, updated in place
-  int64_t* best_index;      // tile_rows running argmins, updated in place
+  // Per row, a list of the `list_length` best (score, index) pairs so far, sorted by score then
+  // index, row r's at [r * list_length, (r + 1) * list_length): the running minimum and its
+  // index when list_length is 1 (scan), the top-k candidates otherwise (scan_topk).
+  float* best;
+  int64_t* best_index;
+  int64_t list_length;
 };
 
 using ScanFn = void (*)(const ScanArgs&);
@@ -26,7 +30,8 @@ struct MicroKernel {
   const char* name;      // "avx512-fp32", ...
   int tile_rows;         // rows per call of scan
   int chunk_codes;       // codes per packed chunk
-  ScanFn scan;
+  ScanFn scan;           // nearest code (list_length 1)
+  ScanFn scan_topk;      // the list_length nearest codes
 };
 
 // Kernels per ISA level; the bf16 entry exists only where vdpbf16ps does.

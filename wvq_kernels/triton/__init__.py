@@ -10,6 +10,7 @@ triton, and ``TRITON_INTERPRET=1`` must be set before it when there is no GPU.
 
 from wvq_kernels.triton import (  # noqa: F401  (registers the ops)
     assign,
+    assign_topk,
     histogram,
     moments,
     soft_assign,

@@ -74,6 +74,20 @@ ASSIGN_CONFIGS = {
 }
 INTERPRETER_ASSIGN = AssignConfig(256, 512, 256, 4, 1)
 
+# assign_topk (issue 16): assign's scan with up to 64 candidates per row held in registers next
+# to the score tile (fp32 score + int32 index each). Per dot kind, [(largest D, config)]; the
+# same on sm_80 and sm_90 (checked by the gate on both). 8 warps: on 4, 64 candidates of 64
+# rows spill at small D; tf32x3 beyond D = 32 spills on sm_80 with 32-wide chunks.
+ASSIGN_TOPK_CONFIGS = {
+    "bf16": [(16, AssignConfig(64, 64, 16, 8, 2)), (None, AssignConfig(64, 64, 32, 8, 2))],
+    "tf32": [
+        (16, AssignConfig(64, 64, 16, 8, 2)),
+        (32, AssignConfig(64, 64, 32, 8, 2)),
+        (None, AssignConfig(64, 64, 16, 8, 2)),
+    ],
+    "ieee": [(None, AssignConfig(64, 64, 16, 8, 2))],
+}
+
 
 class RowsConfig(NamedTuple):
     """Row-streaming kernels (histogram, code sums, moments): rows and columns per tile, and
@@ -138,6 +152,13 @@ def assign_config(dim: int, kind: str, arch: str | None) -> AssignConfig:
     if arch is None:
         return INTERPRETER_ASSIGN._replace(block_d=min(256, max(16, next_power_of_two(dim))))
     return _entry_for(ASSIGN_CONFIGS[(arch, kind)], dim)
+
+
+def assign_topk_config(dim: int, kind: str, arch: str | None) -> AssignConfig:
+    """As :func:`assign_config`, from ASSIGN_TOPK_CONFIGS."""
+    if arch is None:
+        return INTERPRETER_ASSIGN._replace(block_d=min(256, max(16, next_power_of_two(dim))))
+    return _entry_for(ASSIGN_TOPK_CONFIGS[kind], dim)
 
 
 def _entry_for(table, dim: int):

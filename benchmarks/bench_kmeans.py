@@ -12,11 +12,12 @@ it trains on every row (by default it subsamples to 256 rows per centroid); ours
 ``kmeans_fit(..., init_codebook=, split_empty=True)`` with ``precision`` ieee or bf16.
 
 Reported per provider: the wall time of the fit divided by the iterations (median over
---repeats fits, after a tiny warm-up fit), the final objective (the sum of squared distances at the last assignment step,
-faiss's ``obj[-1]``), ``vs baseline`` = faiss's time / time and ``objective vs faiss`` = the
-relative difference of the final objectives. For ours also one more assignment step, timed in
-its parts (assign, code_sums): what an iteration spends where. Targets (issue 17: at least 2x
-faiss per iteration, objective within 0.5%) are reported, never asserted.
+--repeats fits, after a tiny warm-up fit), the final objective (the sum of squared distances at
+the last assignment step, faiss's ``obj[-1]``), ``vs baseline`` = faiss's time / time and
+``objective vs faiss`` = the relative difference of the final objectives. For ours also one
+more assignment step, timed in its parts (assign, code_sums): what an iteration spends where.
+Targets (issue 17: at least 2x faiss per iteration, objective within 0.5%) are reported, never
+asserted.
 """
 
 from __future__ import annotations

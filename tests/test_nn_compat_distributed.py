@@ -50,10 +50,19 @@ def own_kmeans(rank: int, world: int) -> torch.Tensor:
     return quantizer.codebook.clone()
 
 
+def kmeans_with_an_empty_rank(rank: int, world: int) -> torch.Tensor:
+    """Synchronised k-means where the last rank's first batch is all padding."""
+    quantizer = VectorQuantize(DIM, CODES, kmeans_init=True).eval()
+    rows = batch(0)[None]
+    quantizer(rows, mask=torch.full(rows.shape[:2], rank < world - 1))
+    return quantizer.codebook.clone()
+
+
 def worker(rank: int, world: int, folder: str) -> None:
     init_group(rank, world, folder, TIMEOUT)
     results = {name: train(options, rank, world) for name, options in MODES.items()}
     results["own kmeans"] = own_kmeans(rank, world)
+    results["empty rank kmeans"] = kmeans_with_an_empty_rank(rank, world)
     torch.save(results, os.path.join(folder, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -83,3 +92,10 @@ def test_unsynchronised_kmeans_fits_each_ranks_rows():
     for rank, result in enumerate(ranks):
         torch.testing.assert_close(result["own kmeans"], own_kmeans(rank, WORLD))
     assert not torch.equal(ranks[0]["own kmeans"], ranks[1]["own kmeans"])
+
+
+def test_a_rank_without_rows_takes_part_in_the_synchronised_kmeans():
+    first, second = (r["empty rank kmeans"] for r in run_ranks())
+    assert torch.equal(first, second)
+    # The fit of the other rank's rows alone, as one process makes it (here, rank 0's part).
+    torch.testing.assert_close(first, kmeans_with_an_empty_rank(0, WORLD))

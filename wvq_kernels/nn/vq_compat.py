@@ -732,11 +732,15 @@ class VectorQuantize(CodebookState, nn.Module):
         """Nearest codes (M,), sampled ones (training, ``stochastic_sample_codes``), or the
         top k (M, k)."""
         sampling = self.training and self.stochastic_sample_codes and temperature > 0
-        if topk is None and not sampling:
-            return kernels.assign(features, codes, backend=self.backend).indices
+        if not sampling:
+            if topk is None:
+                return kernels.assign(features, codes, backend=self.backend).indices
+            k = min(int(topk), self.codebook_size)
+            # Nearest first, ties to the smaller index: the order of the peer's logits.
+            return kernels.assign_topk(features, codes, k, backend=self.backend).indices
         metric = "cosine" if self.use_cosine_sim else "l2"
         k = 1 if topk is None else min(int(topk), self.codebook_size)
-        top = top_codes_chunked(features, codes, k, temperature if sampling else 0.0, metric)
+        top = top_codes_chunked(features, codes, k, temperature, metric)
         return top[:, 0] if topk is None else top
 
     def _route(self, step: _Step, input_requires_grad: bool) -> Tensor:

@@ -30,9 +30,12 @@ class CodebookState:
     def _kmeans_init(self, rows: list[Tensor]) -> None:
         """k-means on each codebook's rows of the first forward, training or not (as the peer);
         under torch.distributed on every rank's rows when the codebook and k-means sync."""
-        if any(r.shape[0] == 0 for r in rows):
-            return
+        synchronised = self._kmeans_syncs() and distributed.is_distributed()
+        # Created by every rank alike (a collective), before any rank may return.
         group = None if self._kmeans_syncs() else _own_rank_group()
+        # A rank without rows still takes part in a synchronised fit; alone, it waits for rows.
+        if not synchronised and any(r.shape[0] == 0 for r in rows):
+            return
         for quantizer, part in zip(self.quantizers, rows):
             features = self._normalize(part.detach().float())
             fitted = kmeans(

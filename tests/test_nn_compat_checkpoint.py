@@ -96,3 +96,15 @@ def test_ours_round_trips_through_its_own_state_dict():
     again.load_state_dict(saved(ours.state_dict()))
     (q_ours, i_ours), (q_again, i_again) = eval_outputs(ours), eval_outputs(again)
     assert torch.equal(i_ours, i_again) and torch.equal(q_ours, q_again)
+
+
+@pytest.mark.parametrize("options", CASES.values(), ids=CASES.keys())
+def test_the_peers_codebook_internals_read_the_same(options):
+    torch.manual_seed(0)
+    theirs = train(vqp.VectorQuantize(DIM, CODES, **options))
+    ours = VectorQuantize(DIM, CODES, **options)
+    ours.load_state_dict(theirs.state_dict())
+    for name in ("embed", "cluster_size", "initted"):
+        torch.testing.assert_close(getattr(ours._codebook, name), getattr(theirs._codebook, name))
+    if ours.ema_update:
+        torch.testing.assert_close(ours._codebook.embed_avg, theirs._codebook.embed_avg)

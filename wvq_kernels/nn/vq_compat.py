@@ -20,7 +20,7 @@ from .code_logits import (
 from .gather import gather_codes
 from .quantizer import LAPLACE_EPS, VectorQuantizer
 from .rotation_trick import directional_reparam, rotate_to, straight_through
-from .vq_compat_checkpoint import PEER_MARKER, from_peer_layout, to_peer_layout
+from .vq_compat_checkpoint import PEER_MARKER, PeerCodebookView, from_peer_layout, to_peer_layout
 from .vq_compat_options import check_peer_constraints
 from .vq_compat_state import CodebookState
 
@@ -193,7 +193,7 @@ class VectorQuantize(CodebookState, nn.Module):
         self.vq_bridge = vq_bridge
         num_codebooks = heads if separate_codebook_per_head else 1
         self.quantizers = nn.ModuleList(
-            self._codebook(threshold_ema_dead_code, ema_update) for _ in range(num_codebooks)
+            self._make_codebook(threshold_ema_dead_code, ema_update) for _ in range(num_codebooks)
         )
         self.register_buffer("initted", torch.tensor(not kmeans_init))
         if affine_param:
@@ -221,7 +221,7 @@ class VectorQuantize(CodebookState, nn.Module):
             self.project_out = nn.Linear(inner_dim, self.dim)
         self.has_projections = inner_dim != self.dim
 
-    def _codebook(self, threshold_ema_dead_code: float, ema_update: bool) -> VectorQuantizer:
+    def _make_codebook(self, threshold_ema_dead_code: float, ema_update: bool) -> VectorQuantizer:
         ema = ema_update and not self.learnable_codebook
         quantizer = VectorQuantizer(
             self.codebook_dim,
@@ -261,6 +261,12 @@ class VectorQuantize(CodebookState, nn.Module):
     @property
     def ema_update(self) -> bool:
         return self.quantizers[0].ema
+
+    @property
+    def _codebook(self) -> PeerCodebookView:
+        """The peer's ``_codebook`` internals that its users and tests reach for (``embed``,
+        ``embed_avg``, ``cluster_size``, ``initted``, ``update_ema()``), read from ours."""
+        return PeerCodebookView(self)
 
     @property
     def codebook(self) -> Tensor:

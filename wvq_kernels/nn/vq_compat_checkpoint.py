@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["PEER_MARKER", "from_peer_layout", "to_peer_layout"]
+__all__ = ["PEER_MARKER", "PeerCodebookView", "from_peer_layout", "to_peer_layout"]
 
 PEER_MARKER = "_codebook.embed"
 _PEER = "_codebook."
@@ -83,6 +83,34 @@ def to_peer_layout(module) -> dict[str, Tensor]:
     peer |= {_PEER + name: value for name, value in ours.items() if name.startswith(BRIDGE)}
     projections = {k: v for k, v in ours.items() if k.startswith(("project_in.", "project_out."))}
     return peer | projections
+
+
+class PeerCodebookView:
+    """The swap-in's codebook state under the peer's ``_codebook`` names and shapes
+    (``(num_codebooks, K, d)`` and ``(num_codebooks, K)``): for code written against the
+    peer's internals. The tensors are copies."""
+
+    def __init__(self, module):
+        self._module = module
+
+    @property
+    def embed(self) -> Tensor:
+        return to_peer_layout(self._module)[_PEER + "embed"]
+
+    @property
+    def embed_avg(self) -> Tensor:
+        return to_peer_layout(self._module)[_PEER + "embed_avg"]
+
+    @property
+    def cluster_size(self) -> Tensor:
+        return to_peer_layout(self._module)[_PEER + "cluster_size"]
+
+    @property
+    def initted(self) -> Tensor:
+        return self._module.initted
+
+    def update_ema(self) -> None:
+        self._module.update_ema()
 
 
 def _stack(tensors: list[Tensor]) -> Tensor:

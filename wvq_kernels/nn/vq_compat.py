@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -13,39 +12,20 @@ from torch import Tensor, nn
 from .. import _trusted as kernels
 from .code_logits import (
     EXPONENTIAL_FLOOR,
-    cross_entropy_chunked,
-    diversity_loss_chunked,
     top_codes_chunked,
 )
 from .gather import gather_codes
 from .quantizer import LAPLACE_EPS, VectorQuantizer
 from .rotation_trick import directional_reparam, rotate_to, straight_through
 from .vq_compat_checkpoint import PEER_MARKER, PeerCodebookView, from_peer_layout, to_peer_layout
+from .vq_compat_losses import LossBreakdown, Losses, Step, mean_square_error
 from .vq_compat_options import check_peer_constraints
 from .vq_compat_state import CodebookState
 
 __all__ = ["LossBreakdown", "VectorQuantize"]
 
 
-class LossBreakdown(NamedTuple):
-    """The unweighted loss terms, as vector-quantize-pytorch names them."""
-
-    commitment: Tensor
-    codebook_diversity: Tensor
-    orthogonal_reg: Tensor
-    inplace_optimize: Tensor
-
-
-class _Step(NamedTuple):
-    """One codebook's share of a forward: its selected rows as quantized."""
-
-    features: Tensor  # (M, codebook_dim) float32, differentiable in the input
-    codes: Tensor  # (M, codebook_dim) the chosen codes, differentiable in a learned codebook
-    indices: Tensor  # (M,) int64
-    codebook: Tensor  # (K, codebook_dim) the codes chosen among, as the assignment saw them
-
-
-class VectorQuantize(CodebookState, nn.Module):
+class VectorQuantize(CodebookState, Losses, nn.Module):
     """``from wvq_kernels.nn import VectorQuantize`` in place of
     ``from vector_quantize_pytorch import VectorQuantize`` (1.32): the same constructor
     arguments, forward keywords, return values, attributes and checkpoints.
@@ -501,18 +481,6 @@ class VectorQuantize(CodebookState, nn.Module):
         quantized = self._vectors_back(x, quantized)
         return quantized, self._tokens_back(x, codes), self._tokens_back(x, loss), parts
 
-    def _top_commitment(self, step: _Step, groups, heads, freeze: bool) -> Tensor:
-        """(B, N, k): each code's mean squared error to its token, 0 on padding; the codes
-        detached unless learned (in eval: whenever the codebook takes gradients, as the
-        peer)."""
-        if self.training:
-            learned = self.learnable_codebook and not freeze
-        else:
-            learned = self._codebook_takes_gradients
-        codes = step.codes if learned else step.codes.detach()
-        error = (codes - step.features).square().mean(-1)
-        return self._scatter([error], groups, heads[..., 0], 0.0)[:, :, 0]
-
     def _mask_padding(self, quantized: Tensor, tokens: Tensor, mask: Tensor | None) -> Tensor:
         """The padding's outputs: zeros, or the input with ``return_zeros_for_masked_padding``
         off."""
@@ -548,25 +516,11 @@ class VectorQuantize(CodebookState, nn.Module):
             for part, (_, where) in zip(parts, groups)
         ]
 
-    def _cross_entropy(self, steps: list[_Step], targets: list[Tensor]) -> Tensor:
-        """Mean over the targets that are not −1 of their cross-entropy among all K codes
-        (no N×K matrix); the codebook takes the gradient when it is learned, as the peer's."""
-        metric = "cosine" if self.use_cosine_sim else "l2"
-        learned = self._codebook_takes_gradients
-        total = sum(
-            cross_entropy_chunked(
-                step.features, step.codebook if learned else step.codebook.detach(), t, metric
-            )
-            for step, t in zip(steps, targets)
-        )
-        count = sum((t >= 0).sum() for t in targets)
-        return total / count.clamp_min(1)
-
-    def _optimize_in_place(self, steps: list[_Step]) -> Tensor:
+    def _optimize_in_place(self, steps: list[Step]) -> Tensor:
         """The peer's in-place codebook step: the codes' squared error to the (detached)
         features, backpropagated into the codebook (and bridge) and stepped at once; the
         caller then quantizes again with the moved codes."""
-        loss = _mean_square_error([(s.codes, s.features.detach()) for s in steps])
+        loss = mean_square_error([(s.codes, s.features.detach()) for s in steps])
         loss.backward()
         if not self.manual_in_place_optimizer_update:
             self.update_in_place_optimizer()
@@ -632,7 +586,7 @@ class VectorQuantize(CodebookState, nn.Module):
 
     def _quantize(
         self, index: int, rows: Tensor, update: bool, temperature: float, weight, accumulate: bool
-    ) -> _Step:
+    ) -> Step:
         sampling = self.training and self.stochastic_sample_codes and temperature > 0
         wrapper_ema = update and (
             self.manual_ema_update
@@ -645,7 +599,7 @@ class VectorQuantize(CodebookState, nn.Module):
             return self._quantize_here(index, rows, update, temperature, weight, accumulate)
         return self._quantize_core(self.quantizers[index], rows, update)
 
-    def _quantize_core(self, quantizer: VectorQuantizer, rows: Tensor, update: bool) -> _Step:
+    def _quantize_core(self, quantizer: VectorQuantizer, rows: Tensor, update: bool) -> Step:
         """The core quantizer's forward: assignment, EMA step, dead codes, synchronisation."""
         # The codes this forward chooses among, kept from the EMA step and refills that the
         # core forward makes in place (the clone stays differentiable in a learned codebook).
@@ -657,7 +611,7 @@ class VectorQuantize(CodebookState, nn.Module):
         finally:
             quantizer.train(training)
         chosen = gather_codes(codes, indices, self.backend)
-        return _Step(self._normalize(rows.float()), chosen, indices, codes)
+        return Step(self._normalize(rows.float()), chosen, indices, codes)
 
     def _quantize_here(
         self,
@@ -668,7 +622,7 @@ class VectorQuantize(CodebookState, nn.Module):
         weight,
         accumulate: bool,
         topk: int | None = None,
-    ) -> _Step:
+    ) -> Step:
         """Affine codebooks, bridges, sampled codes, the top k and the EMA variants the core
         quantizer lacks. With ``topk`` the step's tensors gain a k axis after the rows."""
         features = self._normalize(rows.float())
@@ -683,7 +637,7 @@ class VectorQuantize(CodebookState, nn.Module):
             self._ema_step(index, features.detach(), indices, weight, accumulate)
         if topk is not None:
             features = features[:, None].expand(-1, indices.shape[1], -1)
-        return _Step(features, chosen, indices, codes)
+        return Step(features, chosen, indices, codes)
 
     def _check_transform(self, topk, indices) -> None:
         refused = {
@@ -703,7 +657,7 @@ class VectorQuantize(CodebookState, nn.Module):
 
     def _quantize_per_token(
         self, groups, update: bool, temperature: float, transform, weight, accumulate: bool
-    ) -> _Step:
+    ) -> Step:
         """An implicit codebook (``codebook_transform_fn``, e.g. QINCo's): the function maps
         the (1, K, d) codebook to one codebook per token, (1, B, N, K, d), and each token takes
         the nearest (or, sampling, a drawn) code of its own. Those per-token codebooks are the
@@ -730,7 +684,7 @@ class VectorQuantize(CodebookState, nn.Module):
         chosen = per_token[torch.arange(indices.shape[0], device=indices.device), indices]
         if update:
             self._ema_step(0, features.detach(), indices, weight, accumulate)
-        return _Step(features, chosen, indices, codes)
+        return Step(features, chosen, indices, codes)
 
     def _choose(
         self, features: Tensor, codes: Tensor, temperature: float, topk: int | None
@@ -749,7 +703,7 @@ class VectorQuantize(CodebookState, nn.Module):
         top = top_codes_chunked(features, codes, k, temperature, metric)
         return top[:, 0] if topk is None else top
 
-    def _route(self, step: _Step, input_requires_grad: bool) -> Tensor:
+    def _route(self, step: Step, input_requires_grad: bool) -> Tensor:
         """The quantized rows, with the gradient estimator to the input in training."""
         if not (self.training and input_requires_grad and self.route_gradients_to_input):
             return step.codes
@@ -766,80 +720,6 @@ class VectorQuantize(CodebookState, nn.Module):
             routed = routed + self.sync_update_v * (routed - routed.detach())
         return routed
 
-    # ---- losses ----------------------------------------------------------------------------
-
-    def _losses(self, steps: list[_Step], freeze: bool, tokens, groups, heads) -> LossBreakdown:
-        zero = tokens.new_zeros((), dtype=torch.float32)
-        if not self.training:
-            return LossBreakdown(zero, zero, zero, zero)
-        diversity = zero
-        if self.codebook_diversity_loss_weight > 0:
-            diversity = self._diversity(steps, groups, heads)
-        commitment = zero
-        if self.has_commitment_loss and self.commitment_use_cross_entropy_loss:
-            commitment = self._cross_entropy(steps, [step.indices for step in steps])
-        elif self.has_commitment_loss:
-            commitment = self._commitment(steps, learned=self.learnable_codebook and not freeze)
-        orthogonal = self._orthogonal(steps) if self.orthogonal_reg_weight > 0 else zero
-        return LossBreakdown(commitment, diversity, orthogonal, zero)
-
-    def _total_loss(self, breakdown: LossBreakdown) -> Tensor:
-        loss = breakdown.commitment * self.commitment_weight
-        loss = loss + breakdown.codebook_diversity * self.codebook_diversity_loss_weight
-        loss = loss + breakdown.orthogonal_reg * self.orthogonal_reg_weight
-        if self.training and not loss.requires_grad:
-            # As the peer: a training loss always takes part in autograd.
-            loss = loss.detach().requires_grad_()
-        return loss
-
-    def _diversity(self, steps: list[_Step], groups, heads: Tensor) -> Tensor:
-        """The peer's codebook diversity loss over the one codebook's selected rows: minus
-        the entropy of each sequence position's mean code distribution, averaged over
-        positions (see ``diversity_loss_chunked``)."""
-        ((step,), ((_, where),)) = steps, groups
-        grid = torch.arange(heads.shape[1], device=heads.device)[None, :, None]
-        grid = grid.expand(heads.shape[:3])
-        positions = grid.reshape(-1) if where is None else grid[where]
-        features = step.features if step.features.ndim == 2 else step.features[:, 0]
-        learned = self._codebook_takes_gradients
-        return diversity_loss_chunked(
-            features,
-            step.codebook if learned else step.codebook.detach(),
-            positions,
-            heads.shape[1],
-            self.codebook_diversity_temperature,
-            "cosine" if self.use_cosine_sim else "l2",
-        )
-
-    def _commitment(self, steps: list[_Step], learned: bool) -> Tensor:
-        """Mean squared error between the selected features and their codes (detached unless
-        the codebook is learned), over every selected element of every head."""
-        return _mean_square_error(
-            [(s.codes if learned else s.codes.detach(), s.features) for s in steps]
-        )
-
-    def _orthogonal(self, steps: list[_Step]) -> Tensor:
-        """The peer's orthogonal regulariser, mean over codebooks of
-        Σᵢⱼ cos²(cᵢ, cⱼ)/n² − 1/n, computed through the d×d Gram matrix (‖ĈᵀĈ‖²_F equals the
-        sum over the n×n cosine matrix), so no n×n matrix exists whatever n."""
-        terms = []
-        for index, quantizer in enumerate(self.quantizers):
-            codes = quantizer.codes()
-            if self.orthogonal_reg_active_codes_only:
-                used = torch.cat([s.indices for s in self._steps_of(steps, index)])
-                codes = codes[torch.unique(used)]
-            limit = self.orthogonal_reg_max_codes
-            if limit is not None and codes.shape[0] > limit:
-                codes = codes[torch.randperm(codes.shape[0], device=codes.device)[:limit]]
-            unit = F.normalize(codes, dim=-1, eps=1e-6)
-            gram = unit.T @ unit
-            count = unit.shape[0]
-            terms.append(gram.square().sum() / count**2 - 1 / count)
-        return torch.stack(terms).mean()
-
-    def _steps_of(self, steps: list[_Step], index: int) -> list[_Step]:
-        return [steps[index]] if self.separate_codebook_per_head else steps
-
     def _normalize(self, vectors: Tensor) -> Tensor:
         return F.normalize(vectors, dim=-1) if self.use_cosine_sim else vectors
 
@@ -854,12 +734,6 @@ class VectorQuantize(CodebookState, nn.Module):
             f"separate_codebook_per_head={self.separate_codebook_per_head}, "
             f"rotation_trick={self.rotation_trick}, ema_update={self.ema_update}"
         )
-
-
-def _mean_square_error(pairs: list[tuple[Tensor, Tensor]]) -> Tensor:
-    """The mean over every element of every pair; 0 when there are none (all rows masked)."""
-    total = sum((a - b).square().sum() for a, b in pairs)
-    return total / max(sum(a.numel() for a, _ in pairs), 1)
 
 
 def _token_mask(x: Tensor, mask: Tensor | None, lens: Tensor | None) -> Tensor | None:

@@ -205,6 +205,132 @@ def test_grouped_matches_peer():
     torch.testing.assert_close(ours.codebooks, theirs.codebooks)
 
 
+BEAM_CASES = {
+    "plain": {"beam_size": 3},
+    "score_weights": {"beam_size": 3, "beam_score_quantizer_weights": [1.0, 0.5, 2.0, 1.0]},
+    "projected": {"beam_size": 2, "codebook_dim": 8},
+    "cosine": {"beam_size": 3, "use_cosine_sim": True},
+    "eval_beam_size": {"beam_size": 2, "eval_beam_size": 4},
+    "dropout": {"beam_size": 3, "quantize_dropout": True},
+}
+
+
+def forward_and_backward(module, train: bool, **forward_options):
+    """(quantized, indices, losses, input gradient, parameter gradients) of one step."""
+    x = batch(2, 50, DIM).requires_grad_()
+    quantized, indices, losses = module.train(train)(x, **forward_options)
+    if not train:
+        return quantized, indices, losses
+    (quantized.square().sum() + losses.sum()).backward()
+    gradients = [p.grad.flatten() for p in module.parameters() if p.grad is not None]
+    return quantized, indices, losses, x.grad, *gradients
+
+
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("case", BEAM_CASES)
+def test_beam_search_matches_peer(case, train):
+    """The same kept paths, outputs, per-layer losses and gradients as the peer's search."""
+    options = {"dim": DIM, "num_quantizers": 4, "codebook_size": CODES} | BEAM_CASES[case]
+    theirs, ours = twins(peer.ResidualVQ, ResidualVQ, **options)
+    seed = {"rand_quantize_dropout_fixed_seed": 3} if "quantize_dropout" in options else {}
+    expected = forward_and_backward(theirs, train, **seed)
+    got = forward_and_backward(ours, train, **seed)
+    assert_same_outputs(expected, got)
+    greedy = ResidualVQ(**(options | {"beam_size": None, "eval_beam_size": None}))
+    greedy.load_state_dict(theirs.state_dict())
+    # The search keeps a path other than the greedy one for some tokens.
+    assert not torch.equal(greedy.train(train)(batch(2, 50, DIM), **seed)[1], got[1])
+
+
+def test_beam_search_forward_size_and_grouped_match_peer():
+    options = {"dim": DIM, "num_quantizers": 4, "codebook_size": CODES}
+    theirs, ours = twins(peer.ResidualVQ, ResidualVQ, **options)
+    x = batch(2, 50, DIM)
+    assert_same_outputs(theirs.eval()(x, beam_size=4), ours.eval()(x, beam_size=4))
+    theirs, ours = twins(
+        peer.GroupedResidualVQ, GroupedResidualVQ, groups=2, beam_size=3, **options
+    )
+    assert_same_outputs(theirs.eval()(x), ours.eval()(x))
+
+
+def test_beam_search_updates_every_layer_with_the_kept_path():
+    """Each layer's EMA step takes the kept path's codes and that layer's residual. (The
+    peer updates only the first layer: it takes ``all_residuals[..., 0, :]`` on the layer
+    axis.)"""
+    decay = 0.8
+    ours = ResidualVQ(dim=DIM, num_quantizers=3, codebook_size=CODES, beam_size=3, decay=decay)
+    codebooks = [layer.codebook.clone() for layer in ours.layers]
+    x = batch(2, 50, DIM)
+    indices = ours.train()(x)[1]
+    residual = x.reshape(-1, DIM)
+    for layer, codebook, layer_indices in zip(ours.layers, codebooks, indices.unbind(-1)):
+        layer_indices = layer_indices.reshape(-1)
+        counts = torch.bincount(layer_indices, minlength=CODES).float()
+        sums = torch.zeros(CODES, DIM).index_add_(0, layer_indices, residual)
+        cluster_size = decay + (1 - decay) * counts
+        torch.testing.assert_close(layer._codebook.cluster_size.flatten(), cluster_size)
+        embed_sum = decay * codebook + (1 - decay) * sums
+        torch.testing.assert_close(layer._codebook.embed_avg.reshape(CODES, DIM), embed_sum)
+        residual = residual - codebook[layer_indices]
+
+
+def test_beam_search_frozen_codebooks_stay():
+    ours = ResidualVQ(dim=DIM, num_quantizers=3, codebook_size=CODES, beam_size=3)
+    codebooks = ours.codebooks.clone()
+    ours.train()(batch(2, 50, DIM), freeze_codebook=True)
+    assert torch.equal(ours.codebooks, codebooks)
+
+
+def test_beam_search_with_mask_is_per_token():
+    """Padding takes no part: the kept tokens' codes are those of a forward on them alone,
+    the padding's outputs are zeros and its indices −1."""
+    ours = ResidualVQ(dim=DIM, num_quantizers=4, codebook_size=CODES, beam_size=3).eval()
+    x = batch(2, 30, DIM)
+    mask = torch.arange(30)[None, :] < torch.tensor([[30], [12]])
+    quantized, indices, losses = ours(x, mask=mask)
+    alone = ours(x[1:, :12])
+    assert torch.equal(indices[1, :12], alone[1][0]) and torch.equal(quantized[1, :12], alone[0][0])
+    assert (quantized[~mask] == 0).all() and (indices[~mask] == -1).all()
+    assert torch.equal(indices[0], ours(x[:1])[1][0])
+    assert losses.shape == (4,) and torch.isfinite(losses).all()
+
+
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"quant_grad_frac": 0.5}, {"mlp_kwargs": {"depth": 2, "dim_hidden": 32}}],
+    ids=["plain", "quant_grad_frac", "mlp_kwargs"],
+)
+def test_implicit_neural_codebook_matches_peer(options, train):
+    """QINCo: the peer's MLPs load from its checkpoint and give the same codes, outputs,
+    losses and gradients (to the input, the codebooks and every MLP weight); the indices
+    decode to the forward's output through the chosen codes alone."""
+    options = {"dim": DIM, "num_quantizers": 4, "codebook_size": CODES} | options
+    theirs, ours = twins(peer.ResidualVQ, ResidualVQ, implicit_neural_codebook=True, **options)
+    expected = forward_and_backward(theirs, train)
+    got = forward_and_backward(ours, train)
+    assert len(got) == len(expected) and len(ours.mlps) == 3
+    assert_same_outputs(expected, got)
+    decoded = ours.get_output_from_indices(got[1])
+    torch.testing.assert_close(decoded, got[0].detach(), rtol=0, atol=1e-5)
+    # The MLPs matter: the plain codebooks' sum is another output.
+    plain = sum(layer.codebook[i] for layer, i in zip(ours.layers, got[1].unbind(-1)))
+    assert not torch.allclose(plain, got[0].detach(), atol=1e-3)
+
+
+def test_beam_search_options_checked():
+    options = {"dim": DIM, "num_quantizers": 2, "codebook_size": CODES}
+    with pytest.raises(TypeError, match="implicit_neural_codebook"):
+        ResidualVQ(implicit_neural_codebook=True, beam_size=2, **options)
+    implicit = ResidualVQ(implicit_neural_codebook=True, **options)
+    with pytest.raises(TypeError, match="beam_size=2"):
+        implicit(batch(1, 10, DIM), beam_size=2)
+    with pytest.raises(ValueError, match="eval_beam_size"):
+        ResidualVQ(eval_beam_size=2, **options)
+    with pytest.raises(ValueError, match="beam_score_quantizer_weights"):
+        ResidualVQ(beam_size=2, beam_score_quantizer_weights=[1.0], **options)
+
+
 @pytest.mark.parametrize("layout", ["accept_image_fmap", "channel_last"])
 def test_channel_first_inputs_at_any_size(layout):
     """(b, c, h, w) maps with h != c (the peer's stack needs c == h): the channel-last result,
@@ -276,23 +402,7 @@ def test_peer_readme_examples(example):
         assert all_codes.shape == (indices_shape[-1], 1, 1024, 256)
 
 
-@pytest.mark.parametrize(
-    "option",
-    [
-        {"implicit_neural_codebook": True},
-        {"mlp_kwargs": {"depth": 2}},
-        {"beam_size": 4},
-        {"eval_beam_size": 4},
-        {"beam_score_quantizer_weights": [1.0, 1.0]},
-    ],
-)
-def test_declined_options_name_themselves(option):
-    (name,) = option
-    with pytest.raises(TypeError, match=name):
-        ResidualVQ(dim=DIM, num_quantizers=2, codebook_size=CODES, **option)
-
-
-def test_peer_defaults_are_accepted_and_forward_declines_with_reason():
+def test_peer_defaults_are_accepted_and_declined_options_give_reasons():
     defaults = {
         "implicit_neural_codebook": False,
         "mlp_kwargs": {},
@@ -305,8 +415,6 @@ def test_peer_defaults_are_accepted_and_forward_declines_with_reason():
     x = batch(1, 10, DIM)
     with pytest.raises(TypeError, match=r"indices.*N×K"):
         ours(x, indices=torch.zeros(1, 10, 2, dtype=torch.int64))
-    with pytest.raises(TypeError, match="beam_size"):
-        ours(x, beam_size=2)
     with pytest.raises(ValueError, match="heads"):
         ResidualVQ(dim=DIM, num_quantizers=2, codebook_size=CODES, heads=2)
     with pytest.raises(TypeError, match=r"shared_codebook.*threshold_ema_dead_code"):

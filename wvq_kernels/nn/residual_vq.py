@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import random
+from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import distributed
@@ -15,30 +17,12 @@ from .vq_compat_options import reject_unsupported
 
 __all__ = ["GroupedResidualVQ", "ResidualVQ"]
 
-_NO_BEAM = (
-    "beam search is not implemented (it would need the peer's update_indices, the EMA step "
-    "of the chosen beam's codes, on the swap-in VectorQuantize)"
-)
-
-# name: (the peer's default, why another value is declined)
-UNSUPPORTED_RESIDUAL: dict[str, tuple[object, str]] = {
-    "implicit_neural_codebook": (
-        False,
-        "QINCo's per-token codebooks are an N×K×D tensor, which the fused ops never build",
-    ),
-    "mlp_kwargs": (None, "only used by implicit_neural_codebook, which is not supported"),
-    "beam_size": (None, _NO_BEAM),
-    "eval_beam_size": (None, _NO_BEAM),
-    "beam_score_quantizer_weights": (None, "only used by beam search, which is not supported"),
-}
-
 UNSUPPORTED_RESIDUAL_FORWARD: dict[str, tuple[object, str]] = {
     "indices": (
         None,
         "the cross-entropy of given codes against all K needs the N×K matrix of distances, "
         "which the fused ops never build",
     ),
-    "beam_size": (None, _NO_BEAM),
 }
 
 # DiVeQ (Vali et al.) across the stack, as the peer: learned codebooks without a commitment
@@ -51,6 +35,9 @@ DIVEQ_LAYER_OPTIONS = {
     "commitment_weight": 0.0,
 }
 DIVEQ_NOISE_VARIANCE = 5e-3
+
+# QINCo's layers, as the peer: learned codebooks, which the MLPs transform per token.
+IMPLICIT_LAYER_OPTIONS = {"learnable_codebook": True, "ema_update": False}
 
 # Peer options that put the channels at dim 1; the residual stack handles them itself and runs
 # its layers on channel-last tokens.
@@ -77,11 +64,26 @@ class ResidualVQ(nn.Module):
     ``diveq=True`` trains the codebooks by DiVeQ: learned codes, no commitment loss, and the
     directional reparameterisation of the summed output (the peer's noise variance, 5e-3).
 
+    ``beam_size`` (``eval_beam_size`` in eval, or per forward) searches the residual paths:
+    each token keeps its ``beam_size`` best partial paths, extends each by its residual's
+    ``beam_size`` nearest codes of the next layer (the fused top-k assignment, no N×K matrix),
+    scores them by their accumulated commitment losses weighted per layer by
+    ``beam_score_quantizer_weights``, and returns the best path; in training each layer's
+    codebook then takes the EMA step for the kept path's codes (the peer updates only the
+    first layer's). Memory: O(N·beam²·d) for the candidates.
+
+    ``implicit_neural_codebook=True`` (QINCo, Huijben et al. 2024) gives every layer after the
+    first an MLP (``mlp_kwargs``: ``dim_hidden``, ``depth``) that makes each token its own
+    codebook from the sum of the codes chosen so far; the layers' codebooks are learned, as the
+    peer. Those per-token codebooks are (N, K, d): memory O(N·K·d), the one path of the stack
+    that is not N×K-free, as in the peer. ``get_codes_from_indices`` transforms only the chosen
+    codes, O(N·d). Not with beam search (``TypeError``).
+
     Channel-first inputs (``accept_image_fmap``, ``accept_3d_fmap``, ``channel_last=False``)
     work at any size (the peer's stack needs channels == height there): indices come back as
     ``(b, h, w, q)``, ``get_output_from_indices`` in the input's layout. Declined, with a
-    ``TypeError`` naming the option and why, only for a value other than the peer's default:
-    see ``UNSUPPORTED_RESIDUAL``.
+    ``TypeError`` naming the option and why: ``forward(indices=...)`` (see
+    ``UNSUPPORTED_RESIDUAL_FORWARD``).
     """
 
     def __init__(
@@ -108,17 +110,6 @@ class ResidualVQ(nn.Module):
         **vq_kwargs,
     ):
         super().__init__()
-        reject_unsupported(
-            "ResidualVQ",
-            UNSUPPORTED_RESIDUAL,
-            {
-                "implicit_neural_codebook": implicit_neural_codebook,
-                "mlp_kwargs": mlp_kwargs or None,
-                "beam_size": beam_size,
-                "eval_beam_size": eval_beam_size,
-                "beam_score_quantizer_weights": beam_score_quantizer_weights,
-            },
-        )
         sizes = _codebook_sizes(codebook_size, num_quantizers)
         _check_residual_options(heads, shared_codebook, sizes, quantize_dropout_cutoff_index)
         layout = {
@@ -146,7 +137,21 @@ class ResidualVQ(nn.Module):
         if diveq:
             vq_kwargs.update(DIVEQ_LAYER_OPTIONS)
         self.return_zeros_for_masked_padding = return_zeros_for_masked_padding
+        self.beam_size, self.eval_beam_size, self.beam_score_weights = _beam_options(
+            beam_size, eval_beam_size, beam_score_quantizer_weights, self.num_quantizers
+        )
+        self.implicit_neural_codebook = implicit_neural_codebook
+        if implicit_neural_codebook:
+            self._check_beam_size(beam_size)
+            vq_kwargs.update(IMPLICIT_LAYER_OPTIONS)
         self.layers = self._build_layers(sizes, shared_codebook, vq_kwargs)
+        self.mlps = None
+        if implicit_neural_codebook:
+            cosine = self.layers[0].use_cosine_sim
+            self.mlps = nn.ModuleList(
+                ImplicitCodebookMLP(self.codebook_dim, l2norm_output=cosine, **(mlp_kwargs or {}))
+                for _ in range(self.num_quantizers - 1)
+            )
 
     def _build_layers(self, sizes, shared: bool, vq_kwargs: dict) -> nn.ModuleList:
         def layer(size: int, **extra) -> VectorQuantize:
@@ -191,11 +196,18 @@ class ResidualVQ(nn.Module):
                     f"got {indices.shape[-1]}; fewer need quantize_dropout=True"
                 )
             indices = nn.functional.pad(indices, (0, missing), value=-1)
-        codes = []
-        for layer, layer_indices in zip(self.layers, indices.unbind(-1)):
+        codes, summed = [], 0.0
+        for layer, transform, layer_indices in zip(
+            self.layers, self._code_transforms(), indices.unbind(-1)
+        ):
             dropped = layer_indices < 0
             layer_codes = layer.get_codes_from_indices(layer_indices.clamp_min(0))
-            codes.append(layer_codes.masked_fill(dropped[..., None], 0.0))
+            if transform is not None:
+                # The chosen codes alone through the MLP: (..., d), never (..., K, d).
+                layer_codes = transform.transform_pairs(layer_codes, summed)
+            layer_codes = layer_codes.masked_fill(dropped[..., None], 0.0)
+            codes.append(layer_codes)
+            summed = summed + layer_codes
         return torch.stack(codes)
 
     def get_output_from_indices(self, indices: Tensor) -> Tensor:
@@ -214,11 +226,9 @@ class ResidualVQ(nn.Module):
         beam_size: int | None = None,
         rand_quantize_dropout_fixed_seed: int | None = None,
     ):
-        reject_unsupported(
-            "ResidualVQ.forward",
-            UNSUPPORTED_RESIDUAL_FORWARD,
-            {"indices": indices, "beam_size": beam_size},
-        )
+        reject_unsupported("ResidualVQ.forward", UNSUPPORTED_RESIDUAL_FORWARD, {"indices": indices})
+        if beam_size is None:
+            beam_size = self.beam_size if self.training else self.eval_beam_size
         tokens = x.movedim(1, -1) if self.channels_first else x
         features = self.project_in(tokens)
         last = self._last_layer(features.device, rand_quantize_dropout_fixed_seed)
@@ -228,7 +238,11 @@ class ResidualVQ(nn.Module):
         options = {name: value for name, value in options.items() if value is not None}
         if freeze_codebook:
             options["freeze_codebook"] = True
-        quantized, all_indices, losses = self._quantize_layers(features, last, options)
+        if beam_size is not None and beam_size > 1:
+            self._check_beam_size(beam_size)
+            quantized, all_indices, losses = self._search_beams(features, last, options, beam_size)
+        else:
+            quantized, all_indices, losses = self._quantize_layers(features, last, options)
         if self.training and self.shared_codebook and self.layers[0].ema_update:
             self.layers[0].update_ema()
         if self.diveq:
@@ -251,18 +265,108 @@ class ResidualVQ(nn.Module):
         features = features.flatten(1, -2) if features.dim() > 3 else features
         residual, quantized = features, torch.zeros_like(features)
         all_indices, losses = [], []
-        dropped_indices = torch.full(features.shape[:-1], -1, device=features.device)
-        for layer in self.layers[: last + 1]:
-            layer_quantized, layer_indices, loss = layer(residual, **options)
+        for layer, transform in zip(self.layers[: last + 1], self._code_transforms()):
+            layer_options = options
+            if transform is not None:
+                # QINCo: this layer's codes, per token, from what the layers before chose.
+                transform = partial(transform, condition=quantized)
+                layer_options = options | {"codebook_transform_fn": transform}
+            layer_quantized, layer_indices, loss = layer(residual, **layer_options)
             residual = residual - _gradient_fraction(layer_quantized, self.quant_grad_frac)
             quantized = quantized + layer_quantized
             all_indices.append(layer_indices)
             losses.append(loss.reshape(()).float())
-        zero = features.new_zeros((), dtype=torch.float32)
-        all_indices += [dropped_indices] * (self.num_quantizers - last - 1)
-        losses += [zero] * (self.num_quantizers - last - 1)
-        all_indices = torch.stack(all_indices, -1).reshape(*shape[:-1], self.num_quantizers)
-        return quantized.reshape(shape), all_indices, torch.stack(losses)
+        all_indices, losses = torch.stack(all_indices, -1), torch.stack(losses)
+        return self._stack_kept(quantized.reshape(shape), all_indices, losses, shape)
+
+    def _search_beams(self, features: Tensor, last: int, options: dict, beam_size: int):
+        """``_quantize_layers`` by beam search (the peer's ``beam_size``): each of the
+        ``beam_size`` best partial paths of a token is extended by the ``beam_size`` nearest
+        codes of the next layer (its fused top-k assignment, no N×K matrix), the paths scored
+        by their accumulated commitment losses (weighted per layer by
+        ``beam_score_quantizer_weights``) and the best kept; the last layer keeps one. In
+        training the layers' codebooks are then updated with the kept path's codes."""
+        shape = features.shape
+        features = features.flatten(1, -2) if features.dim() > 3 else features
+        batch, tokens, dim = features.shape
+        mask = options.get("mask")
+        # Per token and kept path: (B, N, J, ...); "inputs" are each layer's residual.
+        residual, quantized = features[:, :, None], torch.zeros_like(features[:, :, None])
+        scores = features.new_zeros((batch, tokens, 1), dtype=torch.float32)
+        indices = torch.empty((batch, tokens, 1, 0), dtype=torch.int64, device=features.device)
+        losses = scores.new_empty((batch, tokens, 1, 0))
+        inputs = features.new_empty((batch, tokens, 1, 0, dim))
+        for index, layer in enumerate(self.layers[: last + 1]):
+            paths = residual.shape[2]
+            layer_options = options | {"topk": beam_size}
+            if mask is not None:
+                layer_options["mask"] = mask.repeat_interleave(paths, dim=1)
+            top, top_indices, top_losses = layer(residual.flatten(1, 2), **layer_options)
+            codes_per_path = top_indices.shape[-1]
+            candidates = (top, top_indices, top_losses)
+            top, top_indices, top_losses = (t.unflatten(1, (tokens, paths)) for t in candidates)
+            weighted = top_losses.float() * self.beam_score_weights[index]
+            scores = (scores[..., None] - weighted).flatten(2)
+            kept = beam_size if index < last else 1
+            if scores.shape[-1] > kept:
+                scores, chosen = scores.topk(kept, dim=-1)
+            else:
+                chosen = torch.arange(scores.shape[-1], device=scores.device).expand_as(scores)
+            parents = chosen.div(codes_per_path, rounding_mode="floor")
+            codes = _take_paths(top.flatten(2, 3), chosen)
+            new_index = _take_paths(top_indices.flatten(2), chosen)
+            new_loss = _take_paths(top_losses.flatten(2).float(), chosen)
+            residual = _take_paths(residual, parents)
+            layer_input = residual.detach()[..., None, :]
+            inputs = torch.cat([_take_paths(inputs, parents), layer_input], dim=-2)
+            residual = residual - _gradient_fraction(codes, self.quant_grad_frac)
+            quantized = _take_paths(quantized, parents) + codes
+            indices = torch.cat([_take_paths(indices, parents), new_index[..., None]], dim=-1)
+            losses = torch.cat([_take_paths(losses, parents), new_loss[..., None]], dim=-1)
+        quantized, indices, losses, inputs = (
+            t[:, :, 0] for t in (quantized, indices, losses, inputs)
+        )
+        if self.training:
+            self._update_with_paths(inputs, indices, options)
+        return self._stack_kept(
+            quantized.reshape(shape), indices, _mean_over_tokens(losses, mask), shape
+        )
+
+    @torch.no_grad()
+    def _update_with_paths(self, inputs: Tensor, indices: Tensor, options: dict) -> None:
+        """Each layer's codebook update (EMA step) for the codes beam search chose."""
+        for layer, layer_input, layer_indices in zip(
+            self.layers, inputs.unbind(-2), indices.unbind(-1)
+        ):
+            frozen = options.get("freeze_codebook", layer.freeze_codebook)
+            layer.update_indices(
+                layer_input,
+                layer_indices,
+                mask=options.get("mask"),
+                ema_update=False if frozen else None,
+            )
+
+    def _stack_kept(self, quantized: Tensor, indices: Tensor, losses: Tensor, shape):
+        """The forward's (quantized, indices (..., q), losses (q,)) from those of the kept
+        layers: index −1 and loss 0 for the layers quantize dropout left out."""
+        dropped = self.num_quantizers - indices.shape[-1]
+        indices = F.pad(indices, (0, dropped), value=-1)
+        losses = F.pad(losses, (0, dropped))
+        return quantized, indices.reshape(*shape[:-1], self.num_quantizers), losses
+
+    def _code_transforms(self) -> tuple:
+        """Per layer, its codebook's MLP (QINCo), None for the first and without."""
+        if self.mlps is None:
+            return (None,) * self.num_quantizers
+        return (None, *self.mlps)
+
+    def _check_beam_size(self, beam_size: int | None) -> None:
+        if self.implicit_neural_codebook and beam_size is not None and beam_size > 1:
+            raise TypeError(
+                f"ResidualVQ: beam_size={beam_size} with implicit_neural_codebook=True is not "
+                "supported: the top k of per-token codebooks needs the N×K×D codes of every "
+                "token, k times over"
+            )
 
     def _last_layer(self, device: torch.device, seed: int | None) -> int:
         """The last layer this forward runs: all but in training with quantize dropout."""
@@ -348,6 +452,70 @@ class GroupedResidualVQ(nn.Module):
             torch.stack(losses),
         )
         return result + tuple(all_codes)
+
+
+class ImplicitCodebookMLP(nn.Module):
+    """QINCo's codebook generator (Huijben et al. 2024), with the peer's parameter names so
+    that its checkpoints load: a code c and the sum q of the codes the layers before chose
+    give ``proj_in([q, c])`` and then ``depth`` residual SiLU blocks; unit length with
+    ``l2norm_output`` (cosine similarity)."""
+
+    def __init__(
+        self, dim: int, dim_hidden: int | None = None, depth: int = 4, l2norm_output: bool = False
+    ):
+        super().__init__()
+        hidden = dim_hidden or dim
+        self.dim, self.l2norm_output = dim, l2norm_output
+        self.proj_in = nn.Linear(2 * dim, dim)
+        self.layers = nn.ModuleList(
+            nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, dim))
+            for _ in range(depth)
+        )
+
+    def forward(self, codes: Tensor, *, condition: Tensor) -> Tensor:
+        """As ``codebook_transform_fn``: the codebook ``(1, K, d)`` and ``condition``
+        ``(B, N, d)`` give every token its own codebook, ``(1, B, N, K, d)``: O(N·K·d)
+        memory, the one residual path that is not N×K-free (as the peer)."""
+        codes = codes.reshape(codes.shape[0], *[1] * (condition.dim() - 1), *codes.shape[1:])
+        return self.transform_pairs(codes, condition[None, ..., None, :])
+
+    def transform_pairs(self, codes: Tensor, condition: Tensor) -> Tensor:
+        """The transformed codes of ``codes`` and ``condition`` broadcast against each other;
+        for one chosen code per token, ``(..., d)`` with ``(..., d)``."""
+        condition_weight, code_weight = self.proj_in.weight.split(self.dim, dim=1)
+        # proj_in of the concatenation as two products, so the (…, K, 2d) pairs are never made.
+        hidden = F.linear(condition, condition_weight) + F.linear(
+            codes, code_weight, self.proj_in.bias
+        )
+        for block in self.layers:
+            hidden = hidden + block(hidden)
+        return F.normalize(hidden, dim=-1) if self.l2norm_output else hidden
+
+
+def _beam_options(beam_size, eval_beam_size, weights, num_quantizers: int):
+    """(beam_size, eval_beam_size, per-layer score weights), with the peer's checks."""
+    if eval_beam_size is not None and beam_size is None:
+        raise ValueError("eval_beam_size: needs beam_size as well (as the peer)")
+    weights = (1.0,) * num_quantizers if weights is None else tuple(map(float, weights))
+    if len(weights) != num_quantizers:
+        raise ValueError(
+            f"beam_score_quantizer_weights: expected {num_quantizers} weights, got {len(weights)}"
+        )
+    return beam_size, beam_size if eval_beam_size is None else eval_beam_size, weights
+
+
+def _take_paths(values: Tensor, paths: Tensor) -> Tensor:
+    """``values`` (B, N, J, ...) at the paths ``paths`` (B, N, J') → (B, N, J', ...)."""
+    index = paths.reshape(*paths.shape, *[1] * (values.dim() - 3))
+    return values.gather(2, index.expand(*paths.shape, *values.shape[3:]))
+
+
+def _mean_over_tokens(losses: Tensor, mask: Tensor | None) -> Tensor:
+    """Per layer, the mean of per-token losses (B, N, q) over the unmasked tokens."""
+    if mask is None:
+        return losses.mean((0, 1))
+    kept = torch.where(mask[..., None], losses, 0.0).sum((0, 1))
+    return kept / mask.sum().clamp_min(1e-4)
 
 
 def _codebook_sizes(codebook_size, num_quantizers: int | None) -> tuple[int, ...]:

@@ -20,7 +20,7 @@ from .feature_queue import FeatureQueue
 from .gather import gather_codes
 from .reservoir import FeatureReservoir
 
-__all__ = ["QuantizerOutput", "VectorQuantizer", "nsvq_tau"]
+__all__ = ["QuantizerOutput", "VectorQuantizer", "finite_flag", "nsvq_tau"]
 
 DISTRIBUTION_LOSSES = (None, "wasserstein")
 CODEBOOK_LOSSES = ("nearest", "dense")
@@ -237,7 +237,7 @@ class VectorQuantizer(nn.Module):
         features = self._normalize(_in_parameter_dtype(self.project_in, z))
         sync = self.training and self._syncs()
         # 0-dim, never read on the host: every state update below is gated on it.
-        finite = self._all_finite(torch.isfinite(features).all(), sync)
+        finite = self._all_finite(finite_flag(features), sync)
         # k-means validates (and so syncs on) its input anyway; a non-finite first batch leaves
         # the fit to the first finite one.
         if self.training and not self.initialized and bool(finite):
@@ -248,6 +248,8 @@ class VectorQuantizer(nn.Module):
         result, codebook_term = self._assign(features, codes, working)
         quantized_codes = gather_codes(codes, result.indices, self.backend)
         commitment = F.mse_loss(features, quantized_codes.detach())
+        if codebook_term is None:
+            codebook_term = self._codebook_term(features, quantized_codes, commitment)
         wasserstein = self._wasserstein(features, codes)
         loss = self.beta * commitment
         if not self.ema:
@@ -294,9 +296,10 @@ class VectorQuantizer(nn.Module):
 
     def _assign(
         self, features: Tensor, codes: Tensor, working: torch.dtype
-    ) -> tuple[Assignment, Tensor]:
-        """The nearest codes (with their histogram) and the unweighted codebook term; the
-        kernels see features and codes rounded to ``working``."""
+    ) -> tuple[Assignment, Tensor | None]:
+        """The nearest codes (with their histogram) and, for the dense loss, its unweighted
+        codebook term (None otherwise); the kernels see features and codes rounded to
+        ``working``."""
         # The trusted path: no finiteness check, which would sync with the host every step
         # (a non-finite z shows anyway, as a non-finite loss).
         rows = features.detach().to(working)
@@ -311,8 +314,14 @@ class VectorQuantizer(nn.Module):
         result = kernels.assign(
             rows, codes.detach().to(working), histogram=True, backend=self.backend
         )
-        quantized = gather_codes(codes, result.indices, self.backend)
-        return result, F.mse_loss(quantized, features.detach())
+        return result, None
+
+    def _codebook_term(self, features: Tensor, quantized_codes: Tensor, commitment: Tensor):
+        """‖z_q − sg(z)‖²: the commitment's value, but with the gradient to the codes; an EMA
+        codebook takes no gradient, so its (reported) term is the commitment's value."""
+        if self.ema:
+            return commitment.detach()
+        return F.mse_loss(quantized_codes, features.detach())
 
     def _normalize(self, vectors: Tensor) -> Tensor:
         return F.normalize(vectors, dim=-1) if self.metric == "cosine" else vectors
@@ -345,37 +354,44 @@ class VectorQuantizer(nn.Module):
     def _update_codebook_state(
         self, features: Tensor, indices: Tensor, counts: Tensor, finite: Tensor, sync: bool
     ) -> None:
-        # The updates run unconditionally (no host sync); a non-finite batch then puts the old
-        # values back. Only these small K-row tensors and the stream offset are touched here.
-        state = [self.cluster_size, self.generator.offset]
-        if self.ema or self.dead_code_threshold > 0:
-            state.append(self.embedding)
-        if self.ema:
-            state.append(self.embed_sum)
-        before = [tensor.clone() for tensor in state]
-        self._apply_codebook_updates(features, indices, counts, sync)
-        for tensor, old in zip(state, before):
-            tensor.copy_(torch.where(finite, tensor, old))
-
-    def _apply_codebook_updates(
-        self, features: Tensor, indices: Tensor, counts: Tensor, sync: bool
-    ) -> None:
-        # counts: the histogram of indices (all ranks' when synchronised).
+        # No host sync: each table's new value is written through one torch.where on the 0-dim
+        # "all finite" flag (or, for the counts, an update scaled by it), so a non-finite batch
+        # leaves every table as it was. Each elementwise pass over a (K, D) table costs a
+        # parallel region, so the passes are kept few (no clones, no separate restores).
         if self.ema:
             _, sums = kernels.code_sums(indices, features, self.codebook_size, backend=self.backend)
             sums = self._global(distributed.all_reduce_code_sums, sums, sync)
-            self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
-        self.cluster_size.mul_(self.decay).add_(counts.float(), alpha=1 - self.decay)
+            torch.where(
+                finite,
+                self.embed_sum.lerp(sums, 1 - self.decay),
+                self.embed_sum,
+                out=self.embed_sum,
+            )
+        # counts is the histogram of indices (all ranks' when synchronised): never non-finite,
+        # so a rate of 0 keeps the sizes of a skipped batch.
+        rate = (1 - self.decay) * finite
+        self.cluster_size.mul_(1 - rate).add_(counts * rate)
         if self.ema:
             total = self.cluster_size.sum()
-            smoothed = (
-                (self.cluster_size + LAPLACE_EPS)
-                / (total + self.codebook_size * LAPLACE_EPS)
-                * total
+            smoothed = (self.cluster_size + LAPLACE_EPS) * (
+                total / (total + self.codebook_size * LAPLACE_EPS)
             )
-            self.embedding.copy_(self.embed_sum / smoothed[:, None])
+            torch.where(
+                finite, self.embed_sum / smoothed[:, None], self.embedding, out=self.embedding
+            )
         if self.dead_code_threshold > 0:
-            self._replace_dead_codes()
+            self._unless_nonfinite(finite, self._replace_dead_codes)
+
+    def _unless_nonfinite(self, finite: Tensor, update) -> None:
+        """Runs ``update()`` (which may move any codebook table and the random stream), then
+        puts the old values back if the batch was not finite."""
+        state = [self.cluster_size, self.embedding, self.generator.offset]
+        if self.ema:
+            state.append(self.embed_sum)
+        before = [tensor.clone() for tensor in state]
+        update()
+        for tensor, old in zip(state, before):
+            torch.where(finite, tensor, old, out=tensor)
 
     @torch.no_grad()
     def _replace_dead_codes(self) -> None:
@@ -492,6 +508,16 @@ class VectorQuantizer(nn.Module):
             f"codebook_dim={self.codebook_dim}, distribution_loss={self.distribution_loss}, "
             f"ema={self.ema}, linear_reparam={self.linear_reparam}, metric={self.metric!r}"
         )
+
+
+def finite_flag(values: Tensor) -> Tensor:
+    """0-dim bool on the values' device, no host sync: are all values finite? One reduction
+    (the minimum and maximum propagate NaN), where ``torch.isfinite(values).all()`` takes
+    several passes over the values."""
+    if values.numel() == 0:
+        return torch.ones((), dtype=torch.bool, device=values.device)
+    low, high = torch.aminmax(values.detach())
+    return torch.isfinite(low) & torch.isfinite(high)
 
 
 def _working_dtype(z: Tensor) -> torch.dtype:

@@ -15,7 +15,7 @@ from .code_logits import (
     top_codes_chunked,
 )
 from .gather import gather_codes
-from .quantizer import LAPLACE_EPS, VectorQuantizer
+from .quantizer import LAPLACE_EPS, VectorQuantizer, finite_flag
 from .rotation_trick import directional_reparam, rotate_to, straight_through
 from .vq_compat_checkpoint import PEER_MARKER, PeerCodebookView, from_peer_layout, to_peer_layout
 from .vq_compat_losses import LossBreakdown, Losses, Step, mean_square_error
@@ -341,7 +341,7 @@ class VectorQuantize(CodebookState, Losses, nn.Module):
         for quantizer, part in zip(self.quantizers, parts):
             if quantizer.dead_code_threshold > 0:
                 features = self._normalize(part.reshape(-1, self.codebook_dim).float())
-                self._replace_dead_codes(quantizer, features, torch.isfinite(features).all())
+                self._replace_dead_codes(quantizer, features, finite_flag(features))
 
     def peer_state_dict(self) -> dict[str, Tensor]:
         """This module's state in vector-quantize-pytorch's layout (see docs/migration.md)."""

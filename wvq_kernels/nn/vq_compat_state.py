@@ -12,7 +12,7 @@ from torch import Tensor
 from .. import _trusted as kernels
 from .. import distributed
 from ..kmeans import kmeans
-from .quantizer import VectorQuantizer
+from .quantizer import VectorQuantizer, finite_flag
 
 __all__ = ["CodebookState"]
 
@@ -73,7 +73,7 @@ class CodebookState:
         if accumulate:
             return
         rate = (1 - self.decay) * self._ema_weight(index, weight, sums, counts)
-        finite = torch.isfinite(sums).all()
+        finite = finite_flag(sums)
         _lerp_where(finite, quantizer.cluster_size, counts, rate)
         if quantizer.ema:
             _lerp_where(finite, quantizer.embed_sum, sums, rate[:, None])
@@ -181,7 +181,7 @@ class CodebookState:
 
 def _lerp_where(finite: Tensor, state: Tensor, target: Tensor, rate: Tensor) -> None:
     """``state += rate·(target − state)`` in place, unless the batch was not finite."""
-    state.copy_(torch.where(finite, torch.lerp(state, target, rate), state))
+    torch.where(finite, torch.lerp(state, target, rate), state, out=state)
 
 
 def _own_rank_group():

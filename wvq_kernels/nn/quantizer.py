@@ -236,14 +236,7 @@ class VectorQuantizer(nn.Module):
         ``working``."""
         features = self._normalize(_in_parameter_dtype(self.project_in, z))
         sync = self.training and self._syncs()
-        # 0-dim, never read on the host: every state update below is gated on it.
-        finite = self._all_finite(finite_flag(features), sync)
-        # k-means validates (and so syncs on) its input anyway; a non-finite first batch leaves
-        # the fit to the first finite one.
-        if self.training and not self.initialized and bool(finite):
-            self._kmeans_init(features)
-        if self.training:
-            self._push_stream(features, finite, sync)
+        finite = self._prepare_step(features, self.training, sync)
         codes = self._normalize(self.codes().float())
         result, codebook_term = self._assign(features, codes, working)
         quantized_codes = gather_codes(codes, result.indices, self.backend)
@@ -256,16 +249,48 @@ class VectorQuantizer(nn.Module):
             loss = loss + self.alpha * codebook_term
         if self.distribution_loss is not None:
             loss = loss + self.gamma * wasserstein
-        counts = self._global(distributed.all_reduce_histogram, result.counts, sync)
-        # Counted in eval mode too: reset_usage() then an evaluation pass gives its utilization.
-        self.usage_counts.add_(counts * finite)
-        if self.training:
-            self._update_codebook_state(features, result.indices, counts, finite, sync)
-            self.skipped_nonfinite.add_(~finite)
+        self._record_step(features, result, finite, self.training, sync)
         straight_through = features + (quantized_codes - features).detach()
         quantized = _in_parameter_dtype(self.project_out, straight_through)
         stats = self._stats(result, commitment, codebook_term, wasserstein)
         return QuantizerOutput(quantized, result.indices, loss.float(), stats)
+
+    def assign_and_update(self, z: Tensor, update: bool) -> Tensor:
+        """The indices forward chooses for ``z`` and, with ``update``, its training-state
+        updates (EMA step, refills, queue, counters; synchronised as in training), without
+        the losses, the output or the statistics: for the ``VectorQuantize`` swap-in, which
+        makes its own from the indices."""
+        working = _working_dtype(z)
+        with torch.autocast(z.device.type, enabled=False):
+            features = self._normalize(_in_parameter_dtype(self.project_in, z))
+            sync = update and self._syncs()
+            finite = self._prepare_step(features, update, sync)
+            codes = self._normalize(self.codes().float())
+            result, _ = self._assign(features, codes, working)
+            self._record_step(features, result, finite, update, sync)
+        return result.indices
+
+    def _prepare_step(self, features: Tensor, training: bool, sync: bool) -> Tensor:
+        """The 0-dim "all finite" flag (never read on the host: every state update is gated
+        on it); in training, k-means on the first batch and the feature stream fed."""
+        finite = self._all_finite(finite_flag(features), sync)
+        # k-means validates (and so syncs on) its input anyway; a non-finite first batch leaves
+        # the fit to the first finite one.
+        if training and not self.initialized and bool(finite):
+            self._kmeans_init(features)
+        if training:
+            self._push_stream(features, finite, sync)
+        return finite
+
+    def _record_step(
+        self, features: Tensor, result: Assignment, finite: Tensor, training: bool, sync: bool
+    ) -> None:
+        counts = self._global(distributed.all_reduce_histogram, result.counts, sync)
+        # Counted in eval mode too: reset_usage() then an evaluation pass gives its utilization.
+        self.usage_counts.add_(counts * finite)
+        if training:
+            self._update_codebook_state(features, result.indices, counts, finite, sync)
+            self.skipped_nonfinite.add_(~finite)
 
     def _syncs(self) -> bool:
         return self.sync_stats is not False and distributed.is_distributed(self.process_group)

@@ -604,12 +604,7 @@ class VectorQuantize(CodebookState, Losses, nn.Module):
         # The codes this forward chooses among, kept from the EMA step and refills that the
         # core forward makes in place (the clone stays differentiable in a learned codebook).
         codes = self._normalize(quantizer.codes().clone())
-        training = quantizer.training
-        quantizer.train(update)
-        try:
-            indices = quantizer(rows).indices
-        finally:
-            quantizer.train(training)
+        indices = quantizer.assign_and_update(rows, update)
         chosen = gather_codes(codes, indices, self.backend)
         return Step(self._normalize(rows.float()), chosen, indices, codes)
 

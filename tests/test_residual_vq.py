@@ -253,13 +253,18 @@ def test_beam_search_forward_size_and_grouped_match_peer():
     assert_same_outputs(theirs.eval()(x), ours.eval()(x))
 
 
-def test_beam_search_updates_every_layer_with_the_kept_path():
-    """Each layer's EMA step takes the kept path's codes and that layer's residual. (The
-    peer updates only the first layer: it takes ``all_residuals[..., 0, :]`` on the layer
-    axis.)"""
-    decay = 0.8
-    ours = ResidualVQ(dim=DIM, num_quantizers=3, codebook_size=CODES, beam_size=3, decay=decay)
+@pytest.mark.parametrize("shared", [False, True])
+def test_beam_search_updates_every_layer_with_the_kept_path(shared):
+    """Each layer's EMA step takes the kept path's codes and that layer's residual (a shared
+    codebook one step per layer, then recomputed once); the codebooks are the smoothed means.
+    (The peer updates only the first layer: it takes ``all_residuals[..., 0, :]`` on the
+    layer axis.)"""
+    decay, eps = 0.8, 1e-5
+    ours = ResidualVQ(
+        dim=DIM, num_quantizers=3, codebook_size=CODES, beam_size=3, shared_codebook=shared
+    )
     codebooks = [layer.codebook.clone() for layer in ours.layers]
+    expected = {id(layer): (torch.ones(CODES), layer.codebook.clone()) for layer in ours.layers}
     x = batch(2, 50, DIM)
     indices = ours.train()(x)[1]
     residual = x.reshape(-1, DIM)
@@ -267,11 +272,19 @@ def test_beam_search_updates_every_layer_with_the_kept_path():
         layer_indices = layer_indices.reshape(-1)
         counts = torch.bincount(layer_indices, minlength=CODES).float()
         sums = torch.zeros(CODES, DIM).index_add_(0, layer_indices, residual)
-        cluster_size = decay + (1 - decay) * counts
-        torch.testing.assert_close(layer._codebook.cluster_size.flatten(), cluster_size)
-        embed_sum = decay * codebook + (1 - decay) * sums
-        torch.testing.assert_close(layer._codebook.embed_avg.reshape(CODES, DIM), embed_sum)
+        cluster_size, embed_sum = expected[id(layer)]
+        expected[id(layer)] = (
+            decay * cluster_size + (1 - decay) * counts,
+            decay * embed_sum + (1 - decay) * sums,
+        )
         residual = residual - codebook[layer_indices]
+    for layer in ours.layers:
+        cluster_size, embed_sum = expected[id(layer)]
+        torch.testing.assert_close(layer._codebook.cluster_size.flatten(), cluster_size)
+        torch.testing.assert_close(layer._codebook.embed_avg.reshape(CODES, DIM), embed_sum)
+        total = cluster_size.sum()
+        smoothed = (cluster_size + eps) / (total + CODES * eps) * total
+        torch.testing.assert_close(layer.codebook, embed_sum / smoothed[:, None])
 
 
 def test_beam_search_frozen_codebooks_stay():

@@ -286,8 +286,10 @@ class VectorQuantizer(nn.Module):
         self, features: Tensor, result: Assignment, finite: Tensor, training: bool, sync: bool
     ) -> None:
         counts = self._global(distributed.all_reduce_histogram, result.counts, sync)
+        # A skipped batch counts no token.
+        counts = counts * finite
         # Counted in eval mode too: reset_usage() then an evaluation pass gives its utilization.
-        self.usage_counts.add_(counts * finite)
+        self.usage_counts.add_(counts)
         if training:
             self._update_codebook_state(features, result.indices, counts, finite, sync)
             self.skipped_nonfinite.add_(~finite)
@@ -380,7 +382,7 @@ class VectorQuantizer(nn.Module):
         self, features: Tensor, indices: Tensor, counts: Tensor, finite: Tensor, sync: bool
     ) -> None:
         # No host sync: each table's new value is written through one torch.where on the 0-dim
-        # "all finite" flag (or, for the counts, an update scaled by it), so a non-finite batch
+        # "all finite" flag (or, for the sizes, a decay of 1 and zero counts), so a non-finite batch
         # leaves every table as it was. Each elementwise pass over a (K, D) table costs a
         # parallel region, so the passes are kept few (no clones, no separate restores).
         if self.ema:
@@ -392,10 +394,10 @@ class VectorQuantizer(nn.Module):
                 self.embed_sum,
                 out=self.embed_sum,
             )
-        # counts is the histogram of indices (all ranks' when synchronised): never non-finite,
-        # so a rate of 0 keeps the sizes of a skipped batch.
-        rate = (1 - self.decay) * finite
-        self.cluster_size.mul_(1 - rate).add_(counts * rate)
+        # counts is the histogram of indices (all ranks' when synchronised), zeros for a skipped
+        # batch, whose sizes a decay of 1 then keeps.
+        self.cluster_size.mul_(torch.where(finite, self.decay, 1.0))
+        self.cluster_size.add_(counts, alpha=1 - self.decay)
         if self.ema:
             total = self.cluster_size.sum()
             smoothed = (self.cluster_size + LAPLACE_EPS) * (

@@ -580,7 +580,8 @@ class VectorQuantize(CodebookState, Losses, nn.Module):
                 parts.append(value.reshape(shape))
             else:
                 parts.append(value.new_full(shape, fill).index_put((where,), value))
-        return torch.cat(parts, dim=2)
+        # One codebook: its values as they are (a cat of one part would copy them).
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
     # ---- one codebook ----------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 from functools import partial
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -288,48 +289,41 @@ class ResidualVQ(nn.Module):
         training the layers' codebooks are then updated with the kept path's codes."""
         shape = features.shape
         features = features.flatten(1, -2) if features.dim() > 3 else features
-        batch, tokens, dim = features.shape
-        mask = options.get("mask")
-        # Per token and kept path: (B, N, J, ...); "inputs" are each layer's residual.
-        residual, quantized = features[:, :, None], torch.zeros_like(features[:, :, None])
-        scores = features.new_zeros((batch, tokens, 1), dtype=torch.float32)
-        indices = torch.empty((batch, tokens, 1, 0), dtype=torch.int64, device=features.device)
-        losses = scores.new_empty((batch, tokens, 1, 0))
-        inputs = features.new_empty((batch, tokens, 1, 0, dim))
+        paths = _Paths.start(features)
         for index, layer in enumerate(self.layers[: last + 1]):
-            paths = residual.shape[2]
-            layer_options = options | {"topk": beam_size}
-            if mask is not None:
-                layer_options["mask"] = mask.repeat_interleave(paths, dim=1)
-            top, top_indices, top_losses = layer(residual.flatten(1, 2), **layer_options)
-            codes_per_path = top_indices.shape[-1]
-            candidates = (top, top_indices, top_losses)
-            top, top_indices, top_losses = (t.unflatten(1, (tokens, paths)) for t in candidates)
-            weighted = top_losses.float() * self.beam_score_weights[index]
-            scores = (scores[..., None] - weighted).flatten(2)
             kept = beam_size if index < last else 1
-            if scores.shape[-1] > kept:
-                scores, chosen = scores.topk(kept, dim=-1)
-            else:
-                chosen = torch.arange(scores.shape[-1], device=scores.device).expand_as(scores)
-            parents = chosen.div(codes_per_path, rounding_mode="floor")
-            codes = _take_paths(top.flatten(2, 3), chosen)
-            new_index = _take_paths(top_indices.flatten(2), chosen)
-            new_loss = _take_paths(top_losses.flatten(2).float(), chosen)
-            residual = _take_paths(residual, parents)
-            layer_input = residual.detach()[..., None, :]
-            inputs = torch.cat([_take_paths(inputs, parents), layer_input], dim=-2)
-            residual = residual - _gradient_fraction(codes, self.quant_grad_frac)
-            quantized = _take_paths(quantized, parents) + codes
-            indices = torch.cat([_take_paths(indices, parents), new_index[..., None]], dim=-1)
-            losses = torch.cat([_take_paths(losses, parents), new_loss[..., None]], dim=-1)
-        quantized, indices, losses, inputs = (
-            t[:, :, 0] for t in (quantized, indices, losses, inputs)
-        )
+            paths = self._extend_paths(paths, layer, index, options, beam_size, kept)
+        best = _Paths(*(t[:, :, 0] for t in paths))
         if self.training:
-            self._update_with_paths(inputs, indices, options)
-        return self._stack_kept(
-            quantized.reshape(shape), indices, _mean_over_tokens(losses, mask), shape
+            self._update_with_paths(best.inputs, best.indices, options)
+        losses = _mean_over_tokens(best.losses, options.get("mask"))
+        return self._stack_kept(best.quantized.reshape(shape), best.indices, losses, shape)
+
+    def _extend_paths(self, paths, layer, index: int, options: dict, beam_size: int, kept: int):
+        """One layer of the search: every path's ``beam_size`` nearest codes, then the
+        ``kept`` best of the extended paths (all of them, in order, when they are no more)."""
+        tokens, count = paths.residual.shape[1:3]
+        layer_options = options | {"topk": beam_size}
+        if "mask" in options:
+            layer_options["mask"] = options["mask"].repeat_interleave(count, dim=1)
+        outputs = layer(paths.residual.flatten(1, 2), **layer_options)
+        # (B, N, J, k, ...): k codes for each of the J paths.
+        codes, code_indices, code_losses = (t.unflatten(1, (tokens, count)) for t in outputs)
+        weighted = code_losses.float() * self.beam_score_weights[index]
+        scores = (paths.scores[..., None] - weighted).flatten(2)
+        if scores.shape[-1] > kept:
+            scores, chosen = scores.topk(kept, dim=-1)
+        else:
+            chosen = torch.arange(scores.shape[-1], device=scores.device).expand_as(scores)
+        parents = _take_paths_of(paths, chosen.div(code_indices.shape[-1], rounding_mode="floor"))
+        codes = _take_paths(codes.flatten(2, 3), chosen)
+        return _Paths(
+            residual=parents.residual - _gradient_fraction(codes, self.quant_grad_frac),
+            quantized=parents.quantized + codes,
+            scores=scores,
+            indices=_append(parents.indices, _take_paths(code_indices.flatten(2), chosen)),
+            losses=_append(parents.losses, _take_paths(code_losses.flatten(2).float(), chosen)),
+            inputs=torch.cat([parents.inputs, parents.residual.detach()[..., None, :]], dim=-2),
         )
 
     @torch.no_grad()
@@ -452,6 +446,42 @@ class GroupedResidualVQ(nn.Module):
             torch.stack(losses),
         )
         return result + tuple(all_codes)
+
+
+class _Paths(NamedTuple):
+    """Beam search's kept partial paths, ``(B, N, J, ...)`` per token: the residual left, the
+    sum of the chosen codes, the score, the codes' indices and losses so far, and the input
+    of each layer so far (for the codebook updates)."""
+
+    residual: Tensor
+    quantized: Tensor
+    scores: Tensor
+    indices: Tensor
+    losses: Tensor
+    inputs: Tensor
+
+    @classmethod
+    def start(cls, features: Tensor) -> _Paths:
+        """One empty path per token of ``features`` (B, N, d)."""
+        batch, tokens, dim = features.shape
+        scores = features.new_zeros((batch, tokens, 1), dtype=torch.float32)
+        return cls(
+            residual=features[:, :, None],
+            quantized=torch.zeros_like(features[:, :, None]),
+            scores=scores,
+            indices=scores.new_empty((batch, tokens, 1, 0), dtype=torch.int64),
+            losses=scores.new_empty((batch, tokens, 1, 0)),
+            inputs=features.new_empty((batch, tokens, 1, 0, dim)),
+        )
+
+
+def _take_paths_of(paths: _Paths, chosen: Tensor) -> _Paths:
+    return _Paths(*(_take_paths(values, chosen) for values in paths))
+
+
+def _append(values: Tensor, last: Tensor) -> Tensor:
+    """(B, N, J, l) and (B, N, J) → (B, N, J, l + 1)."""
+    return torch.cat([values, last[..., None]], dim=-1)
 
 
 class ImplicitCodebookMLP(nn.Module):

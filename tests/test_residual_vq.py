@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from test_distributed import TIMEOUT, init_group, spawn
+from torch.profiler import ProfilerActivity, profile
 
 from wvq_kernels.nn import GroupedResidualVQ, ResidualVQ
 
@@ -312,6 +313,27 @@ def test_beam_search_with_mask_matches_peer_and_is_per_token():
     assert torch.equal(indices[1, :12], alone[1][0]) and torch.equal(quantized[1, :12], alone[0][0])
     assert (quantized[~mask] == 0).all() and (indices[~mask] == -1).all()
     assert torch.equal(indices[0], ours(x[:1])[1][0])
+
+
+def test_beam_search_allocates_no_tokens_by_codes_matrix():
+    """At K = 65,536 no operation of a training step (forward, backward, EMA steps) or an
+    eval forward allocates more than a few codebooks' worth, where the N×K distances would
+    be 16 times more. Measured with torch's profiler, which records every CPU allocation."""
+    tokens, codes, dim = 512, 65536, 8
+    ours = ResidualVQ(dim=dim, num_quantizers=3, codebook_size=codes, beam_size=4)
+    x = batch(1, tokens, dim).requires_grad_()
+
+    def step():
+        quantized, _, losses = ours.train()(x)
+        (quantized.sum() + losses.sum()).backward()
+        ours.eval()(x)
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        step()
+    largest = max(event.cpu_memory_usage for event in profiler.events())
+    codebook_bytes = codes * dim * 4
+    assert largest <= 2 * codebook_bytes < tokens * codes * 4 / 16
 
 
 @pytest.mark.parametrize("train", [False, True])

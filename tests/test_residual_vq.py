@@ -470,9 +470,15 @@ def test_peer_defaults_are_accepted_and_declined_options_give_reasons():
 
 @pytest.mark.parametrize("mode", ["autocast_bf16", "autocast_fp16", "module_bf16"])
 @pytest.mark.parametrize("grouped", [False, True])
-def test_mixed_precision_training_step(mode, grouped):
+@pytest.mark.parametrize(
+    "search",
+    [{}, {"beam_size": 3}, {"implicit_neural_codebook": True}],
+    ids=["greedy", "beam", "implicit"],
+)
+def test_mixed_precision_training_step(mode, grouped, search):
     torch.manual_seed(0)
     options = {"dim": DIM, "num_quantizers": 3, "codebook_size": CODES, "codebook_dim": 8}
+    options |= search
     module = GroupedResidualVQ(groups=2, **options) if grouped else ResidualVQ(**options)
     x = batch(2, 30, DIM)
     if mode == "module_bf16":

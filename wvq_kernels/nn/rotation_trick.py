@@ -32,7 +32,8 @@ class _RotateTo(torch.autograd.Function):
 
     @staticmethod
     def forward(features: Tensor, codes: Tensor) -> Tensor:
-        return codes.clone()
+        # A view, not a copy: the codes are the value.
+        return codes.view_as(codes)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:

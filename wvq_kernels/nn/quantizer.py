@@ -86,8 +86,8 @@ class VectorQuantizer(nn.Module):
 
     Non-finite input: a forward whose features (after ``project_in``) hold a NaN or an Inf
     changes no state: codebook, EMA buffers, cluster sizes, usage counters, feature queue,
-    reservoir and random stream keep their values (every update is written through
-    ``torch.where`` on one 0-dim "all finite" flag, so there is no host sync), its loss is
+    reservoir and random stream keep their values (every update is gated on one 0-dim "all
+    finite" flag, by ``torch.where`` or by zeroed counts, so there is no host sync), its loss is
     non-finite so the caller sees it (and should skip the optimizer step), and in training the
     int64 buffer ``skipped_nonfinite`` counts it. Training continues as if the batch had never
     been seen. The one exception is ``kmeans_init``: k-means syncs with the host anyway, so a

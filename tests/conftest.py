@@ -2,6 +2,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import settings
@@ -121,3 +122,25 @@ def run_on_isa(cpu_isa, tmp_path):
         return torch.load(outputs)
 
     return run
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """A VQ-VAE run small enough for a test: 256 random images, K = 64, 40 steps."""
+    from wvq_kernels.vqvae import TrainConfig
+
+    images = np.random.default_rng(0).integers(0, 256, (256, 32, 32, 3), dtype=np.uint8)
+    np.savez(tmp_path / "tiny.npz", x=images)
+    return TrainConfig(
+        name="tiny",
+        codebook_size=64,
+        steps=40,
+        minutes=1,
+        batch_size=16,
+        eval_every=20,
+        checkpoint_every=20,
+        eval_size=64,
+        hidden=16,
+        data=str(tmp_path / "tiny.npz"),
+        out_dir=str(tmp_path / "runs"),
+    )

@@ -1,9 +1,8 @@
 import json
 
-import numpy as np
 import pytest
 
-from wvq_kernels.vqvae import TrainConfig, train
+from wvq_kernels.vqvae import train
 
 ARTEFACTS = (
     "metrics.json",
@@ -13,25 +12,6 @@ ARTEFACTS = (
     "reconstructions.png",
     "checkpoint.pt",
 )
-
-
-@pytest.fixture
-def tiny_config(tmp_path):
-    images = np.random.default_rng(0).integers(0, 256, (256, 32, 32, 3), dtype=np.uint8)
-    np.savez(tmp_path / "tiny.npz", x=images)
-    return TrainConfig(
-        name="tiny",
-        codebook_size=64,
-        steps=40,
-        minutes=1,
-        batch_size=16,
-        eval_every=20,
-        checkpoint_every=20,
-        eval_size=64,
-        hidden=16,
-        data=str(tmp_path / "tiny.npz"),
-        out_dir=str(tmp_path / "runs"),
-    )
 
 
 def test_short_run_raises_utilization_and_writes_artefacts(tiny_config, tmp_path):

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import tempfile
 
-import numpy as np
 import pytest
 import torch
 from test_distributed import init_group, spawn
@@ -30,22 +29,9 @@ TIMEOUT = datetime.timedelta(minutes=3)
 
 
 @pytest.fixture
-def tiny_config(tmp_path):
-    images = np.random.default_rng(0).integers(0, 256, (256, 32, 32, 3), dtype=np.uint8)
-    np.savez(tmp_path / "tiny.npz", x=images)
-    return TrainConfig(
-        name="tiny",
-        codebook_size=64,
-        steps=20,
-        minutes=5,
-        batch_size=16,
-        eval_every=10,
-        checkpoint_every=10,
-        eval_size=64,
-        hidden=16,
-        data=str(tmp_path / "tiny.npz"),
-        out_dir=str(tmp_path / "runs"),
-    )
+def config(tiny_config):
+    """conftest's tiny run, 20 steps with an evaluation and a checkpoint every 10."""
+    return dataclasses.replace(tiny_config, steps=20, minutes=5, eval_every=10, checkpoint_every=10)
 
 
 def train_worker(config: TrainConfig, resume_from: int | None, rank, world, folder) -> None:
@@ -83,12 +69,12 @@ def assert_same_state(a: dict, b: dict) -> None:
             assert a[key] == b[key], key
 
 
-def test_two_ranks_hold_the_same_model_and_match_one_process(tiny_config):
-    ranks = run_ranks(tiny_config, 2)
+def test_two_ranks_hold_the_same_model_and_match_one_process(config):
+    ranks = run_ranks(config, 2)
     (state0, history0), (state1, history1) = ranks
     assert_same_state(state0, state1)
     assert history0 == history1
-    single = train(tiny_config, log=lambda _: None)
+    single = train(config, log=lambda _: None)
     assert [row["step"] for row in history0] == [row["step"] for row in single] == [10, 20]
     for split, whole in zip(history0, single, strict=True):
         assert abs(split["utilization"] - whole["utilization"]) <= 0.02
@@ -110,10 +96,10 @@ def evaluate_fixture(config: TrainConfig) -> dict:
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_evaluation_over_ranks_gives_the_metrics_of_the_whole_set(tiny_config, world):
+def test_evaluation_over_ranks_gives_the_metrics_of_the_whole_set(config, world):
     folder = tempfile.mkdtemp(prefix="wvq-eval-dist-")
-    spawn(functools.partial(evaluate_worker, tiny_config), world, folder)
-    whole = evaluate_fixture(tiny_config)
+    spawn(functools.partial(evaluate_worker, config), world, folder)
+    whole = evaluate_fixture(config)
     for rank in range(world):
         split = torch.load(os.path.join(folder, f"rank{rank}.pt"))
         assert split["utilization"] == whole["utilization"]
@@ -122,19 +108,19 @@ def test_evaluation_over_ranks_gives_the_metrics_of_the_whole_set(tiny_config, w
         assert split["psnr"] == pytest.approx(whole["psnr"], abs=1e-4)
 
 
-def test_a_resumed_two_rank_run_continues_exactly(tiny_config):
-    (state, history), _ = run_ranks(tiny_config, 2)
-    tiny_config.name = "resumed"
-    (resumed_state, resumed_history), _ = run_ranks(tiny_config, 2, resume_from=10)
+def test_a_resumed_two_rank_run_continues_exactly(config):
+    (state, history), _ = run_ranks(config, 2)
+    config.name = "resumed"
+    (resumed_state, resumed_history), _ = run_ranks(config, 2, resume_from=10)
     assert resumed_history == history
     assert_same_state(resumed_state, state)
 
 
-def test_nsvq_stages_train_on_three_ranks_in_step(tiny_config):
+def test_nsvq_stages_train_on_three_ranks_in_step(config):
     """NSVQ's three stages (frozen encoder, then the adversarial decoder with its discriminator
     outside DDP) with 18 images per global batch, 6 on each of 3 ranks."""
     config = dataclasses.replace(
-        tiny_config,
+        config,
         name="nsvq",
         quantizer="nsvq",
         strategy="nsvq",
@@ -151,9 +137,9 @@ def test_nsvq_stages_train_on_three_ranks_in_step(tiny_config):
     assert [row["stage"] for row in ranks[0][1]] == ["joint", "adversarial"]
 
 
-def test_a_global_batch_that_does_not_split_evenly_is_refused(tiny_config):
+def test_a_global_batch_that_does_not_split_evenly_is_refused(config):
     folder = tempfile.mkdtemp(prefix="wvq-train-dist-")
-    config = dataclasses.replace(tiny_config, batch_size=17)
+    config = dataclasses.replace(config, batch_size=17)
     with pytest.raises(Exception, match="batch_size: expected a multiple of the 2 processes"):
         spawn(functools.partial(train_worker, config, None), 2, folder)
 
@@ -164,9 +150,9 @@ def test_nproc_relaunch_drops_only_its_own_option():
 
 
 @pytest.mark.slow
-def test_cli_nproc_trains_on_two_processes_and_rank_zero_writes_once(tiny_config, tmp_path):
+def test_cli_nproc_trains_on_two_processes_and_rank_zero_writes_once(config, tmp_path):
     command = [sys.executable, "-m", "wvq_kernels.cli", "train", "--nproc", "2"]
-    options = ["--data", tiny_config.data, "--steps", "4", "--codebook-size", "64"]
+    options = ["--data", config.data, "--steps", "4", "--codebook-size", "64"]
     options += ["--batch-size", "16", "--out", str(tmp_path / "cli"), "--name", "two"]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run(

@@ -41,9 +41,17 @@ def test_op_script_reports_each_provider_against_its_baseline(script, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "vs baseline" in done.stdout
     rows = _results(tmp_path)
-    assert len({row["provider"] for row in rows}) >= 2
-    assert all(row["median_ms"] > 0 and row["vs_baseline"] > 0 for row in rows)
-    assert sum(row["vs_baseline"] == 1.0 for row in rows) >= 1
+    # A peer that is not installed here (faiss without the bench extras) keeps its row, with
+    # the reason; every other provider is measured.
+    skipped = [row for row in rows if row["median_ms"] is None]
+    assert all(row["note"].startswith("skipped: ") for row in skipped)
+    measured = [row for row in rows if row["median_ms"] is not None]
+    assert len({row["provider"] for row in measured}) >= 2
+    assert all(row["median_ms"] > 0 for row in measured)
+    ratios = [row["vs_baseline"] for row in measured if row["vs_baseline"] is not None]
+    # Ratios exist exactly when the baseline itself was measured.
+    assert (len(ratios) == len(measured)) == (1.0 in ratios)
+    assert all(ratio > 0 for ratio in ratios)
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 import torch
@@ -45,6 +46,8 @@ def train_worker(config: TrainConfig, resume_from: int | None, rank, world, fold
 
     def capture(self, path):
         captured["model"] = copy.deepcopy(self.model.state_dict())
+        if rank == 0:
+            time.sleep(1)  # a slow disk: the other ranks must wait for the checkpoint
         original_save(self, path)
 
     Trainer.save_on_main = capture

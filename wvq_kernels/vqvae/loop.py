@@ -287,6 +287,9 @@ def train(config: TrainConfig, *, resume: bool = False, log=print) -> list[dict]
         history.append({"step": trainer.step, "stage": schedule[-1].name, **final})
     if parallel.is_main():
         write_artefacts(run_dir, config, trainer, eval_set)
+    # No rank returns before rank 0 has written the checkpoint: a caller that resumes next
+    # (or reads the artefacts) would otherwise race it.
+    parallel.wait_for_all()
     log(
         f"final {describe(history[-1])} ({config.quantizer}, K={config.codebook_size}); "
         f"plot {run_dir / 'usage.png'}"

@@ -105,6 +105,11 @@ def add_other_ranks_usage(quantizer, indices: torch.Tensor) -> None:
     quantizer.usage_counts.add_(distributed.all_reduce_histogram(local) - local)
 
 
+def wait_for_all() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
 def any_rank(flag: bool) -> bool:
     """True on every rank when ``flag`` is true on any: ranks must leave a loop on the same
     step (a wall-clock deadline passes at slightly different times on each)."""

@@ -23,6 +23,11 @@ TORCH_LIBRARY(wvq, m) {
   m.def("moments(Tensor x) -> (Tensor, Tensor, Tensor)");
   m.def("soft_assign_stats(Tensor x, Tensor codebook, float tau, float lam)"
         " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // ---- issue 16: sample_codes, soft_assign_entropy ----
+  m.def("sample_codes(Tensor x, Tensor codebook, float temperature, int seed, str metric,"
+        " str precision) -> (Tensor, Tensor)");
+  m.def("soft_assign_entropy(Tensor x, Tensor codebook, float tau) -> (Tensor, Tensor)");
+  // ---- end issue 16 ----
   m.def("cpu_isa() -> str", &wvq::cpu::cpu_isa);
 }
 
@@ -33,4 +38,6 @@ TORCH_LIBRARY_IMPL(wvq, CPU, m) {
   m.impl("usage", &wvq::cpu::usage);
   m.impl("moments", &wvq::cpu::moments);
   m.impl("soft_assign_stats", &wvq::cpu::soft_assign_stats);
+  m.impl("sample_codes", &wvq::cpu::sample_codes);                // issue 16
+  m.impl("soft_assign_entropy", &wvq::cpu::soft_assign_entropy);  // issue 16
 }

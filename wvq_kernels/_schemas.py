@@ -21,6 +21,13 @@ SCHEMAS = {
         "(Tensor x, Tensor codebook, float tau, float lam)"
         " -> (Tensor, Tensor, Tensor, Tensor, Tensor)"
     ),
+    # ---- issue 16 ----
+    "sample_codes": (
+        "(Tensor x, Tensor codebook, float temperature, int seed, str metric, str precision)"
+        " -> (Tensor, Tensor)"
+    ),
+    "soft_assign_entropy": "(Tensor x, Tensor codebook, float tau) -> (Tensor, Tensor)",
+    # ---- end issue 16 ----
 }
 
 # Ops of the C++ library that take no tensors and exist on the CPU extension only.

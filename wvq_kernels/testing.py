@@ -509,3 +509,36 @@ def skewed_indices(shape, num_codes: int, *, dtype=torch.int64, device="cpu", se
     generator = torch.Generator().manual_seed(seed)
     values = (torch.rand(shape, generator=generator) ** 3 * num_codes).long()
     return values.clamp_max(num_codes - 1).to(device=device, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# sample_codes (issue 16)
+
+# The chi-squared test's threshold: a correct sampler fails it once in a thousand seeds.
+SAMPLING_P_VALUE = 1e-3
+
+
+def sampling_probabilities64(row: Tensor, codebook: Tensor, temperature: float, metric: str):
+    """softmax(-d(row, c_j) / T) over the codes, in float64: what one draw must follow."""
+    distances = distances64(row.reshape(1, -1), codebook, metric)[0]
+    return torch.softmax(-distances / temperature, dim=0)
+
+
+def chi_squared_p_value(indices: Tensor, probabilities: Tensor) -> float:
+    """The p-value of Pearson's chi-squared test that ``indices`` are independent draws from
+    ``probabilities`` (K,): the upper tail of chi^2 with K - 1 degrees of freedom, from the
+    regularised incomplete gamma function. Codes whose expected count is below 5 (where the
+    chi-squared approximation fails) are pooled into one cell."""
+    probabilities = probabilities.detach().cpu().double()
+    counts = torch.bincount(indices.reshape(-1).cpu(), minlength=probabilities.shape[0]).double()
+    expected = probabilities * counts.sum()
+    rare = expected < 5
+    observed = torch.cat([counts[~rare], counts[rare].sum().reshape(1)])
+    expected = torch.cat([expected[~rare], expected[rare].sum().reshape(1)])
+    keep = expected > 0
+    if bool((observed[~keep] > 0).any()):
+        return 0.0  # a draw of probability zero
+    observed, expected = observed[keep], expected[keep]
+    statistic = ((observed - expected).square() / expected).sum()
+    freedom = torch.tensor(float(observed.shape[0] - 1), dtype=torch.float64)
+    return float(torch.special.gammaincc(freedom / 2, statistic / 2))

@@ -26,8 +26,10 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <vector>
 
+#include "common/counter_hash.h"
 #include "common/input_scale.h"
 #include "cpu_ops.h"
 #include "microkernel.h"
@@ -239,13 +241,32 @@ struct Partials {
   std::vector<int64_t> index;
 };
 
+// sample_codes' Gumbel noise: 1 / T in score units and the key of the seed.
+struct Sampling {
+  float inv_temperature;
+  uint32_t seed_word;
+};
+
 // What every task of one call shares: how rows become operands, and the kernel.
 struct Problem {
   Metric metric;
   Encoding e;
   const MicroKernel& kernel;
-  double row_scale;  // the power of two of input_scales
+  double row_scale;          // the power of two of input_scales
+  const Sampling* sampling;  // nullptr: the nearest code (assign)
 };
+
+// The counter keys of rows [first_row, first_row + count), two per row; none for assign.
+std::vector<uint32_t> sampling_keys(const Problem& p, int64_t first_row, int64_t count) {
+  if (p.sampling == nullptr) return {};
+  std::vector<uint32_t> keys(2 * count);
+  for (int64_t r = 0; r < count; ++r) {
+    const RowKeys row = row_keys(p.sampling->seed_word, static_cast<uint64_t>(first_row + r));
+    keys[2 * r] = row.first;
+    keys[2 * r + 1] = row.second;
+  }
+  return keys;
+}
 
 // Scans the codes of one pass (packed from code `first_code` on) for one block of rows.
 template <typename scalar_t>
@@ -264,6 +285,10 @@ void scan_task(const scalar_t* x, int64_t num_rows, int64_t block, int64_t segme
   }
   const int64_t first_chunk = segment * plan.chunks_per_segment;
   const int64_t end_chunk = std::min(codes.num_chunks, first_chunk + plan.chunks_per_segment);
+  // Keys for every row of the block, those past `count` included: the last tile reads them.
+  const std::vector<uint32_t> keys = sampling_keys(p, first_row, plan.row_block);
+  const ScanFn scan = p.sampling != nullptr ? p.kernel.sample : p.kernel.scan;
+  const float inv_temperature = p.sampling != nullptr ? p.sampling->inv_temperature : 0.0f;
   std::vector<float> best(plan.row_block, std::numeric_limits<float>::infinity());
   std::vector<int64_t> best_index(plan.row_block, first_code + first_chunk * chunk_codes);
   const float* packed = codes.values.data_ptr<float>();
@@ -274,8 +299,9 @@ void scan_task(const scalar_t* x, int64_t num_rows, int64_t block, int64_t segme
       const ScanArgs args{rows.data() + t * units, units, packed + chunk * units * chunk_codes,
                           bias + chunk * chunk_codes, units, chunks,
                           first_code + chunk * chunk_codes, best.data() + t,
-                          best_index.data() + t};
-      p.kernel.scan(args);
+                          best_index.data() + t, inv_temperature,
+                          p.sampling != nullptr ? keys.data() + 2 * t : nullptr};
+      scan(args);
     }
   }
   const int64_t offset = segment * num_rows + first_row;
@@ -341,13 +367,23 @@ void finalize(const scalar_t* x, const scalar_t* codebook, int64_t num_rows, int
   });
 }
 
-}  // namespace
+// ---- the entry points: assign, and sample_codes (the same scan with a Gumbel epilogue) ----
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> assign(const at::Tensor& x_in,
-                                                      const at::Tensor& codebook_in,
-                                                      const std::string& metric_name,
-                                                      const std::string& precision,
-                                                      bool histogram) {
+struct SampleRequest {
+  double temperature;  // > 0
+  int64_t seed;
+};
+
+// 1 / T in the kernel's score units: l2 scores are s^2 (|c|^2 - 2 x.c) = s^2 (d - |x|^2), dot
+// scores s_rows s_codes d, cosine scores d - 1; the per-row constants do not move the argmin.
+double inverse_temperature(Metric metric, const Scales& scales, double temperature) {
+  if (metric == Metric::kCosine) return 1.0 / temperature;
+  return 1.0 / (temperature * scales.rows * scales.codes);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_and_report(
+    const at::Tensor& x_in, const at::Tensor& codebook_in, const std::string& metric_name,
+    const std::string& precision, bool histogram, const SampleRequest* sample) {
   TORCH_CHECK(x_in.dim() == 2 && codebook_in.dim() == 2, "wvq::assign: x and codebook must be 2-D");
   TORCH_CHECK(x_in.size(1) == codebook_in.size(1), "wvq::assign: dimension mismatch");
   TORCH_CHECK(codebook_in.size(0) > 0, "wvq::assign: empty codebook");
@@ -373,7 +409,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> assign(const at::Tensor& x_in,
   const int threads = at::get_num_threads();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "wvq_assign_cpu", [&] {
     const Scales scales = input_scales<scalar_t>(metric, x, codebook);
-    const Problem problem{metric, encoding, kernel, scales.rows};
+    std::optional<Sampling> sampling;
+    if (sample != nullptr) {
+      const auto inv = static_cast<float>(inverse_temperature(metric, scales, sample->temperature));
+      // A temperature so small that 1 / T overflows is T = 0: the nearest code.
+      if (std::isfinite(inv)) {
+        sampling = Sampling{inv, seed_key(static_cast<uint64_t>(sample->seed))};
+      }
+    }
+    const Problem problem{metric, encoding, kernel, scales.rows,
+                          sampling ? &*sampling : nullptr};
     const scalar_t* x_data = x.data_ptr<scalar_t>();
     const scalar_t* codes = codebook.data_ptr<scalar_t>();
     int64_t* chosen = indices.data_ptr<int64_t>();
@@ -385,6 +430,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> assign(const at::Tensor& x_in,
              histogram ? counts.data_ptr<int64_t>() : nullptr);
   });
   return {indices, distances, counts};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> assign(const at::Tensor& x,
+                                                      const at::Tensor& codebook,
+                                                      const std::string& metric,
+                                                      const std::string& precision,
+                                                      bool histogram) {
+  return scan_and_report(x, codebook, metric, precision, histogram, nullptr);
+}
+
+std::tuple<at::Tensor, at::Tensor> sample_codes(const at::Tensor& x, const at::Tensor& codebook,
+                                                double temperature, int64_t seed,
+                                                const std::string& metric,
+                                                const std::string& precision) {
+  TORCH_CHECK(std::isfinite(temperature) && temperature >= 0.0,
+              "wvq::sample_codes: temperature must be a finite number >= 0, got ", temperature);
+  const SampleRequest sample{temperature, seed};
+  auto [indices, distances, counts] = scan_and_report(x, codebook, metric, precision, false,
+                                                      temperature > 0.0 ? &sample : nullptr);
+  return {indices, distances};
 }
 
 std::string cpu_isa() { return isa_name(detect_isa()); }

@@ -18,6 +18,9 @@ struct ScanArgs {
   int64_t first_code;       // global index of the first code of the first chunk
   float* best;              // tile_rows running minima, updated in place
   int64_t* best_index;      // tile_rows running argmins, updated in place
+  // sample_codes only: 1 / T in score units, and per row its two counter keys (row_keys()).
+  float inv_temperature;
+  const uint32_t* row_keys;
 };
 
 using ScanFn = void (*)(const ScanArgs&);
@@ -26,7 +29,8 @@ struct MicroKernel {
   const char* name;      // "avx512-fp32", ...
   int tile_rows;         // rows per call of scan
   int chunk_codes;       // codes per packed chunk
-  ScanFn scan;
+  ScanFn scan;           // running minima of the scores (assign)
+  ScanFn sample;         // running minima of score / T + Gumbel noise (sample_codes)
 };
 
 // Kernels per ISA level; the bf16 entry exists only where vdpbf16ps does.

@@ -1,30 +1,17 @@
 // The assignment micro-kernel, written once and instantiated per ISA by isa_*.cpp, which define
 // `Isa` (vector type and a handful of operations) and `Dot` (fp32 FMA or bf16 pair dot product)
 // before including this file. A tile of MR rows x (NR vectors of codes) is accumulated in
-// registers over all dimensions; the epilogue reduces the NR score vectors of a row to one,
-// compares it with the row's running minimum and only when some score beats it (a handful of
-// times per row over a whole codebook) stores the scores and finds the index. Scanning codes in
+// registers over all dimensions; then an epilogue (scan_epilogues.h: the nearest code, or a
+// Gumbel-perturbed one) folds each row's scores into its running minimum. Scanning codes in
 // increasing order with a strict "<" keeps ties on the smallest index.
 #pragma once
 
 #include "microkernel.h"
+#include "scan_epilogues.h"
 
 namespace wvq::cpu::WVQ_ISA_NAMESPACE {
 
-template <int NR>
-static void update_row_minimum(const typename Isa::V (&scores)[NR], int64_t first_code,
-                               float* best, int64_t* best_index) {
-  alignas(64) float values[NR * Isa::kWidth];
-  for (int j = 0; j < NR; ++j) Isa::store(values + j * Isa::kWidth, scores[j]);
-  for (int t = 0; t < NR * Isa::kWidth; ++t) {
-    if (values[t] < *best) {
-      *best = values[t];
-      *best_index = first_code + t;
-    }
-  }
-}
-
-template <class Dot, int MR, int NR>
+template <class Dot, class Epilogue, int MR, int NR>
 static void scan(const ScanArgs& a) {
   using V = typename Isa::V;
   constexpr int kChunk = NR * Isa::kWidth;
@@ -51,21 +38,14 @@ static void scan(const ScanArgs& a) {
       }
     }
 #pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r) {
-      V low = acc[r][0];
-#pragma GCC unroll 16
-      for (int j = 1; j < NR; ++j) low = Isa::min(low, acc[r][j]);
-      if (Isa::any_less(low, a.best[r])) {
-        update_row_minimum<NR>(acc[r], a.first_code + c * kChunk, a.best + r,
-                                   a.best_index + r);
-      }
-    }
+    for (int r = 0; r < MR; ++r) Epilogue::apply(acc[r], a, r, a.first_code + c * kChunk);
   }
 }
 
 template <class Dot, int MR, int NR>
 static const MicroKernel& make_kernel(const char* name) {
-  static const MicroKernel kernel{name, MR, NR * Isa::kWidth, &scan<Dot, MR, NR>};
+  static const MicroKernel kernel{name, MR, NR * Isa::kWidth, &scan<Dot, NearestEpilogue, MR, NR>,
+                                  &scan<Dot, GumbelEpilogue, MR, NR>};
   return kernel;
 }
 

@@ -12,5 +12,6 @@ from wvq_kernels.triton import (  # noqa: F401  (registers the ops)
     assign,
     histogram,
     moments,
+    sample_codes,
     soft_assign,
 )

@@ -18,6 +18,7 @@ from wvq_kernels.testing import (
     chi_squared_p_value,
     pair_distances64,
     random_inputs,
+    sampling_failures,
     sampling_probabilities64,
     strided,
 )
@@ -55,6 +56,17 @@ def test_draws_follow_the_exact_softmax(backend, device, metric, temperature):
     assert probabilities.max() < 0.9  # the test has power: several codes are likely
     p_value = chi_squared_p_value(drawn.indices, probabilities)
     assert p_value > SAMPLING_P_VALUE, p_value
+
+
+def test_the_check_oracle_passes_every_backend(backend, device):
+    """wvq check's judgement (testing.sampling_failures) on this backend."""
+
+    def run(x, codebook, temperature, metric):
+        return wvq.sample_codes(
+            x.to(device), codebook.to(device), temperature, metric=metric, backend=backend
+        )
+
+    assert not sampling_failures(run)
 
 
 def test_a_wrong_temperature_fails_the_chi_squared_test():
@@ -225,6 +237,22 @@ def test_bad_arguments_are_named(kwargs, error, message):
     arguments = {"temperature": 1.0, **kwargs}
     with pytest.raises(error, match=message):
         wvq.sample_codes(x, codebook, arguments.pop("temperature"), **arguments)
+
+
+def test_traces_whole_under_torch_compile(fast_backend, fast_device):
+    """The fake kernel and the seed's key computed without reading a tensor: fullgraph capture
+    (without the finiteness check, a data-dependent branch)."""
+    if fast_device.type == "cpu" and fast_backend == "triton":
+        pytest.skip("the interpreter cannot run kernels on fake tensors (see test_triton_ops.py)")
+
+    def draw(x, codebook):
+        return wvq.sample_codes(
+            x, codebook, 0.5, seed=9, backend=fast_backend, check_finite=False
+        ).indices
+
+    compiled = torch.compile(draw, backend="aot_eager", fullgraph=True)
+    x, codebook = random_inputs(100, 70, 8, device=fast_device, seed=9)
+    assert torch.equal(compiled(x, codebook), draw(x, codebook))
 
 
 PEAK = """

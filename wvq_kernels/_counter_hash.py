@@ -18,7 +18,7 @@ HASH_MULTIPLIERS = (0x7FEB352D, 0x846CA68B)
 ROW_SALT, SECOND_KEY_SALT = 0x68E31DA4, 0x9E3779B9
 
 
-def multiply32(words: Tensor, constant: int) -> Tensor:
+def multiply32(words: Tensor | int, constant: int) -> Tensor | int:
     """(words * constant) mod 2^32 for words in [0, 2^32), in int64 without overflow: the high
     half of each word contributes only the low 16 bits of its product."""
     low = (words & MASK16) * constant
@@ -26,7 +26,7 @@ def multiply32(words: Tensor, constant: int) -> Tensor:
     return (low + high) & MASK32
 
 
-def hash32(words: Tensor) -> Tensor:
+def hash32(words: Tensor | int) -> Tensor | int:
     words = words ^ (words >> 16)
     words = multiply32(words, HASH_MULTIPLIERS[0])
     words = words ^ (words >> 15)
@@ -34,8 +34,9 @@ def hash32(words: Tensor) -> Tensor:
     return words ^ (words >> 16)
 
 
-def seed_key(seed: Tensor) -> Tensor:
-    """The 32-bit key of an int64 seed (also the key of counter_random's streams)."""
+def seed_key(seed: Tensor | int) -> Tensor | int:
+    """The 32-bit key of an int64 seed (also the key of counter_random's streams); a Python
+    int gives a Python int (its shifts are arithmetic, as int64 tensors' are)."""
     return hash32((seed & MASK32) ^ hash32((seed >> 32) & MASK32))
 
 

@@ -542,3 +542,68 @@ def chi_squared_p_value(indices: Tensor, probabilities: Tensor) -> float:
     statistic = ((observed - expected).square() / expected).sum()
     freedom = torch.tensor(float(observed.shape[0] - 1), dtype=torch.float64)
     return float(torch.special.gammaincc(freedom / 2, statistic / 2))
+
+
+def sampling_failures(run, num_codes: int = 10, dim: int = 5, rows: int = 4000) -> list[str]:
+    """``run(x, codebook, temperature, metric)`` -> Sample, judged on one row repeated ``rows``
+    times (independent draws, row by row): for each metric, a chi-squared test against the
+    exact float64 softmax, and temperature 0 must give the nearest code."""
+    failures = []
+    x, codebook = random_inputs(1, num_codes, dim, seed=num_codes + dim)
+    repeated = x.expand(rows, dim)
+    for metric, temperature in (("l2", 4.0), ("cosine", 0.2), ("dot", 1.5)):
+        drawn = run(repeated, codebook, temperature, metric)
+        probabilities = sampling_probabilities64(x[0], codebook, temperature, metric)
+        p_value = chi_squared_p_value(drawn.indices, probabilities)
+        if p_value <= SAMPLING_P_VALUE:
+            failures.append(f"{metric} T={temperature}: chi-squared p = {p_value:.2g}")
+        nearest = distances64(x, codebook, metric).argmin(dim=1)
+        greedy = run(repeated[:3], codebook, 0.0, metric)
+        if not bool((greedy.indices.cpu() == nearest).all()):
+            failures.append(f"{metric} T=0: not the nearest code")
+    return failures
+
+
+# ---------------------------------------------------------------------------------------------
+# soft_assign_entropy (issue 16)
+
+# Values and gradients within this of the float64 definition, relative (issue 16).
+ENTROPY_TOLERANCE = 1e-4
+
+
+def soft_assign_entropy_failures(
+    run, x: Tensor, codebook: Tensor, tau: float, metric: str = "l2"
+) -> list[str]:
+    """``run(x, codebook)`` -> SoftAssignEntropy (on any device; leaves requiring grad are
+    passed), against reference.soft_assign_entropy_materialised in float64: every output and
+    the gradients of row entropy - 0.5 batch entropy + 0.25 p-bar . w (w a fixed ramp, so
+    that every output feeds the gradient), relative error below ENTROPY_TOLERANCE."""
+    from wvq_kernels.reference import soft_assign_entropy_materialised
+
+    x_leaf, codes_leaf = x.detach().clone().requires_grad_(), codebook.detach().clone()
+    codes_leaf.requires_grad_()
+    result = run(x_leaf, codes_leaf)
+    ramp = torch.linspace(-1, 1, codebook.shape[0], dtype=torch.float64)
+    loss = result.row_entropy - 0.5 * result.code_entropy
+    loss = loss + 0.25 * (result.code_distribution.double() @ ramp.to(loss.device))
+    loss.backward()
+    x64, codes64 = x.detach().double().requires_grad_(), codebook.detach().double()
+    codes64.requires_grad_()
+    rows64, unit_codes = x64.reshape(-1, x.shape[-1]), codes64
+    if metric == "cosine":  # 1 - cos = ||x^ - e^||^2 / 2
+        rows64 = torch.nn.functional.normalize(rows64, dim=-1)
+        unit_codes, tau = torch.nn.functional.normalize(codes64, dim=-1), 2 * tau
+    row_entropy, mean, code_entropy = soft_assign_entropy_materialised(rows64, unit_codes, tau)
+    (row_entropy - 0.5 * code_entropy + 0.25 * mean @ ramp).backward()
+    checks = {
+        "row entropy": (result.row_entropy, row_entropy),
+        "code distribution": (result.code_distribution, mean),
+        "code entropy": (result.code_entropy, code_entropy),
+        "x gradient": (x_leaf.grad, x64.grad),
+        "codebook gradient": (codes_leaf.grad, codes64.grad),
+    }
+    return [
+        f"{name}: relative error {error:.2g} > {ENTROPY_TOLERANCE:g}"
+        for name, (got, expected) in checks.items()
+        if not (error := relative_error(got, expected)) < ENTROPY_TOLERANCE
+    ]

@@ -7,7 +7,6 @@ a function of (seed, row, code) alone, whatever the tiles, the split-K segments 
 perturbed scores on packed keys exactly as assign merges scores) or the device.
 """
 
-import torch
 from torch import Tensor
 from torch.library import triton_op
 
@@ -25,10 +24,9 @@ def launch_sample_codes(
     splits: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The op's body; ``splits`` forces a number of code segments (tests take both paths)."""
-    sample = None
-    if temperature > 0:
-        seed_word = _counter_hash.seed_key(torch.tensor(seed, dtype=torch.int64))
-        sample = (temperature, int(seed_word))
+    # The seed's key in Python integers (the hash's operators work on them too): no tensor
+    # value is read on the host, so the op traces under torch.compile.
+    sample = (temperature, _counter_hash.seed_key(seed)) if temperature > 0 else None
     indices, distances, _ = launch_assign(
         x, codebook, metric, precision, False, splits=splits, sample=sample
     )

@@ -38,12 +38,16 @@ struct WordVector<1> {
 };
 using Words = WordVector<kWidth>::type;
 
-// A lower bound of the noise log E over every word: E >= -log1p(-2^-32) > 2.3e-10, log E > -22.2.
-// A vector whose scores / T all lie 23 or more above the row's running minimum cannot win and
-// skips the noise (exact: the bound holds after rounding while |score / T| < 2^22).
+// Two lower bounds of the noise log E let most codes skip the two logarithms, exactly (the
+// bounds keep a margin of at least 0.8 over the rounding of score / T + log E while
+// |score / T| < 2^22): over every word, E >= -log1p(-2^-32) > 2.3e-10, log E > -22.2, so a
+// vector whose scores / T all lie 23 or more above the row's running minimum cannot win; and
+// per word, E >= W >= 2^(floor(log2(w >> 1)) - 31) (below).
 constexpr float kLowestNoise = -23.0f;
+constexpr float kLn2 = 0.693147180559945309f;
 
 static V splat(float value) { return V{} + value; }
+constexpr float kInf = std::numeric_limits<float>::infinity();
 
 template <class To, class From>
 static To convert(From v) {
@@ -85,7 +89,6 @@ static V log_nonnegative(V x) {
   p = p * f + 3.3333331174e-1f;
   V y = p * f * z + e * -2.12194440e-4f - 0.5f * z;
   y = f + y + e * 0.693359375f;
-  constexpr float kInf = std::numeric_limits<float>::infinity();
   y = x == 0.0f ? splat(-kInf) : y;
   return x == kInf ? splat(kInf) : y;
 }
@@ -96,6 +99,15 @@ static V gumbel_noise(Words words) {
   const V u = 1.0f - w;
   const V exponential = u == 1.0f ? w : (-log_nonnegative(u) * w) / (1.0f - u);
   return log_nonnegative(exponential);
+}
+
+// log E >= (floor(log2(w >> 1)) - 31) ln 2 for each word; the float exponent of w >> 1 may be
+// floor(log2) + 1 where the conversion rounds up, hence one ln 2 more (and w >> 1 = 0 gives
+// -159 ln 2, no bound at all).
+static V noise_lower_bound(Words words) {
+  const V halves = convert<V>(std::bit_cast<Bits>(words >> 1));
+  const Bits exponent = (std::bit_cast<Bits>(halves) >> 23) - (127 + 32);
+  return convert<V>(exponent) * kLn2;
 }
 
 template <int NR>
@@ -146,7 +158,9 @@ struct GumbelEpilogue {
     for (int j = 0; j < NR; ++j) {
       const Words words =
           code_word<Words>(codes + static_cast<uint32_t>(j * kWidth), first_key, second_key);
-      perturbed[j] = scores[j] * a.inv_temperature + gumbel_noise(words);
+      const V scaled = scores[j] * a.inv_temperature;
+      const bool may_win = Isa::any_less(scaled + noise_lower_bound(words), a.best[row]);
+      perturbed[j] = may_win ? scaled + gumbel_noise(words) : splat(kInf);
     }
     NearestEpilogue::apply<NR>(perturbed, a, row, first_code);
   }

@@ -394,9 +394,9 @@ def _argmin_perturbed(
 
 # ---- soft_assign_entropy (issue 16) ----
 
-# soft_assign_entropy's blocks: a handful of float64 (rows x codes) temporaries, 4 MiB each.
+# soft_assign_entropy's blocks: a handful of float64 (rows x codes) temporaries, 2 MiB each.
 ENTROPY_ROW_BLOCK = 128
-ENTROPY_CODE_BLOCK = 4096
+ENTROPY_CODE_BLOCK = 2048
 
 
 def soft_assign_entropy(x: Tensor, codebook: Tensor, tau: float) -> tuple[Tensor, Tensor]:
@@ -449,9 +449,10 @@ def _online_row_statistics(
         rescale = ((new_best - best) / tau).exp()
         spread = (spread + shift * total) * rescale
         total, weighted = total * rescale, weighted * rescale
-        terms = ((new_best[:, None] - distances) / tau).exp()
+        excess = distances.sub_(new_best[:, None])  # in place: one block of temporaries less
+        terms = (excess / -tau).exp_()
         total += terms.sum(dim=1)
-        spread += (terms * (distances - new_best[:, None])).sum(dim=1)
+        spread += (terms * excess).sum(dim=1)
         if code_weights is not None:
             weighted += terms @ code_weights[block]
         best = new_best
@@ -507,11 +508,11 @@ def soft_assign_entropy_grad(
         for code_block, log_p in _block_log_probabilities(
             rows[block], codes, stats, tau, distances_of
         ):
-            gradient = (log_p.exp() / tau) * (
-                row_weights[block, None] * (log_p + stats.entropy[:, None])
-                - code_weights[code_block]
-                + stats.expected[:, None]
-            )
+            # G = (p / tau) (g (log p + H) - c + r), in place over log p and p.
+            probabilities = log_p.exp()
+            inner = log_p.add_(stats.entropy[:, None]).mul_(row_weights[block, None])
+            inner.sub_(code_weights[code_block]).add_(stats.expected[:, None])
+            gradient = probabilities.mul_(inner).div_(tau)
             grad_rows[block] += 2 * (
                 gradient.sum(dim=1)[:, None] * rows[block] - gradient @ codes[code_block]
             )
@@ -532,13 +533,13 @@ def _exact_distances(codes: Tensor):
 
 def _expanded_distances(codes: Tensor):
     """distances(rows, block): ||x||^2 + ||e||^2 - 2 x.e in float64, one GEMM per block (the
-    cancellation error, ~1e-16 of the norms, is far below what the gradients need)."""
+    cancellation error, ~1e-16 of the norms, is far below what the gradients need; a distance
+    it takes slightly below 0 is harmless here)."""
     code_sq_norms = codes.square().sum(dim=1)
 
     def distances(rows: Tensor, block: slice) -> Tensor:
         row_sq_norms = rows.square().sum(dim=1, keepdim=True)
-        scores = torch.addmm(row_sq_norms + code_sq_norms[block], rows, codes[block].T, alpha=-2)
-        return scores.clamp_min(0.0)
+        return torch.addmm(row_sq_norms + code_sq_norms[block], rows, codes[block].T, alpha=-2)
 
     return distances
 

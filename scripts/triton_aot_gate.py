@@ -105,16 +105,17 @@ def assign_cases():
                 config = configs.assign_config(dim, configs.dot_kind(precision), arch)
                 chunks = triton.cdiv(dim, config.block_d)
                 for split in (False, True):
-                    for sample in (False, True):
-                        yield _assign_case(
-                            arch, precision, operand, dim, config, chunks, split, sample
-                        )
+                    yield _assign_case(arch, precision, operand, dim, config, chunks, split)
+                    sampling = configs.sample_config(config)
+                    yield _assign_case(
+                        arch, precision, operand, dim, sampling, chunks, split, sample=True
+                    )
         for operand in POINTER_TYPES:
             yield _code_norms_case(arch, operand)
             yield _finish_case(arch, operand)
 
 
-def _assign_case(arch, precision, operand, dim, config, chunks, split, sample):
+def _assign_case(arch, precision, operand, dim, config, chunks, split, sample=False):
     """Unit inner strides only: the launch guarantees them (see the module docstring).
     ``sample``: the SAMPLE epilogue of sample_codes (Gumbel noise on every score)."""
     fn = assign.assign_kernel

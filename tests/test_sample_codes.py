@@ -135,6 +135,23 @@ def test_triton_draws_do_not_depend_on_the_split(splits):
     assert torch.equal(drawn[0], reference.sample_codes(x, codebook, 2.0, 77, "l2", "ieee")[0])
 
 
+@pytest.mark.parametrize("precision", ["ieee", "bf16"])
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_triton_draws_with_the_table_configs(arch, precision):
+    """The tiles a GPU would launch (configs.emulate: sample_config's narrower code tiles,
+    several D chunks at D = 72, split-K at 108 SMs) draw what the reference draws."""
+    if not wvq.available_backends()["triton"]:
+        pytest.skip("no triton backend")
+    from wvq_kernels.triton import configs
+    from wvq_kernels.triton.sample_codes import launch_sample_codes
+
+    x, codebook = random_inputs(70, 300, 72, seed=5)
+    with configs.emulate(arch, 108):
+        drawn = launch_sample_codes(x, codebook, 3.0, 21, "l2", precision)
+    expected = reference.sample_codes(x, codebook, 3.0, 21, "l2", precision)
+    assert torch.equal(drawn[0], expected[0])
+
+
 def test_every_cpu_isa_draws_the_same_codes(run_on_isa):
     x, codebook = random_inputs(200, 333, 9, seed=6)
     calls = [("sample_codes", (x, codebook, 1.0), {"seed": 3, "backend": "cpu"})]

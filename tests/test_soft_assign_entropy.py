@@ -101,6 +101,21 @@ def test_half_inputs(backend, device, dtype):
     assert relative_error(result.row_entropy, expected) < TOLERANCE
 
 
+@pytest.mark.parametrize("dim", [8, 40])
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_triton_with_the_table_configs(arch, dim):
+    """The tiles a GPU would launch (configs.emulate): several scan code tiles and accumulate
+    row segments, strided rows."""
+    if not wvq.available_backends()["triton"]:
+        pytest.skip("no triton backend")
+    from wvq_kernels.triton import configs
+
+    scan = configs.soft_assign_config("scan", dim, arch)
+    x, codebook = random_inputs(3 * scan.block_n + 1, scan.block_k + 7, dim, seed=dim)
+    with configs.emulate(arch, 132):
+        _check("triton", torch.device("cpu"), strided(x), codebook, 0.5)
+
+
 def test_gradcheck_in_float64_on_the_reference():
     """torch.autograd.gradcheck of the reference's forward with the shared blocked backward (the
     one every backend registers), in float64, on every output."""

@@ -425,6 +425,8 @@ def launch_assign(
         x, codebook, metric, precision, arch
     )
     config = configs.assign_config(dim, configs.dot_kind(precision), arch)
+    if sample and arch is not None:  # the interpreter's tiles are for speed, not registers
+        config = configs.sample_config(config)
     if splits is None:
         splits = split_count(num_rows, num_codes, config, configs.sm_count(x.device))
     codes_per_split = triton.cdiv(triton.cdiv(num_codes, splits), config.block_k) * config.block_k

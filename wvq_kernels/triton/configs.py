@@ -140,6 +140,19 @@ def assign_config(dim: int, kind: str, arch: str | None) -> AssignConfig:
     return _entry_for(ASSIGN_CONFIGS[(arch, kind)], dim)
 
 
+# sample_codes runs the assign kernel with Gumbel noise on every score (two hashes and two
+# logarithms): the gate measured spills on every tile holding 64 scores per thread (bf16
+# 128 x 128 on 8 warps, tf32 64 x 128 on 4), none at 32 (ieee's 64 x 64 on 4 warps). Its tiles
+# are the table's with BLOCK_K cut to hold at most this many scores per thread.
+SAMPLE_SCORES_PER_THREAD = 32
+
+
+def sample_config(config: AssignConfig) -> AssignConfig:
+    """The assign config for sample_codes' kernel: BLOCK_K capped (see above)."""
+    most = SAMPLE_SCORES_PER_THREAD * 32 * config.num_warps // config.block_n
+    return config._replace(block_k=min(config.block_k, max(16, most)))
+
+
 def _entry_for(table, dim: int):
     """The first config of a [(largest D or None for any, config)] table that admits dim."""
     for largest_dim, config in table:

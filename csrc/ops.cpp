@@ -24,7 +24,7 @@ TORCH_LIBRARY(wvq, m) {
   m.def("soft_assign_stats(Tensor x, Tensor codebook, float tau, float lam)"
         " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // ---- issue 16: sample_codes, soft_assign_entropy ----
-  m.def("sample_codes(Tensor x, Tensor codebook, float temperature, int seed, str metric,"
+  m.def("sample_codes(Tensor x, Tensor codebook, float temperature, SymInt seed, str metric,"
         " str precision) -> (Tensor, Tensor)");
   m.def("soft_assign_entropy(Tensor x, Tensor codebook, float tau) -> (Tensor, Tensor)");
   // ---- end issue 16 ----

@@ -23,7 +23,7 @@ SCHEMAS = {
     ),
     # ---- issue 16 ----
     "sample_codes": (
-        "(Tensor x, Tensor codebook, float temperature, int seed, str metric, str precision)"
+        "(Tensor x, Tensor codebook, float temperature, SymInt seed, str metric, str precision)"
         " -> (Tensor, Tensor)"
     ),
     "soft_assign_entropy": "(Tensor x, Tensor codebook, float tau) -> (Tensor, Tensor)",

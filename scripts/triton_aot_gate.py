@@ -106,7 +106,7 @@ def assign_cases():
                 chunks = triton.cdiv(dim, config.block_d)
                 for split in (False, True):
                     yield _assign_case(arch, precision, operand, dim, config, chunks, split)
-                    sampling = configs.sample_config(config)
+                    sampling = configs.sample_config(config, arch, configs.dot_kind(precision))
                     yield _assign_case(
                         arch, precision, operand, dim, sampling, chunks, split, sample=True
                     )

@@ -426,7 +426,7 @@ def launch_assign(
     )
     config = configs.assign_config(dim, configs.dot_kind(precision), arch)
     if sample and arch is not None:  # the interpreter's tiles are for speed, not registers
-        config = configs.sample_config(config)
+        config = configs.sample_config(config, arch, configs.dot_kind(precision))
     if splits is None:
         splits = split_count(num_rows, num_codes, config, configs.sm_count(x.device))
     codes_per_split = triton.cdiv(triton.cdiv(num_codes, splits), config.block_k) * config.block_k

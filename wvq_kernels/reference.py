@@ -466,7 +466,9 @@ def _block_log_probabilities(rows: Tensor, codes: Tensor, stats: _RowStatistics,
     for start in range(0, codes.shape[0], ENTROPY_CODE_BLOCK):
         block = slice(start, start + ENTROPY_CODE_BLOCK)
         distances = distances_of(rows, block)
-        yield block, (stats.best[:, None] - distances) / tau - stats.log_normaliser[:, None]
+        # In place over the distances: one block of temporaries, whatever the block count.
+        log_p = distances.sub_(stats.best[:, None]).div_(-tau).sub_(stats.log_normaliser[:, None])
+        yield block, log_p
 
 
 def soft_assign_entropy_grad(
@@ -538,8 +540,8 @@ def _expanded_distances(codes: Tensor):
     code_sq_norms = codes.square().sum(dim=1)
 
     def distances(rows: Tensor, block: slice) -> Tensor:
-        row_sq_norms = rows.square().sum(dim=1, keepdim=True)
-        return torch.addmm(row_sq_norms + code_sq_norms[block], rows, codes[block].T, alpha=-2)
+        scores = torch.addmm(code_sq_norms[block], rows, codes[block].T, alpha=-2)
+        return scores.add_(rows.square().sum(dim=1, keepdim=True))
 
     return distances
 

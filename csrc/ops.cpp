@@ -23,6 +23,11 @@ TORCH_LIBRARY(wvq, m) {
   m.def("moments(Tensor x) -> (Tensor, Tensor, Tensor)");
   m.def("soft_assign_stats(Tensor x, Tensor codebook, float tau, float lam)"
         " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // ---- issue 16: sample_codes, soft_assign_entropy ----
+  m.def("sample_codes(Tensor x, Tensor codebook, float temperature, SymInt seed, str metric,"
+        " str precision) -> (Tensor, Tensor)");
+  m.def("soft_assign_entropy(Tensor x, Tensor codebook, float tau) -> (Tensor, Tensor)");
+  // ---- end issue 16 ----
   m.def("cpu_isa() -> str", &wvq::cpu::cpu_isa);
   // Top-k nearest codes (issue 16).
   m.def("assign_topk(Tensor x, Tensor codebook, SymInt k, str metric, str precision,"
@@ -37,4 +42,6 @@ TORCH_LIBRARY_IMPL(wvq, CPU, m) {
   m.impl("moments", &wvq::cpu::moments);
   m.impl("soft_assign_stats", &wvq::cpu::soft_assign_stats);
   m.impl("assign_topk", &wvq::cpu::assign_topk);
+  m.impl("sample_codes", &wvq::cpu::sample_codes);                // issue 16
+  m.impl("soft_assign_entropy", &wvq::cpu::soft_assign_entropy);  // issue 16
 }

@@ -107,13 +107,18 @@ def assign_cases():
                 chunks = triton.cdiv(dim, config.block_d)
                 for split in (False, True):
                     yield _assign_case(arch, precision, operand, dim, config, chunks, split)
+                    sampling = configs.sample_config(config, arch, configs.dot_kind(precision))
+                    yield _assign_case(
+                        arch, precision, operand, dim, sampling, chunks, split, sample=True
+                    )
         for operand in POINTER_TYPES:
             yield _code_norms_case(arch, operand)
             yield _finish_case(arch, operand)
 
 
-def _assign_case(arch, precision, operand, dim, config, chunks, split):
-    """Unit inner strides only: the launch guarantees them (see the module docstring)."""
+def _assign_case(arch, precision, operand, dim, config, chunks, split, sample=False):
+    """Unit inner strides only: the launch guarantees them (see the module docstring).
+    ``sample``: the SAMPLE epilogue of sample_codes (Gumbel noise on every score)."""
     fn = assign.assign_kernel
     constexprs = {
         "stride_xd": 1,
@@ -123,7 +128,8 @@ def _assign_case(arch, precision, operand, dim, config, chunks, split):
         "ROUND_BF16": precision == "bf16",
         "INTERPRETED": False,
         "SPLIT_K": split,
-        "HISTOGRAM": True,
+        "HISTOGRAM": not sample,
+        "SAMPLE": sample,
         "BLOCK_N": config.block_n,
         "BLOCK_K": config.block_k,
         "BLOCK_D": config.block_d,
@@ -133,6 +139,8 @@ def _assign_case(arch, precision, operand, dim, config, chunks, split):
     types = {
         "x_ptr": pointer,
         "row_scale_ptr": "*fp32",
+        "inv_temperature_ptr": "*fp32",
+        "seed_word": "i32",
         "codes_t_ptr": pointer,
         "dist_codes_ptr": pointer,
         "norms_ptr": "*fp32",
@@ -152,7 +160,7 @@ def _assign_case(arch, precision, operand, dim, config, chunks, split):
         divisible += ["stride_xn", "stride_cn"]
     path = "split-K" if split else "row-owned"
     return Case(
-        "assign",
+        "sample_codes" if sample else "assign",
         arch,
         f"{precision} D={dim} {path}",
         fn,
@@ -326,12 +334,14 @@ def soft_assign_cases():
     for arch in configs.ARCHS:
         for operand in POINTER_TYPES:
             for strided in (False, True):
-                yield _soft_assign_case(arch, "scan", operand, max(DIMS), strided)
-                for dim in DIMS:
-                    yield _soft_assign_case(arch, "accumulate", operand, dim, strided)
+                for entropy in (False, True):
+                    yield _soft_assign_case(arch, "scan", operand, max(DIMS), strided, entropy)
+                    for dim in DIMS:
+                        yield _soft_assign_case(arch, "accumulate", operand, dim, strided, entropy)
 
 
-def _soft_assign_case(arch, kernel, operand, dim, strided):
+def _soft_assign_case(arch, kernel, operand, dim, strided, entropy):
+    """``entropy``: soft_assign_entropy's variants (ENTROPY scan, PROBABILITIES accumulate)."""
     config = configs.soft_assign_config(kernel, dim, arch)
     strides, stride_types = _inner_strides(("stride_xd",), strided)
     types = {
@@ -350,7 +360,8 @@ def _soft_assign_case(arch, kernel, operand, dim, strided):
     constexprs = {**strides, "BLOCK_N": config.block_n, "BLOCK_K": config.block_k}
     if kernel == "scan":
         fn = soft_assign.soft_assign_scan_kernel
-        types["log_scale"] = "fp32"
+        types.update(log_scale="fp32", entropy_ptr="*fp32")
+        constexprs["ENTROPY"] = entropy
         variant = f"{operand} any D"
     else:
         fn = soft_assign.soft_assign_accumulate_kernel
@@ -360,10 +371,11 @@ def _soft_assign_case(arch, kernel, operand, dim, strided):
             loss_ptr="*fp32",
             rows_per_segment="i32",
         )
-        constexprs["BLOCK_D"] = config.block_d
+        constexprs.update(BLOCK_D=config.block_d, PROBABILITIES=entropy)
         variant = f"{operand} D={dim}"
     variant = _label(variant, strided)
-    return _fma_case(f"soft_assign_{kernel}", arch, variant, fn, types, constexprs, config, strided)
+    name = f"{'soft_assign_entropy' if entropy else 'soft_assign'}_{kernel}"
+    return _fma_case(name, arch, variant, fn, types, constexprs, config, strided)
 
 
 # assign_topk is compiled with its largest candidate list (k = 64 pads to 64 slots).
@@ -544,7 +556,10 @@ shared memory from the compiled metadata, the instruction kind from the PTX (`wg
 heaviest form: metric l2 with the fused histogram; `code_norms` is its ||c||^2 pre-pass.
 `assign_topk` (`assign(..., k)`) is the same scan with 64 candidate slots per row (k ≤ 64).
 `soft_assign_scan` and `soft_assign_accumulate` (the two passes of `soft_assign_stats`) run on
-the FMA units by design. `code_sums`, `moments` and the `soft_assign` kernels appear twice: as
+the FMA units by design; `soft_assign_entropy_scan` and `soft_assign_entropy_accumulate` are the
+same kernels in `soft_assign_entropy`'s form (row entropies in the scan, the softmax alone summed
+in the accumulation). `sample_codes` is the `assign` kernel with its Gumbel-noise epilogue
+(without the histogram). `code_sums`, `moments` and the `soft_assign` kernels appear twice: as
 contiguous inputs launch them (inner stride the constant 1) and, marked `strided`, with the
 inner stride as an i32 run-time argument, as a non-contiguous input (`x[:, ::2]`, `y.T`) does.
 `assign` and `finish_split` are launched with unit inner strides only: their launch copies

@@ -104,3 +104,26 @@ def test_moments_backward_under_aot_autograd():
         (eager_grad,) = torch.autograd.grad(loss(x), x)
         (compiled_grad,) = torch.autograd.grad(compiled(x), x)
         torch.testing.assert_close(compiled_grad, eager_grad)
+
+
+# ---- issue 16: sample_codes, soft_assign_entropy ----
+
+
+@pytest.mark.parametrize(
+    "metric, precision, dtype", [(m, *pd) for m in ("l2", "dot") for pd in PRECISION_DTYPES]
+)
+def test_sample_codes(metric, precision, dtype):
+    x, codebook = _x(dtype=dtype), _x(70, dtype=dtype)
+    arguments = (x, codebook, 0.5, 3, metric, precision)
+    torch.library.opcheck(torch.ops.wvq.sample_codes.default, arguments)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_soft_assign_entropy(dtype):
+    arguments = (_x(dtype=dtype), _x(70, dtype=dtype), 0.5)
+    torch.library.opcheck(torch.ops.wvq.soft_assign_entropy.default, arguments)
+
+
+def test_soft_assign_entropy_requiring_grad():
+    arguments = (_x().requires_grad_(), _x(70).requires_grad_(), 0.5)
+    torch.library.opcheck(torch.ops.wvq.soft_assign_entropy.default, arguments)

@@ -39,7 +39,7 @@ def test_every_dimension_has_a_tensor_core_sized_config(arch, kind):
 def test_one_config_compiles_to_wgmma_without_spills():
     _run_with_gate(
         "cases = [c for c in gate.all_cases()\n"
-        "         if (c.arch, c.variant) == ('sm_90', 'bf16 D=32 row-owned')]\n"
+        "         if (c.kernel, c.arch, c.variant) == ('assign', 'sm_90', 'bf16 D=32 row-owned')]\n"
         "assert len(cases) == 1\n"
         "gate.all_cases = lambda: cases\n"
         "result = gate.compile_case(0)\n"

@@ -64,6 +64,24 @@ def test_opcheck_moments(dtype):
     torch.library.opcheck(torch.ops.wvq_triton.moments.default, (x,), test_utils=CHECKS[:3])
 
 
+# ---- issue 16 ----
+
+
+@pytest.mark.parametrize("metric", ["l2", "dot"])
+def test_opcheck_sample_codes(metric):
+    arguments = (_x(), _x(70), 0.5, 3, metric, "ieee")
+    torch.library.opcheck(torch.ops.wvq_triton.sample_codes.default, arguments, test_utils=CHECKS)
+
+
+def test_opcheck_soft_assign_entropy():
+    op = torch.ops.wvq_triton.soft_assign_entropy.default
+    torch.library.opcheck(op, (_x(), _x(70), 0.5), test_utils=CHECKS)
+    torch.library.opcheck(op, (_x().requires_grad_(), _x(70), 0.5), test_utils=CHECKS)
+
+
+# ---- end issue 16 ----
+
+
 def test_compiled_graph_matches_eager():
     """fullgraph capture through the fake kernels everywhere; on CUDA inductor also decomposes
     the triton_ops into their kernels (wrap_triton). On CPU dynamo's eager backend only: the

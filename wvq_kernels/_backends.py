@@ -121,7 +121,13 @@ def resolve_backend(backend: str, device: torch.device, op: str | None = None) -
 # kernel's WMMA lowers to mma.sync); every other op is bound by memory, atomics or float64 and
 # FMA work, where the CUDA kernels do no worse (warp-aggregated histogram atomics, split hot
 # codes in code_sums) and need no JIT compilation on first use.
-GPU_PREFERENCE = {"assign": ("triton", "cuda")}
+GPU_PREFERENCE = {
+    "assign": ("triton", "cuda"),
+    # Issue 16's ops exist in Triton only: sample_codes is assign's scan, and the entropy's
+    # two passes are soft_assign_stats' Triton kernels.
+    "sample_codes": ("triton",),
+    "soft_assign_entropy": ("triton",),
+}
 DEFAULT_GPU_PREFERENCE = ("cuda", "triton")
 
 

@@ -16,6 +16,8 @@ def kernel(backend: str, name: str):
     if backend == "reference":
         if name == "soft_assign_stats":  # plain PyTorch, given the registered ops' gradient
             return ReferenceSoftAssignStats.apply
+        if name == "soft_assign_entropy":
+            return ReferenceSoftAssignEntropy.apply
         return getattr(reference, name)
     return getattr(torch.ops.wvq_triton if backend == "triton" else torch.ops.wvq, name)
 
@@ -64,6 +66,18 @@ def _register_fake_kernels(namespace: str) -> None:
             x.new_empty(x.shape[0], dtype=torch.int64),
             x.new_empty(x.shape[0], dtype=torch.float32),
         )
+
+    @torch.library.register_fake(f"{namespace}::sample_codes")
+    def _(x, codebook, temperature, seed, metric, precision):
+        return (
+            x.new_empty(x.shape[0], dtype=torch.int64),
+            x.new_empty(x.shape[0], dtype=torch.float32),
+        )
+
+    @torch.library.register_fake(f"{namespace}::soft_assign_entropy")
+    def _(x, codebook, tau):
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        return x.new_empty(x.shape[0], dtype=dtype), x.new_empty(codebook.shape[0], dtype=dtype)
 
     @torch.library.register_fake(f"{namespace}::moments")
     def _(x):
@@ -122,7 +136,43 @@ class ReferenceSoftAssignStats(torch.autograd.Function):
     backward = staticmethod(_soft_assign_backward)
 
 
+def _entropy_setup_context(ctx, inputs, output):
+    x, codebook, tau = inputs
+    ctx.save_for_backward(x, codebook)
+    ctx.tau = tau
+
+
+def _entropy_backward(ctx, grad_entropy, grad_mean):
+    """Recomputes the probabilities block by block (reference.soft_assign_entropy_grad, where
+    the formulas are written out): nothing of size N x K lives between forward and backward."""
+    x, codebook = ctx.saved_tensors
+    grad_x, grad_codebook = reference.soft_assign_entropy_grad(
+        x, codebook, ctx.tau, grad_entropy, grad_mean
+    )
+    return (
+        grad_x if ctx.needs_input_grad[0] else None,
+        grad_codebook if ctx.needs_input_grad[1] else None,
+        None,
+    )
+
+
+class ReferenceSoftAssignEntropy(torch.autograd.Function):
+    """The reference backend's soft_assign_entropy with the registered ops' gradient."""
+
+    @staticmethod
+    def forward(x, codebook, tau):
+        return reference.soft_assign_entropy(x, codebook, tau)
+
+    setup_context = staticmethod(_entropy_setup_context)
+    backward = staticmethod(_entropy_backward)
+
+
 def _register_autograd(namespace: str) -> None:
+    torch.library.register_autograd(
+        f"{namespace}::soft_assign_entropy",
+        _entropy_backward,
+        setup_context=_entropy_setup_context,
+    )
     torch.library.register_autograd(
         f"{namespace}::moments", _moments_backward, setup_context=_moments_setup_context
     )

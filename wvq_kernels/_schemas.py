@@ -26,11 +26,19 @@ SCHEMAS = {
         "(Tensor x, Tensor codebook, SymInt k, str metric, str precision, bool histogram)"
         " -> (Tensor, Tensor, Tensor)"
     ),
+    # ---- issue 16 ----
+    "sample_codes": (
+        "(Tensor x, Tensor codebook, float temperature, SymInt seed, str metric, str precision)"
+        " -> (Tensor, Tensor)"
+    ),
+    "soft_assign_entropy": "(Tensor x, Tensor codebook, float tau) -> (Tensor, Tensor)",
+    # ---- end issue 16 ----
 }
 
-# Ops without a CUDA kernel of their own: on CUDA tensors backend="cuda" runs their Triton kernel
-# (wvq_kernels/_trusted.py), and scripts/check_cuda_registration.py does not ask _C_cuda for one.
-TRITON_ON_CUDA_OPS = frozenset({"assign_topk"})
+# Ops without a CUDA kernel of their own: on CUDA tensors they run their Triton kernel (assign_topk
+# even under backend="cuda", see wvq_kernels/_trusted.py; the others under "auto" or "triton"), and
+# scripts/check_cuda_registration.py does not ask _C_cuda for one.
+TRITON_ON_CUDA_OPS = frozenset({"assign_topk", "sample_codes", "soft_assign_entropy"})
 
 # Ops of the C++ library that take no tensors and exist on the CPU extension only.
 HOST_ONLY_OPS = {"cpu_isa": "() -> str"}

@@ -15,7 +15,7 @@ from torch import Tensor
 from wvq_kernels._backends import resolve_backend
 from wvq_kernels._registration import kernel
 from wvq_kernels._schemas import TRITON_ON_CUDA_OPS
-from wvq_kernels._types import Assignment, Moments, SoftAssignStats
+from wvq_kernels._types import Assignment, Moments, Sample, SoftAssignEntropy, SoftAssignStats
 from wvq_kernels._validation import resolve_precision
 
 
@@ -127,6 +127,57 @@ def soft_assign_stats(
         indices.reshape(batch_shape),
         distances.reshape(batch_shape),
     )
+
+
+def sample_codes(
+    x: Tensor,
+    codebook: Tensor,
+    temperature: float,
+    *,
+    seed: int = 0,
+    metric: str = "l2",
+    precision: str = "auto",
+    backend: str = "auto",
+) -> Sample:
+    backend = resolve_backend(backend, x.device, op="sample_codes")
+    rows = _rows(x.detach())
+    batch_shape = x.shape[:-1]
+    if rows.shape[0] == 0:
+        return Sample(
+            torch.empty(batch_shape, dtype=torch.int64, device=x.device),
+            torch.empty(batch_shape, dtype=torch.float32, device=x.device),
+        )
+    indices, distances = kernel(backend, "sample_codes")(
+        rows,
+        codebook.detach(),
+        float(temperature),
+        int(seed),
+        metric,
+        resolve_precision(precision, x.dtype),
+    )
+    return Sample(indices.reshape(batch_shape), distances.reshape(batch_shape))
+
+
+def soft_assign_entropy(
+    x: Tensor, codebook: Tensor, *, tau: float, metric: str = "l2", backend: str = "auto"
+) -> SoftAssignEntropy:
+    backend = resolve_backend(backend, x.device, op="soft_assign_entropy")
+    rows = _rows(x)
+    if metric == "cosine":  # 1 - cos = ||x^ - e^||^2 / 2 on unit vectors
+        rows, codebook, tau = unit_rows(rows), unit_rows(codebook), 2.0 * tau
+    # No rows: the reference's empty results, with zero gradients on every backend.
+    run = kernel("reference" if rows.shape[0] == 0 else backend, "soft_assign_entropy")
+    entropies, mean = run(rows, codebook, tau)
+    row_entropy = entropies.sum() / max(rows.shape[0], 1)
+    # A code whose probability underflows to 0 gets the finite gradient -(log tiny + 1), not
+    # -inf (which times the zero probabilities in the backward would give NaN).
+    code_entropy = -torch.special.xlogy(mean, mean.clamp_min(torch.finfo(mean.dtype).tiny)).sum()
+    return SoftAssignEntropy(row_entropy, mean, code_entropy, entropies.reshape(x.shape[:-1]))
+
+
+def unit_rows(t: Tensor) -> Tensor:
+    """Rows scaled to unit norm, differentiably (zero rows stay zero)."""
+    return torch.nn.functional.normalize(t, dim=-1)
 
 
 def _rows(x: Tensor) -> Tensor:

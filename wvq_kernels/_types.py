@@ -28,6 +28,26 @@ class SoftAssignStats(NamedTuple):
     distances: Tensor
 
 
+class Sample(NamedTuple):
+    """Result of :func:`wvq_kernels.sample_codes`: the drawn codes' indices int64 and their
+    distances float32 (as :func:`wvq_kernels.assign` reports them), both ``x.shape[:-1]``."""
+
+    indices: Tensor
+    distances: Tensor
+
+
+class SoftAssignEntropy(NamedTuple):
+    """Result of :func:`wvq_kernels.soft_assign_entropy`, for p_ik = softmax_k(-d_ik / tau):
+    the mean over rows of the entropy of p_i (0-dim), the batch-averaged code distribution
+    p-bar (K,) and its entropy (0-dim), and the per-row entropies (``x.shape[:-1]``); float32
+    (float64 for float64 inputs), all differentiable in x and the codebook."""
+
+    row_entropy: Tensor
+    code_distribution: Tensor
+    code_entropy: Tensor
+    row_entropies: Tensor
+
+
 class Moments(NamedTuple):
     """Result of :func:`wvq_kernels.moments`: count int64 0-dim, mean float64 ``(D,)`` and the
     population covariance (1/n) float64 ``(D, D)``."""

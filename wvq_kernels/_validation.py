@@ -75,8 +75,8 @@ def check_rows(argument: str, value: Tensor) -> None:
         )
 
 
-def check_codebook(codebook, x: Tensor) -> None:
-    check_float_tensor("codebook", codebook, FLOAT_DTYPES)
+def check_codebook(codebook, x: Tensor, dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES) -> None:
+    check_float_tensor("codebook", codebook, dtypes)
     if codebook.dtype != x.dtype:
         raise TypeError(f"codebook: expected dtype {x.dtype} (that of x), got {codebook.dtype}")
     if codebook.dim() != 2:
@@ -153,6 +153,15 @@ def check_top_k(k, num_codes: int) -> int:
     if k > num_codes:
         raise ValueError(f"k: expected k <= K = {num_codes} codes, got {k}")
     return int(k)
+
+
+def check_seed(value) -> int:
+    """An int (not a bool) that fits int64, the kernels' seed type."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"seed: expected an int, got {type(value).__name__}")
+    if not -(2**63) <= value <= INT64_MAX:
+        raise ValueError(f"seed: expected an int in [-2**63, 2**63), got {value}")
+    return int(value)
 
 
 def check_index_range(indices: Tensor, num_codes: int) -> None:

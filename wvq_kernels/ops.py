@@ -17,7 +17,7 @@ from wvq_kernels._backends import (
     has_kernel,
 )
 from wvq_kernels._backends import resolve_backend as _resolve_backend
-from wvq_kernels._types import Assignment, Moments, SoftAssignStats
+from wvq_kernels._types import Assignment, Moments, Sample, SoftAssignEntropy, SoftAssignStats
 from wvq_kernels._validation import MAX_TOP_K, METRICS, PRECISIONS, resolve_precision
 
 __all__ = [
@@ -28,6 +28,8 @@ __all__ = [
     "Assignment",
     "BackendStatus",
     "Moments",
+    "Sample",
+    "SoftAssignEntropy",
     "SoftAssignStats",
     "assign",
     "assign_topk",
@@ -37,6 +39,8 @@ __all__ = [
     "has_kernel",
     "moments",
     "resolve_precision",
+    "sample_codes",
+    "soft_assign_entropy",
     "soft_assign_stats",
     "usage",
 ]
@@ -215,3 +219,94 @@ def soft_assign_stats(
         check.check_finite("x", x)
         check.check_finite("codebook", codebook)
     return _trusted.soft_assign_stats(x, codebook, tau=tau, lam=lam, backend=backend)
+
+
+def sample_codes(
+    x: Tensor,
+    codebook: Tensor,
+    temperature: float,
+    *,
+    seed: int = 0,
+    metric: str = "l2",
+    precision: str = "auto",
+    backend: str = "auto",
+    check_finite: bool = True,
+) -> Sample:
+    """One exact draw per row of ``x`` (..., D) from softmax(-d(x, c_j) / temperature) over all
+    K codes of ``codebook`` (K, D), without an N x K tensor. Not differentiable.
+
+    Gumbel-max inside the assignment scan: the drawn code minimises d_j / T - G_j, with G_j a
+    standard Gumbel variable computed from a counter-based hash of (seed, row, j), where row is
+    the index in ``x.reshape(-1, D)``. The draw is therefore a function of (inputs, seed) alone:
+    the same on every backend, thread count and tiling, up to float rounding of the scores
+    (a draw can differ only where two perturbed scores agree to within it). Different seeds,
+    or different rows, give independent draws.
+
+    temperature: a finite number >= 0. ``0`` returns :func:`assign`'s answer (as does a
+    temperature so small that 1 / T overflows float32 in score units); as T grows the draw
+    tends to uniform. metric, precision: as :func:`assign` (d is computed from the same scores,
+    so the draw follows softmax(-d / T) up to the precision's rounding of d, amplified by
+    1 / T). Returns ``Sample(indices, distances)``: the drawn codes and their distances as
+    assign reports them.
+    """
+    check.check_float_tensor("x", x, check.FLOAT_DTYPES)
+    check.check_rows("x", x)
+    check.check_codebook(codebook, x)
+    check.check_choice("metric", metric, METRICS)
+    temperature = check.check_real("temperature", temperature, lowest=0.0, inclusive=True)
+    seed = check.check_seed(seed)
+    backend = _resolve_backend(backend, x.device, op="sample_codes")
+    check.check_precision(precision, backend, x.device)
+    if check_finite:
+        check.check_finite("x", x)
+        check.check_finite("codebook", codebook)
+    return _trusted.sample_codes(
+        x,
+        codebook,
+        temperature,
+        seed=seed,
+        metric=metric,
+        precision=precision,
+        backend=backend,
+    )
+
+
+# The metrics whose distance is a squared L2 distance (cosine on unit vectors, halved).
+ENTROPY_METRICS = ("l2", "cosine")
+
+
+def soft_assign_entropy(
+    x: Tensor,
+    codebook: Tensor,
+    tau: float,
+    *,
+    metric: str = "l2",
+    backend: str = "auto",
+    check_finite: bool = True,
+) -> SoftAssignEntropy:
+    """Entropy terms of the soft assignment p_ik = softmax_k(-d(x_i, e_k) / tau) of the rows of
+    ``x`` (..., D) to the codes of ``codebook`` (K, D), without an N x K tensor, differentiable
+    in both (LFQ / MAGVIT-2 style entropy losses: per-row entropy down, batch entropy up).
+
+    Returns ``SoftAssignEntropy(row_entropy, code_distribution, code_entropy, row_entropies)``:
+    the mean over rows of H(p_i) = -sum_k p_ik log p_ik, the batch-averaged distribution
+    p-bar = mean_i p_i (K,), its entropy H(p-bar), and H(p_i) per row (``x.shape[:-1]``). No rows
+    give zeros. Entropies are in nats.
+
+    metric: ``"l2"`` (squared L2) or ``"cosine"`` (1 - cos, as ||x^ - e^||^2 / 2 of the
+    normalised vectors). ``tau > 0``, a finite number. The forward runs in two passes (an online
+    log-sum-exp that also sums each row's entropy, then the per-code probability sums), in
+    float32 with float64 sums on the compiled backends (float64 throughout on the reference,
+    which also takes float64 inputs); the backward recomputes the probabilities block by block
+    in float64 (two passes), the same on every backend.
+    """
+    check.check_float_tensor("x", x, check.MOMENTS_DTYPES)
+    check.check_rows("x", x)
+    check.check_codebook(codebook, x, check.MOMENTS_DTYPES)
+    check.check_choice("metric", metric, ENTROPY_METRICS)
+    tau = check.check_real("tau", tau, lowest=0.0, inclusive=False)
+    backend = _resolve_backend(backend, x.device, op="soft_assign_entropy")
+    if check_finite:
+        check.check_finite("x", x)
+        check.check_finite("codebook", codebook)
+    return _trusted.soft_assign_entropy(x, codebook, tau=tau, metric=metric, backend=backend)

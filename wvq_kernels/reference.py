@@ -9,9 +9,12 @@ float64 oracle of the tests and the PyTorch baseline of the benchmarks.
 """
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+from wvq_kernels import _counter_hash
 
 # A 4096 x 4096 block of float32 scores is 64 MiB: large enough for GEMM to run near its peak,
 # small enough that the reference can run next to the tensors it is checking.
@@ -413,3 +416,249 @@ def _counts(indices: Tensor, num_codes: int) -> Tensor:
 
 def _no_counts(device: torch.device) -> Tensor:
     return torch.empty(0, dtype=torch.int64, device=device)
+
+
+# ---- sample_codes (issue 16) ----
+
+# sample_codes holds a few int64 and float32 (rows x codes) blocks for the counter hash.
+SAMPLE_ROW_BLOCK = 512
+SAMPLE_CODE_BLOCK = 2048
+
+
+def sample_codes(
+    x: Tensor, codebook: Tensor, temperature: float, seed: int, metric: str, precision: str
+) -> tuple[Tensor, Tensor]:
+    """One draw per row of ``x`` (N, D) from softmax(-d(x, c_j) / temperature) over the codes of
+    ``codebook`` (K, D), by Gumbel-max over the same float32 scores as :func:`assign`, with the
+    noise of (seed, row, code) from wvq_kernels._counter_hash. Returns (indices int64 (N,),
+    distances float32 (N,) of the drawn codes). temperature = 0, or one so small that 1 / T
+    overflows float32, is assign."""
+    row_scale, code_scale = input_scales(x, codebook, metric)
+    inverse = inverse_temperature(temperature, metric, row_scale, code_scale)
+    if not bool(torch.isfinite(inverse)):
+        indices, distances, _ = assign(x, codebook, metric, precision, False)
+        return indices, distances
+    codes = _score_operand(codebook, metric, precision, code_scale)
+    code_sq_norms = codes.square().sum(dim=1) if metric == "l2" else None
+    seed_word = _counter_hash.seed_key(torch.tensor(seed, dtype=torch.int64, device=x.device))
+    indices = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
+    for start in range(0, x.shape[0], SAMPLE_ROW_BLOCK):
+        rows = _score_operand(x[start : start + SAMPLE_ROW_BLOCK], metric, precision, row_scale)
+        row_ids = torch.arange(start, start + rows.shape[0], device=x.device)
+        keys = _counter_hash.row_keys(seed_word, row_ids)
+        indices[start : start + rows.shape[0]] = _argmin_perturbed(
+            rows, codes, code_sq_norms, inverse, keys
+        )
+    return indices, _chosen_distances(x, codebook, indices, metric)
+
+
+def inverse_temperature(
+    temperature: float, metric: str, row_scale: Tensor, code_scale: Tensor
+) -> Tensor:
+    """1 / T in score units, as float32 (inf for T = 0): the scores are s_rows s_codes times
+    d - |x|^2 (l2), d (dot) or d - 1 (cosine), and the per-row constants leave the draw alone."""
+    scale = torch.ones((), dtype=torch.float64, device=row_scale.device)
+    if metric != "cosine":
+        scale = row_scale.double() * code_scale.double()
+    if temperature == 0:
+        return torch.full_like(scale, torch.inf).float()
+    return (1.0 / (temperature * scale)).float()
+
+
+def _argmin_perturbed(
+    rows: Tensor,
+    codes: Tensor,
+    code_sq_norms: Tensor | None,
+    inverse: Tensor,
+    keys: tuple[Tensor, Tensor],
+) -> Tensor:
+    """Per row, the first index of the lowest score / T + noise, block of codes by block."""
+    best_scores = torch.full((rows.shape[0],), torch.inf, device=rows.device)
+    best_indices = torch.zeros(rows.shape[0], dtype=torch.int64, device=rows.device)
+    for start in range(0, codes.shape[0], SAMPLE_CODE_BLOCK):
+        block = codes[start : start + SAMPLE_CODE_BLOCK]
+        if code_sq_norms is None:
+            scores = -(rows @ block.T)
+        else:
+            norms = code_sq_norms[start : start + SAMPLE_CODE_BLOCK]
+            scores = torch.addmm(norms, rows, block.T, alpha=-2)
+        code_ids = torch.arange(start, start + block.shape[0], device=rows.device)
+        noise = _counter_hash.gumbel_noise(_counter_hash.code_words(*keys, code_ids))
+        block_scores, block_indices = (scores * inverse + noise).min(dim=1)
+        better = block_scores < best_scores
+        best_scores = torch.where(better, block_scores, best_scores)
+        best_indices = torch.where(better, block_indices + start, best_indices)
+    return best_indices
+
+
+# ---- end sample_codes ----
+
+
+# ---- soft_assign_entropy (issue 16) ----
+
+# soft_assign_entropy's blocks: a handful of float64 (rows x codes) temporaries, 2 MiB each.
+ENTROPY_ROW_BLOCK = 128
+ENTROPY_CODE_BLOCK = 2048
+
+
+def soft_assign_entropy(x: Tensor, codebook: Tensor, tau: float) -> tuple[Tensor, Tensor]:
+    """Entropy terms of p_ik = softmax_k(-d_ik / tau), d_ik = ||x_i - e_k||^2, for ``x`` (N, D)
+    and ``codebook`` (K, D), in float64 over blocks of rows and codes (never N x K).
+
+    Returns (H_i = -sum_k p_ik log p_ik (N,); p-bar_k = (1/N) sum_i p_ik (K,)), float64 for
+    float64 inputs, else float32. Per block of rows, one pass keeps the minimum m, Z = sum_k
+    exp(-(d_ik - m) / tau) and S = sum_k exp(-(d_ik - m) / tau) (d_ik - m) online (H = S /
+    (tau Z) + log Z); a second pass sums the probabilities. Not differentiable by itself: the
+    registered ops' gradient is :func:`soft_assign_entropy_grad`.
+    """
+    out_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    rows, codes = x.detach().to(torch.float64), codebook.detach().to(torch.float64)
+    entropy = rows.new_empty(rows.shape[0])
+    probability_sums = rows.new_zeros(codes.shape[0])
+    distances_of = _exact_distances(codes)
+    for start in range(0, rows.shape[0], ENTROPY_ROW_BLOCK):
+        block = slice(start, start + ENTROPY_ROW_BLOCK)
+        stats = _online_row_statistics(rows[block], codes, tau, distances_of)
+        entropy[block] = stats.entropy
+        for code_block, log_p in _block_log_probabilities(
+            rows[block], codes, stats, tau, distances_of
+        ):
+            probability_sums[code_block] += log_p.exp().sum(dim=0)
+    mean = probability_sums / max(rows.shape[0], 1)
+    return entropy.to(out_dtype), mean.to(out_dtype)
+
+
+class _RowStatistics(NamedTuple):
+    best: Tensor  # m_i = min_k d_ik
+    log_normaliser: Tensor  # log Z_i
+    entropy: Tensor  # H_i
+    expected: Tensor  # r_i = sum_k p_ik c_k, for code weights c (else 0)
+
+
+def _online_row_statistics(
+    rows: Tensor, codes: Tensor, tau: float, distances_of, code_weights: Tensor | None = None
+) -> _RowStatistics:
+    """Per row, by one online pass over blocks of codes: m, log Z, H and r = sum_k p_k c_k.
+    A lower minimum m' in a later block rescales the sums by exp(-(m - m') / tau), after S
+    gains (m - m') Z (its distances are measured from the minimum)."""
+    best = torch.full((rows.shape[0],), torch.inf, dtype=rows.dtype, device=rows.device)
+    total, spread, weighted = torch.zeros_like(best), torch.zeros_like(best), torch.zeros_like(best)
+    for start in range(0, codes.shape[0], ENTROPY_CODE_BLOCK):
+        block = slice(start, start + ENTROPY_CODE_BLOCK)
+        distances = distances_of(rows, block)
+        new_best = torch.minimum(best, distances.min(dim=1).values)
+        shift = torch.where(total > 0, best - new_best, 0.0)  # no inf * 0 on the first block
+        rescale = ((new_best - best) / tau).exp()
+        spread = (spread + shift * total) * rescale
+        total, weighted = total * rescale, weighted * rescale
+        excess = distances.sub_(new_best[:, None])  # in place: one block of temporaries less
+        terms = (excess / -tau).exp_()
+        total += terms.sum(dim=1)
+        spread += (terms * excess).sum(dim=1)
+        if code_weights is not None:
+            weighted += terms @ code_weights[block]
+        best = new_best
+    log_total = total.log()
+    return _RowStatistics(best, log_total, spread / (tau * total) + log_total, weighted / total)
+
+
+def _block_log_probabilities(rows: Tensor, codes: Tensor, stats: _RowStatistics, tau, distances_of):
+    """(codes, log p_ik = -(d_ik - m_i) / tau - log Z_i) for the rows, a block of codes at a
+    time."""
+    for start in range(0, codes.shape[0], ENTROPY_CODE_BLOCK):
+        block = slice(start, start + ENTROPY_CODE_BLOCK)
+        distances = distances_of(rows, block)
+        # In place over the distances: one block of temporaries, whatever the block count.
+        log_p = distances.sub_(stats.best[:, None]).div_(-tau).sub_(stats.log_normaliser[:, None])
+        yield block, log_p
+
+
+def soft_assign_entropy_grad(
+    x: Tensor,
+    codebook: Tensor,
+    tau: float,
+    grad_entropy: Tensor | None,
+    grad_mean: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """(dL/dx, dL/dcodebook) given g_i = dL/dH_i (``grad_entropy``, (N,)) and dL/dp-bar_k
+    (``grad_mean``, (K,)), recomputing the probabilities block by block (never N x K), in
+    float64, for every backend: a first pass per block of rows finds m_i, log Z_i, H_i and
+    r_i online, a second forms G_ij and adds its contributions. (The forward's float32 m_i and
+    log Z_i are not reused: probabilities from them would not sum to 1 in float64.)
+
+    With p_ik = exp(-(d_ik - m_i) / tau - log Z_i) and c_k = (dL/dp-bar_k) / N:
+      dH_i / dd_ij = (p_ij / tau) (log p_ij + H_i)            (d/dd_ij of -sum_k p_ik log p_ik)
+      dp_ik / dd_ij = -(p_ik / tau) (delta_jk - p_ij)        (the softmax Jacobian)
+    so sum_k c_k dp_ik / dd_ij = -(p_ij / tau) (c_j - r_i) with r_i = sum_k p_ik c_k, and
+      G_ij = dL/dd_ij = (p_ij / tau) (g_i (log p_ij + H_i) - c_j + r_i).
+    For the batch entropy H(p-bar) = -sum_k p-bar_k log p-bar_k, autograd supplies
+    dL/dp-bar_k = -(log p-bar_k + 1) dL/dH(p-bar), so dH(p-bar)/dd_ij = (p_ij / (N tau))
+    (log p-bar_j - sum_k p_ik log p-bar_k) (the +1 cancels against r_i). With d_ij =
+    ||x_i - e_j||^2:
+      dL/dx_i = 2 sum_j G_ij (x_i - e_j),   dL/de_j = -2 sum_i G_ij (x_i - e_j).
+    """
+    rows, codes = x.detach().to(torch.float64), codebook.detach().to(torch.float64)
+    row_weights = rows.new_zeros(rows.shape[0])
+    if grad_entropy is not None:
+        row_weights = grad_entropy.to(torch.float64)
+    code_weights = codes.new_zeros(codes.shape[0])
+    if grad_mean is not None:
+        code_weights = grad_mean.to(torch.float64) / rows.shape[0]
+    distances_of = _expanded_distances(codes)
+    grad_rows, grad_codes = torch.zeros_like(rows), torch.zeros_like(codes)
+    for start in range(0, rows.shape[0], ENTROPY_ROW_BLOCK):
+        block = slice(start, start + ENTROPY_ROW_BLOCK)
+        stats = _online_row_statistics(rows[block], codes, tau, distances_of, code_weights)
+        for code_block, log_p in _block_log_probabilities(
+            rows[block], codes, stats, tau, distances_of
+        ):
+            # G = (p / tau) (g (log p + H) - c + r), in place over log p and p.
+            probabilities = log_p.exp()
+            inner = log_p.add_(stats.entropy[:, None]).mul_(row_weights[block, None])
+            inner.sub_(code_weights[code_block]).add_(stats.expected[:, None])
+            gradient = probabilities.mul_(inner).div_(tau)
+            grad_rows[block] += 2 * (
+                gradient.sum(dim=1)[:, None] * rows[block] - gradient @ codes[code_block]
+            )
+            grad_codes[code_block] += 2 * (
+                gradient.sum(dim=0)[:, None] * codes[code_block] - gradient.T @ rows[block]
+            )
+    return grad_rows.to(x.dtype), grad_codes.to(codebook.dtype)
+
+
+def _exact_distances(codes: Tensor):
+    """distances(rows, block): squared L2 distances from differences (the forward's truth)."""
+
+    def distances(rows: Tensor, block: slice) -> Tensor:
+        return _exact_sq_distances(rows, codes[block])
+
+    return distances
+
+
+def _expanded_distances(codes: Tensor):
+    """distances(rows, block): ||x||^2 + ||e||^2 - 2 x.e in float64, one GEMM per block (the
+    cancellation error, ~1e-16 of the norms, is far below what the gradients need; a distance
+    it takes slightly below 0 is harmless here)."""
+    code_sq_norms = codes.square().sum(dim=1)
+
+    def distances(rows: Tensor, block: slice) -> Tensor:
+        scores = torch.addmm(code_sq_norms[block], rows, codes[block].T, alpha=-2)
+        return scores.add_(rows.square().sum(dim=1, keepdim=True))
+
+    return distances
+
+
+def soft_assign_entropy_materialised(
+    x: Tensor, codebook: Tensor, tau: float, dtype: torch.dtype = torch.float64
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(mean row entropy, p-bar (K,), H(p-bar)) transcribed from the definition with N x K
+    tensors in ``dtype``, differentiable by autograd: the oracle of the tests (float64) and the
+    materialising baseline of the benchmarks (float32)."""
+    distances = _exact_sq_distances(x.to(dtype), codebook.to(dtype))
+    log_p = torch.log_softmax(-distances / tau, dim=1)
+    row_entropy = -(log_p.exp() * log_p).sum(dim=1).mean()
+    mean = log_p.exp().mean(dim=0)
+    return row_entropy, mean, -torch.special.xlogy(mean, mean).sum()
+
+
+# ---- end soft_assign_entropy ----

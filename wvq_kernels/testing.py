@@ -654,3 +654,103 @@ def skewed_indices(shape, num_codes: int, *, dtype=torch.int64, device="cpu", se
     generator = torch.Generator().manual_seed(seed)
     values = (torch.rand(shape, generator=generator) ** 3 * num_codes).long()
     return values.clamp_max(num_codes - 1).to(device=device, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# sample_codes (issue 16)
+
+# The chi-squared test's threshold: a correct sampler fails it once in a thousand seeds.
+SAMPLING_P_VALUE = 1e-3
+
+
+def sampling_probabilities64(row: Tensor, codebook: Tensor, temperature: float, metric: str):
+    """softmax(-d(row, c_j) / T) over the codes, in float64: what one draw must follow."""
+    distances = distances64(row.reshape(1, -1), codebook, metric)[0]
+    return torch.softmax(-distances / temperature, dim=0)
+
+
+def chi_squared_p_value(indices: Tensor, probabilities: Tensor) -> float:
+    """The p-value of Pearson's chi-squared test that ``indices`` are independent draws from
+    ``probabilities`` (K,): the upper tail of chi^2 with K - 1 degrees of freedom, from the
+    regularised incomplete gamma function. Codes whose expected count is below 5 (where the
+    chi-squared approximation fails) are pooled into one cell."""
+    probabilities = probabilities.detach().cpu().double()
+    counts = torch.bincount(indices.reshape(-1).cpu(), minlength=probabilities.shape[0]).double()
+    expected = probabilities * counts.sum()
+    rare = expected < 5
+    observed = torch.cat([counts[~rare], counts[rare].sum().reshape(1)])
+    expected = torch.cat([expected[~rare], expected[rare].sum().reshape(1)])
+    keep = expected > 0
+    if bool((observed[~keep] > 0).any()):
+        return 0.0  # a draw of probability zero
+    observed, expected = observed[keep], expected[keep]
+    statistic = ((observed - expected).square() / expected).sum()
+    freedom = torch.tensor(float(observed.shape[0] - 1), dtype=torch.float64)
+    return float(torch.special.gammaincc(freedom / 2, statistic / 2))
+
+
+def sampling_failures(run, num_codes: int = 10, dim: int = 5, rows: int = 4000) -> list[str]:
+    """``run(x, codebook, temperature, metric)`` -> Sample, judged on one row repeated ``rows``
+    times (independent draws, row by row): for each metric, a chi-squared test against the
+    exact float64 softmax, and temperature 0 must give the nearest code."""
+    failures = []
+    x, codebook = random_inputs(1, num_codes, dim, seed=num_codes + dim)
+    repeated = x.expand(rows, dim)
+    for metric, temperature in (("l2", 4.0), ("cosine", 0.2), ("dot", 1.5)):
+        drawn = run(repeated, codebook, temperature, metric)
+        probabilities = sampling_probabilities64(x[0], codebook, temperature, metric)
+        p_value = chi_squared_p_value(drawn.indices, probabilities)
+        if p_value <= SAMPLING_P_VALUE:
+            failures.append(f"{metric} T={temperature}: chi-squared p = {p_value:.2g}")
+        nearest = distances64(x, codebook, metric).argmin(dim=1)
+        greedy = run(repeated[:3], codebook, 0.0, metric)
+        if not bool((greedy.indices.cpu() == nearest).all()):
+            failures.append(f"{metric} T=0: not the nearest code")
+    return failures
+
+
+# ---------------------------------------------------------------------------------------------
+# soft_assign_entropy (issue 16)
+
+# Values and gradients within this of the float64 definition, relative (issue 16).
+ENTROPY_TOLERANCE = 1e-4
+
+
+def soft_assign_entropy_failures(
+    run, x: Tensor, codebook: Tensor, tau: float, metric: str = "l2"
+) -> list[str]:
+    """``run(x, codebook)`` -> SoftAssignEntropy (on any device; leaves requiring grad are
+    passed), against reference.soft_assign_entropy_materialised in float64: every output and
+    the gradients of row entropy - 0.5 batch entropy + 0.25 p-bar . w (w a fixed ramp, so
+    that every output feeds the gradient), relative error below ENTROPY_TOLERANCE (gradients
+    of half-precision inputs, returned in their dtype: below its rounding unit)."""
+    from wvq_kernels.reference import soft_assign_entropy_materialised
+
+    x_leaf, codes_leaf = x.detach().clone().requires_grad_(), codebook.detach().clone()
+    codes_leaf.requires_grad_()
+    result = run(x_leaf, codes_leaf)
+    ramp = torch.linspace(-1, 1, codebook.shape[0], dtype=torch.float64)
+    loss = result.row_entropy - 0.5 * result.code_entropy
+    loss = loss + 0.25 * (result.code_distribution.double() @ ramp.to(loss.device))
+    loss.backward()
+    x64, codes64 = x.detach().double().requires_grad_(), codebook.detach().double()
+    codes64.requires_grad_()
+    rows64, unit_codes = x64.reshape(-1, x.shape[-1]), codes64
+    if metric == "cosine":  # 1 - cos = ||x^ - e^||^2 / 2
+        rows64 = torch.nn.functional.normalize(rows64, dim=-1)
+        unit_codes, tau = torch.nn.functional.normalize(codes64, dim=-1), 2 * tau
+    row_entropy, mean, code_entropy = soft_assign_entropy_materialised(rows64, unit_codes, tau)
+    (row_entropy - 0.5 * code_entropy + 0.25 * mean @ ramp).backward()
+    gradient_tolerance = max(ENTROPY_TOLERANCE, torch.finfo(x.dtype).eps)
+    checks = {
+        "row entropy": (result.row_entropy, row_entropy, ENTROPY_TOLERANCE),
+        "code distribution": (result.code_distribution, mean, ENTROPY_TOLERANCE),
+        "code entropy": (result.code_entropy, code_entropy, ENTROPY_TOLERANCE),
+        "x gradient": (x_leaf.grad, x64.grad, gradient_tolerance),
+        "codebook gradient": (codes_leaf.grad, codes64.grad, gradient_tolerance),
+    }
+    return [
+        f"{name}: relative error {error:.2g} > {tolerance:g}"
+        for name, (got, expected, tolerance) in checks.items()
+        if not (error := relative_error(got, expected)) < tolerance
+    ]

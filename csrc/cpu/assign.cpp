@@ -16,6 +16,10 @@
 // and passes merge in code order, ties to the earlier, so the k codes do not depend on the
 // thread count either. Its reported distances then order the k codes.
 //
+// sample_codes runs the same scan of one code per row with a third epilogue (scan_epilogues.h):
+// each score divided by T plus Gumbel noise keyed by (seed, row, code), one exact draw from
+// softmax(-d / T) per row.
+//
 // Inputs whose largest magnitude lies outside [2^-32, 2^32] are scaled by a power of two first
 // (common/input_scale.h; exact, and it preserves the order of the scores): otherwise |c|^2 overflows to inf above
 // ~1.8e19 and every score becomes inf or NaN, and bf16 dot products (vdpbf16ps treats subnormal
@@ -31,8 +35,10 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <vector>
 
+#include "common/counter_hash.h"
 #include "common/input_scale.h"
 #include "cpu_ops.h"
 #include "microkernel.h"
@@ -245,14 +251,39 @@ struct Partials {
   std::vector<int64_t> index;
 };
 
+// sample_codes' Gumbel noise: 1 / T in score units and the key of the seed.
+struct Sampling {
+  float inv_temperature;
+  uint32_t seed_word;
+};
+
 // What every task of one call shares: how rows become operands, and the kernel.
 struct Problem {
   Metric metric;
   Encoding e;
   const MicroKernel& kernel;
-  double row_scale;  // the power of two of input_scales
-  int64_t list_length;  // codes kept per row: 1 for assign, k for the top-k
+  double row_scale;          // the power of two of input_scales
+  int64_t list_length;       // codes kept per row: 1 for assign and sampling, k for the top-k
+  const Sampling* sampling;  // nullptr: the nearest codes (assign, assign_topk)
 };
+
+// The counter keys of rows [first_row, first_row + count), two per row; none without sampling.
+std::vector<uint32_t> sampling_keys(const Problem& p, int64_t first_row, int64_t count) {
+  if (p.sampling == nullptr) return {};
+  std::vector<uint32_t> keys(2 * count);
+  for (int64_t r = 0; r < count; ++r) {
+    const RowKeys row = row_keys(p.sampling->seed_word, static_cast<uint64_t>(first_row + r));
+    keys[2 * r] = row.first;
+    keys[2 * r + 1] = row.second;
+  }
+  return keys;
+}
+
+// The micro-kernel entry of a problem: Gumbel-perturbed minimum, top-k list or nearest code.
+ScanFn scan_for(const Problem& p) {
+  if (p.sampling != nullptr) return p.kernel.sample;
+  return p.list_length == 1 ? p.kernel.scan : p.kernel.scan_topk;
+}
 
 // Scans the codes of one pass (packed from code `first_code` on) for one block of rows.
 template <typename scalar_t>
@@ -272,19 +303,23 @@ void scan_task(const scalar_t* x, int64_t num_rows, int64_t block, int64_t segme
   const int64_t first_chunk = segment * plan.chunks_per_segment;
   const int64_t end_chunk = std::min(codes.num_chunks, first_chunk + plan.chunks_per_segment);
   const int64_t k = p.list_length;
+  // Keys for every row of the block, those past `count` included: the last tile reads them.
+  const std::vector<uint32_t> keys = sampling_keys(p, first_row, plan.row_block);
+  const float inv_temperature = p.sampling != nullptr ? p.sampling->inv_temperature : 0.0f;
   // Entries no code has beaten yet keep an infinite score and a valid index.
   std::vector<float> best(plan.row_block * k, std::numeric_limits<float>::infinity());
   std::vector<int64_t> best_index(plan.row_block * k, first_code + first_chunk * chunk_codes);
   const float* packed = codes.values.data_ptr<float>();
   const float* bias = codes.bias.data_ptr<float>();
-  const ScanFn scan = k == 1 ? p.kernel.scan : p.kernel.scan_topk;
+  const ScanFn scan = scan_for(p);
   for (int64_t chunk = first_chunk; chunk < end_chunk; chunk += plan.block_chunks) {
     const int64_t chunks = std::min(plan.block_chunks, end_chunk - chunk);
     for (int64_t t = 0; t < count; t += p.kernel.tile_rows) {
       const ScanArgs args{rows.data() + t * units, units, packed + chunk * units * chunk_codes,
                           bias + chunk * chunk_codes, units, chunks,
                           first_code + chunk * chunk_codes, best.data() + t * k,
-                          best_index.data() + t * k, k};
+                          best_index.data() + t * k, k, inv_temperature,
+                          p.sampling != nullptr ? keys.data() + 2 * t : nullptr};
       scan(args);
     }
   }
@@ -399,8 +434,8 @@ void finalize_topk(const scalar_t* x, const scalar_t* codebook, int64_t num_rows
   });
 }
 
-// What assign and assign_topk share: checked inputs in their common dtype, contiguous, and the
-// micro-kernel and operand encoding of the precision.
+// What assign, assign_topk and sample_codes share: checked inputs in their common dtype,
+// contiguous, and the micro-kernel and operand encoding of the precision.
 struct Inputs {
   at::Tensor x, codebook;
   Metric metric;
@@ -426,16 +461,42 @@ Inputs prepare_inputs(const at::Tensor& x_in, const at::Tensor& codebook_in,
           encoding};
 }
 
-// Scans the codebook keeping `list_length` codes per row into `chosen` and `scores`, then
-// calls finish(x, codebook) on the typed data.
+// sample_codes' request: one draw per row at this temperature and seed.
+struct SampleRequest {
+  double temperature;  // > 0
+  int64_t seed;
+};
+
+// 1 / T in the kernel's score units: l2 scores are s^2 (|c|^2 - 2 x.c) = s^2 (d - |x|^2), dot
+// scores s_rows s_codes d, cosine scores d - 1; the per-row constants do not move the argmin.
+double inverse_temperature(Metric metric, const Scales& scales, double temperature) {
+  if (metric == Metric::kCosine) return 1.0 / temperature;
+  return 1.0 / (temperature * scales.rows * scales.codes);
+}
+
+// The Gumbel noise of a request in the kernel's score units; none for a temperature so small
+// that 1 / T overflows, which is T = 0: the nearest code.
+std::optional<Sampling> sampling_for(const SampleRequest& sample, Metric metric,
+                                     const Scales& scales) {
+  const auto inv = static_cast<float>(inverse_temperature(metric, scales, sample.temperature));
+  if (!std::isfinite(inv)) return std::nullopt;
+  return Sampling{inv, seed_key(static_cast<uint64_t>(sample.seed))};
+}
+
+// Scans the codebook keeping `list_length` codes per row (or one drawn code per row when
+// `sample` is not null; list_length 1) into `chosen` and `scores`, then calls
+// finish(x, codebook) on the typed data.
 template <class Finish>
-void scan_then(const Inputs& in, int64_t list_length, int64_t* chosen, float* scores,
-               const Finish& finish) {
+void scan_then(const Inputs& in, int64_t list_length, const SampleRequest* sample,
+               int64_t* chosen, float* scores, const Finish& finish) {
   const int threads = at::get_num_threads();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.x.scalar_type(), "wvq_assign_cpu",
                                   [&] {
     const Scales scales = input_scales<scalar_t>(in.metric, in.x, in.codebook);
-    const Problem problem{in.metric, in.encoding, in.kernel, scales.rows, list_length};
+    std::optional<Sampling> sampling;
+    if (sample != nullptr) sampling = sampling_for(*sample, in.metric, scales);
+    const Problem problem{in.metric, in.encoding, in.kernel, scales.rows, list_length,
+                          sampling ? &*sampling : nullptr};
     const scalar_t* x_data = in.x.data_ptr<scalar_t>();
     const scalar_t* codes = in.codebook.data_ptr<scalar_t>();
     scan_codebook(x_data, in.x.size(0), codes, in.codebook.size(0), problem, scales.codes,
@@ -444,14 +505,10 @@ void scan_then(const Inputs& in, int64_t list_length, int64_t* chosen, float* sc
   });
 }
 
-}  // namespace
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> assign(const at::Tensor& x_in,
-                                                      const at::Tensor& codebook_in,
-                                                      const std::string& metric_name,
-                                                      const std::string& precision,
-                                                      bool histogram) {
-  const Inputs in = prepare_inputs(x_in, codebook_in, metric_name, precision);
+// One code per row, its distance and the counts: the nearest (assign), or drawn by Gumbel-max
+// when `sample` is not null (sample_codes).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> one_code_per_row(const Inputs& in, bool histogram,
+                                                                const SampleRequest* sample) {
   const int64_t num_rows = in.x.size(0), dim = in.x.size(1), num_codes = in.codebook.size(0);
   at::Tensor indices = at::empty({num_rows}, at::kLong);
   at::Tensor distances = at::empty({num_rows}, at::kFloat);
@@ -460,11 +517,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> assign(const at::Tensor& x_in,
   int64_t* chosen = indices.data_ptr<int64_t>();
   // The scores are scratch: distances receives them, then the reported distances.
   float* scores = distances.data_ptr<float>();
-  scan_then(in, 1, chosen, scores, [&](const auto* x, const auto* codes) {
+  scan_then(in, 1, sample, chosen, scores, [&](const auto* x, const auto* codes) {
     finalize(x, codes, num_rows, dim, in.metric, chosen, scores,
              histogram ? counts.data_ptr<int64_t>() : nullptr);
   });
   return {indices, distances, counts};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> assign(const at::Tensor& x,
+                                                      const at::Tensor& codebook,
+                                                      const std::string& metric,
+                                                      const std::string& precision,
+                                                      bool histogram) {
+  return one_code_per_row(prepare_inputs(x, codebook, metric, precision), histogram, nullptr);
+}
+
+std::tuple<at::Tensor, at::Tensor> sample_codes(const at::Tensor& x, const at::Tensor& codebook,
+                                                double temperature, int64_t seed,
+                                                const std::string& metric,
+                                                const std::string& precision) {
+  TORCH_CHECK(std::isfinite(temperature) && temperature >= 0.0,
+              "wvq::sample_codes: temperature must be a finite number >= 0, got ", temperature);
+  const SampleRequest sample{temperature, seed};
+  auto [indices, distances, counts] =
+      one_code_per_row(prepare_inputs(x, codebook, metric, precision), false,
+                       temperature > 0.0 ? &sample : nullptr);
+  return {indices, distances};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> assign_topk(const at::Tensor& x_in,
@@ -483,7 +563,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> assign_topk(const at::Tensor& x_i
   if (num_rows == 0) return {indices, distances, counts};
   int64_t* chosen = indices.data_ptr<int64_t>();
   float* scores = distances.data_ptr<float>();  // scratch, as in assign
-  scan_then(in, k, chosen, scores, [&](const auto* x, const auto* codes) {
+  scan_then(in, k, nullptr, chosen, scores, [&](const auto* x, const auto* codes) {
     finalize_topk(x, codes, num_rows, dim, k, in.metric, chosen, scores,
                   histogram ? counts.data_ptr<int64_t>() : nullptr);
   });

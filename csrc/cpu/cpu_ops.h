@@ -35,6 +35,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> moments(const at::Tensor& x);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> soft_assign_stats(
     const at::Tensor& x, const at::Tensor& codebook, double tau, double lam);
 
+// One draw per row from softmax(-d / temperature) by Gumbel-max in the assign scan:
+// (indices, distances of the drawn codes). temperature = 0 is assign.
+std::tuple<at::Tensor, at::Tensor> sample_codes(const at::Tensor& x, const at::Tensor& codebook,
+                                                double temperature, int64_t seed,
+                                                const std::string& metric,
+                                                const std::string& precision);
+
+// Entropy terms of softmax_k(-||x_i - e_k||^2 / tau): (per-row entropies (N,), the mean of the
+// rows' softmax (K,)).
+std::tuple<at::Tensor, at::Tensor> soft_assign_entropy(const at::Tensor& x,
+                                                       const at::Tensor& codebook, double tau);
+
 std::string cpu_isa();
 
 }  // namespace wvq::cpu

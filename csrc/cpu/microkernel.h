@@ -18,10 +18,13 @@ struct ScanArgs {
   int64_t first_code;       // global index of the first code of the first chunk
   // Per row, a list of the `list_length` best (score, index) pairs so far, sorted by score then
   // index, row r's at [r * list_length, (r + 1) * list_length): the running minimum and its
-  // index when list_length is 1 (scan), the top-k candidates otherwise (scan_topk).
+  // index when list_length is 1 (scan, sample), the top-k candidates otherwise (scan_topk).
   float* best;
   int64_t* best_index;
   int64_t list_length;
+  // sample_codes only: 1 / T in score units, and per row its two counter keys (row_keys()).
+  float inv_temperature;
+  const uint32_t* row_keys;
 };
 
 using ScanFn = void (*)(const ScanArgs&);
@@ -30,8 +33,9 @@ struct MicroKernel {
   const char* name;      // "avx512-fp32", ...
   int tile_rows;         // rows per call of scan
   int chunk_codes;       // codes per packed chunk
-  ScanFn scan;           // nearest code (list_length 1)
-  ScanFn scan_topk;      // the list_length nearest codes
+  ScanFn scan;           // nearest code (list_length 1; assign)
+  ScanFn scan_topk;      // the list_length nearest codes (assign(..., k))
+  ScanFn sample;         // running minima of score / T + Gumbel noise (sample_codes)
 };
 
 // Kernels per ISA level; the bf16 entry exists only where vdpbf16ps does.

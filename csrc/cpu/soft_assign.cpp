@@ -63,8 +63,11 @@ struct RowResults {
   at::Tensor bias;        // float32 (N,): log(lam K) - log Z_i
 };
 
+// Pass 1; with `entropy` (N floats), soft_assign_entropy's variant, which also stores each row's
+// entropy.
 RowResults scan(const SoftAssignKernels& kernels, const float* x, int64_t num_rows,
-                const PackedCodebook& codes, float inv_tau, double log_scale) {
+                const PackedCodebook& codes, float inv_tau, double log_scale,
+                float* entropy = nullptr) {
   RowResults rows{at::empty({num_rows}, at::kFloat), at::empty({num_rows}, at::kLong),
                   at::empty({num_rows}, at::kFloat)};
   float* best = rows.best.data_ptr<float>();
@@ -73,7 +76,8 @@ RowResults scan(const SoftAssignKernels& kernels, const float* x, int64_t num_ro
   parallel_tasks((num_rows + kScanRowsPerTask - 1) / kScanRowsPerTask, [&](int64_t task) {
     const int64_t begin = task * kScanRowsPerTask;
     const int64_t end = std::min(num_rows, begin + kScanRowsPerTask);
-    kernels.scan_rows({x, codes, begin, end, inv_tau, log_scale, best, best_index, bias});
+    const auto scan_rows = entropy != nullptr ? kernels.scan_rows_entropy : kernels.scan_rows;
+    scan_rows({x, codes, begin, end, inv_tau, log_scale, best, best_index, bias, entropy});
   });
   return rows;
 }
@@ -106,9 +110,11 @@ struct BlockSums {
   double& loss() { return values.back(); }
 };
 
+// Pass 2; `probabilities` is soft_assign_entropy's variant, which sums the softmax alone.
 std::vector<BlockSums> accumulate(const SoftAssignKernels& kernels, const float* x,
                                   int64_t num_rows, const PackedCodebook& codes, float inv_tau,
-                                  const RowResults& rows, const Plan& plan) {
+                                  const RowResults& rows, const Plan& plan,
+                                  bool probabilities = false) {
   std::vector<BlockSums> sums(plan.tasks(), BlockSums(codes.dim));
   const float* best = rows.best.data_ptr<float>();
   const int64_t* best_index = rows.best_index.data_ptr<int64_t>();
@@ -119,7 +125,9 @@ std::vector<BlockSums> accumulate(const SoftAssignKernels& kernels, const float*
     const int64_t row_begin = (task / plan.num_blocks) * plan.rows_per_segment;
     const int64_t row_end = std::min(num_rows, row_begin + plan.rows_per_segment);
     BlockSums& out = sums[task];
-    kernels.accumulate_codes({x, codes, first_chunk, chunks, row_begin, row_end, inv_tau, best,
+    const auto accumulate_codes =
+        probabilities ? kernels.accumulate_probabilities : kernels.accumulate_codes;
+    accumulate_codes({x, codes, first_chunk, chunks, row_begin, row_end, inv_tau, best,
                               best_index, bias, out.data() + BlockSums::weight_at(0),
                               out.data() + BlockSums::weighted_at(0, 0), &out.loss()});
   });
@@ -161,6 +169,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reduce(const std::vector<BlockSum
   return {loss_out, weight_sums, weighted_sums};
 }
 
+// soft_assign_entropy's p-bar: the summed probabilities of every code over N.
+at::Tensor mean_probabilities(const std::vector<BlockSums>& sums, const Plan& plan,
+                              int64_t num_rows, int64_t num_codes) {
+  at::Tensor mean = at::empty({num_codes}, at::kFloat);
+  float* out = mean.data_ptr<float>();
+  for (int64_t block = 0; block < plan.num_blocks; ++block) {
+    const int64_t first_code = block * kSoftBlockCodes;
+    for (int64_t c = 0; c < std::min(kSoftBlockCodes, num_codes - first_code); ++c) {
+      const double total = segment_total(sums, plan, block, BlockSums::weight_at(c));
+      out[first_code + c] = static_cast<float>(total / double(num_rows));
+    }
+  }
+  return mean;
+}
+
+void check_inputs(const char* op, const at::Tensor& x, const at::Tensor& codebook, double tau) {
+  TORCH_CHECK(x.dim() == 2 && codebook.dim() == 2, op, ": x and codebook must be 2-D");
+  TORCH_CHECK(x.size(1) == codebook.size(1), op, ": dimension mismatch");
+  TORCH_CHECK(codebook.size(0) > 0, op, ": empty codebook");
+  TORCH_CHECK(x.size(1) > 0, op, ": D must be at least 1, got 0");
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()) && at::isFloatingType(codebook.scalar_type()),
+              op, ": inputs must be floating point");
+  TORCH_CHECK(std::isfinite(tau) && tau > 0.0, op, ": tau must be positive");
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> no_rows(
     int64_t num_codes, int64_t dim) {
   return {at::zeros({}, at::kFloat), at::zeros({num_codes}, at::kFloat),
@@ -172,15 +205,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> no_rows(
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> soft_assign_stats(
     const at::Tensor& x_in, const at::Tensor& codebook_in, double tau, double lam) {
-  TORCH_CHECK(x_in.dim() == 2 && codebook_in.dim() == 2,
-              "wvq::soft_assign_stats: x and codebook must be 2-D");
-  TORCH_CHECK(x_in.size(1) == codebook_in.size(1), "wvq::soft_assign_stats: dimension mismatch");
-  TORCH_CHECK(codebook_in.size(0) > 0, "wvq::soft_assign_stats: empty codebook");
-  TORCH_CHECK(x_in.size(1) > 0, "wvq::soft_assign_stats: D must be at least 1, got 0");
-  TORCH_CHECK(at::isFloatingType(x_in.scalar_type()) &&
-                  at::isFloatingType(codebook_in.scalar_type()),
-              "wvq::soft_assign_stats: inputs must be floating point");
-  TORCH_CHECK(std::isfinite(tau) && tau > 0.0, "wvq::soft_assign_stats: tau must be positive");
+  check_inputs("wvq::soft_assign_stats", x_in, codebook_in, tau);
   TORCH_CHECK(std::isfinite(lam) && lam >= 0.0, "wvq::soft_assign_stats: lam must be >= 0");
   // Kernels work on float32 rows; float32 inputs are used in place.
   const at::Tensor x = x_in.to(at::kFloat).contiguous();
@@ -200,6 +225,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> soft_assi
                                                  codes.view, inv_tau, rows, plan);
   auto [loss, weight_sums, weighted_sums] = reduce(sums, plan, num_rows, num_codes, dim);
   return {loss, weight_sums, weighted_sums, rows.best_index, rows.best};
+}
+
+// ---- soft_assign_entropy (issue 16): the same two passes, probabilities instead of weights ----
+
+std::tuple<at::Tensor, at::Tensor> soft_assign_entropy(const at::Tensor& x_in,
+                                                       const at::Tensor& codebook_in, double tau) {
+  check_inputs("wvq::soft_assign_entropy", x_in, codebook_in, tau);
+  const at::Tensor x = x_in.to(at::kFloat).contiguous();
+  const at::Tensor codebook = codebook_in.to(at::kFloat).contiguous();
+  const int64_t num_rows = x.size(0), num_codes = codebook.size(0);
+  // float64 inputs get float64 outputs (computed in float32), as the reference's.
+  const at::ScalarType out_type =
+      x_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  if (num_rows == 0) return {at::empty({0}, out_type), at::zeros({num_codes}, out_type)};
+
+  const SoftAssignKernels& kernels = soft_assign_kernels();
+  const PackedCodes codes = pack_codes(codebook);
+  const float inv_tau = static_cast<float>(1.0 / tau);
+  at::Tensor entropy = at::empty({num_rows}, at::kFloat);
+  // log_scale = 0: the bias is -log Z, and pass 2's weights are the softmax probabilities.
+  const RowResults rows = scan(kernels, x.data_ptr<float>(), num_rows, codes.view, inv_tau, 0.0,
+                               entropy.data_ptr<float>());
+  const Plan plan = make_plan(num_rows, codes.view.num_chunks);
+  const std::vector<BlockSums> sums = accumulate(kernels, x.data_ptr<float>(), num_rows,
+                                                 codes.view, inv_tau, rows, plan, true);
+  const at::Tensor mean = mean_probabilities(sums, plan, num_rows, num_codes);
+  return {entropy.to(out_type), mean.to(out_type)};
 }
 
 }  // namespace wvq::cpu

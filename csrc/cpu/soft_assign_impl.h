@@ -165,7 +165,8 @@ static void block_distances(const float* x, int64_t row0, int64_t rows, int64_t 
 struct RowState {
   float best = kInf;
   int64_t index = 0;
-  double sum = 0.0;  // sum_k exp(-(d_k - best) / tau) over the codes seen so far (unscaled)
+  double sum = 0.0;  // Z = sum_k exp(-(d_k - best) / tau) over the codes seen so far (unscaled)
+  double spread = 0.0;  // soft_assign_entropy: S = sum_k exp(-(d_k - best) / tau) (d_k - best)
 };
 
 static float block_min(const float* values, int64_t count) {
@@ -184,29 +185,45 @@ static int64_t first_index_of(const float* values, int64_t count, float target) 
   return 0;  // unreachable for finite inputs: target is one of the values
 }
 
-static double exp_sum(const float* values, int64_t count, float best, float inv_tau) {
-  V total{};
+// Adds the block's terms of Z (and, for kEntropy, of S) to the row's state.
+template <bool kEntropy>
+static void add_exp_sums(const float* values, int64_t count, float inv_tau, RowState& state) {
+  V total{}, spread{};
   for (int64_t t = 0; t < count; t += kWidth) {
-    const V y = (best - Isa::load(values + t)) * inv_tau;
-    if (any_nonzero_exp(y)) total += scaled_exp(y);
+    const V difference = Isa::load(values + t) - state.best;
+    const V y = -difference * inv_tau;
+    if (!any_nonzero_exp(y)) continue;
+    const V term = scaled_exp(y);
+    total += term;
+    // Zero terms take zero differences: no 0 * inf from padded codes.
+    if constexpr (kEntropy) spread += term > 0.0f ? term * difference : V{};
   }
-  return horizontal_sum(total) * kUnscale;
+  state.sum += horizontal_sum(total) * kUnscale;
+  if constexpr (kEntropy) state.spread += horizontal_sum(spread) * kUnscale;
 }
 
-// Folds one block of distances into the row's state: a lower minimum rescales the running sum
-// (strict "<": an equal later minimum keeps the earlier, smaller index).
+// Folds one block of distances into the row's state: a lower minimum rescales the running sums
+// (strict "<": an equal later minimum keeps the earlier, smaller index). S measures distances
+// from the minimum, so it also gains (old - new minimum) Z before the rescaling.
+template <bool kEntropy>
 static void fold_block(const float* values, int64_t count, int64_t first_code, float inv_tau,
                        RowState& state) {
   const float low = block_min(values, count);
   if (low < state.best) {
-    state.sum *= std::exp((double(low) - double(state.best)) * inv_tau);
+    const double shift = double(state.best) - double(low);
+    const double rescale = std::exp(-shift * inv_tau);
+    if constexpr (kEntropy) {
+      state.spread = state.sum > 0.0 ? (state.spread + shift * state.sum) * rescale : 0.0;
+    }
+    state.sum *= rescale;
     state.index = first_code + first_index_of(values, count, low);
     state.best = low;
   }
-  if (state.best < kInf) state.sum += exp_sum(values, count, state.best, inv_tau);
+  if (state.best < kInf) add_exp_sums<kEntropy>(values, count, inv_tau, state);
 }
 
-template <int MR, int NR>
+// Pass 1. kEntropy also stores each row's entropy H = S / (tau Z) + log Z.
+template <int MR, int NR, bool kEntropy>
 static void scan_rows(const SoftScanArgs& a) {
   alignas(64) float distances[MR * kSoftBlockCodes];
   for (int64_t row0 = a.row_begin; row0 < a.row_end; row0 += MR) {
@@ -216,14 +233,19 @@ static void scan_rows(const SoftScanArgs& a) {
       const int64_t chunks = std::min(kSoftBlockChunks, a.codes.num_chunks - chunk);
       block_distances<MR, NR>(a.x, row0, MR, a.row_end - 1, a.codes, chunk, chunks, distances);
       for (int64_t r = 0; r < rows; ++r) {
-        fold_block(distances + r * kSoftBlockCodes, chunks * kSoftChunkCodes,
-                   chunk * kSoftChunkCodes, a.inv_tau, states[r]);
+        fold_block<kEntropy>(distances + r * kSoftBlockCodes, chunks * kSoftChunkCodes,
+                             chunk * kSoftChunkCodes, a.inv_tau, states[r]);
       }
     }
     for (int64_t r = 0; r < rows; ++r) {
       a.best[row0 + r] = states[r].best;
       a.best_index[row0 + r] = states[r].index;
-      a.bias[row0 + r] = static_cast<float>(a.log_scale - std::log(states[r].sum));
+      const double log_sum = std::log(states[r].sum);
+      a.bias[row0 + r] = static_cast<float>(a.log_scale - log_sum);
+      if constexpr (kEntropy) {
+        a.entropy[row0 + r] =
+            static_cast<float>(states[r].spread * a.inv_tau / states[r].sum + log_sum);
+      }
     }
   }
 }
@@ -236,6 +258,9 @@ static void scan_rows(const SoftScanArgs& a) {
 // vector j may hold a nonzero weight; `lanes` holds 0, 1, ..., kWidth - 1. Adds the lanes of
 // sum w d times kScale to `loss`, or times kScale * kBigUnscale to `big_loss` for vectors with a
 // distance above kBigDistance, without the 0 * inf of padded codes.
+// kProbabilities (soft_assign_entropy) keeps the softmax as it is: no winner weight of 1, no
+// loss.
+template <bool kProbabilities>
 static void weigh_row(float* values, bool* live, int64_t vectors, float best, float bias,
                       int64_t winner, float inv_tau, V lanes, V& loss, V& big_loss) {
   for (int64_t j = 0; j < vectors; ++j) {
@@ -244,13 +269,17 @@ static void weigh_row(float* values, bool* live, int64_t vectors, float best, fl
     V y = bias - (distance - best) * inv_tau;
     y = y < 0.0f ? y : V{};
     const int64_t winner_lane = winner - j * kWidth;
-    const bool has_winner = winner_lane >= 0 && winner_lane < kWidth;
+    const bool has_winner = !kProbabilities && winner_lane >= 0 && winner_lane < kWidth;
     live[j] = has_winner || any_nonzero_exp(y);
     if (!live[j]) {
       Isa::store(slot, V{});
       continue;
     }
     V weight = scaled_exp(y);
+    if constexpr (kProbabilities) {
+      Isa::store(slot, weight);
+      continue;
+    }
     weight = lanes == static_cast<float>(winner_lane) ? splat(kScale) : weight;
     if (Isa::any_less(-distance, -kBigDistance)) {
       big_loss += weight > 0.0f ? weight * (distance * kBigUnscale) : V{};
@@ -282,6 +311,7 @@ static void add_weighted_dims(const float* weights, const int64_t* live_rows, in
 // Sums vector j of the tile's weights, and the weights times each dimension of the rows, into
 // the block's float64 sums, over the rows whose weights there are live (listed first, so that
 // the sums run without a branch per row).
+template <bool kProbabilities>
 static void accumulate_vector(const float* weights, const bool* live, int64_t vectors,
                               const float* const* rows, int64_t num_rows, int64_t dim, int64_t j,
                               double* weight_sums, double* weighted_sums) {
@@ -297,6 +327,7 @@ static void accumulate_vector(const float* weights, const bool* live, int64_t ve
     total += Isa::load(weights + live_rows[t] * kSoftBlockCodes + j * kWidth);
   }
   add_unscaled(weight_sums + j * kWidth, total);
+  if constexpr (kProbabilities) return;
   int64_t d0 = 0;
   for (; d0 + 4 <= dim; d0 += 4) {
     add_weighted_dims<4>(weights, live_rows, count, rows, d0, j, weighted_sums);
@@ -306,7 +337,8 @@ static void accumulate_vector(const float* weights, const bool* live, int64_t ve
   }
 }
 
-template <int MR, int NR>
+// Pass 2. kProbabilities sums the softmax probabilities alone (soft_assign_entropy's p-bar).
+template <int MR, int NR, bool kProbabilities>
 static void accumulate_codes(const SoftAccumulateArgs& a) {
   alignas(64) float weights[kSoftRowTile * kSoftBlockCodes];
   constexpr int64_t kMaxVectors = kSoftBlockCodes / kWidth;
@@ -325,14 +357,14 @@ static void accumulate_codes(const SoftAccumulateArgs& a) {
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t row = row0 + r;
       row_pointers[r] = a.x + row * dim;
-      weigh_row(weights + r * kSoftBlockCodes, live + r * vectors, vectors, a.best[row],
+      weigh_row<kProbabilities>(weights + r * kSoftBlockCodes, live + r * vectors, vectors, a.best[row],
                 a.bias[row], a.best_index[row] - first_code, a.inv_tau, lanes, tile_loss,
                 big_tile_loss);
     }
     loss += (horizontal_sum(tile_loss) + horizontal_sum(big_tile_loss) / kBigUnscale) * kUnscale;
     for (int64_t j = 0; j < vectors; ++j) {
-      accumulate_vector(weights, live, vectors, row_pointers, rows, dim, j, a.weight_sums,
-                        a.weighted_sums);
+      accumulate_vector<kProbabilities>(weights, live, vectors, row_pointers, rows, dim, j,
+                                        a.weight_sums, a.weighted_sums);
     }
   }
   *a.loss += loss;
@@ -342,8 +374,9 @@ static void accumulate_codes(const SoftAccumulateArgs& a) {
 
 template <int MR, int NR>
 static const SoftAssignKernels& make_soft_assign_kernels(const char* name) {
-  static const SoftAssignKernels kernels{name, &soft::scan_rows<MR, NR>,
-                                         &soft::accumulate_codes<MR, NR>};
+  static const SoftAssignKernels kernels{
+      name, &soft::scan_rows<MR, NR, false>, &soft::accumulate_codes<MR, NR, false>,
+      &soft::scan_rows<MR, NR, true>, &soft::accumulate_codes<MR, NR, true>};
   return kernels;
 }
 

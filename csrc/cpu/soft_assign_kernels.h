@@ -35,6 +35,7 @@ struct SoftScanArgs {
   float* best;          // min_k d_ik
   int64_t* best_index;  // first k reaching it
   float* bias;          // log_scale - log sum_k exp(-(d_ik - best_i) / tau)
+  float* entropy;       // soft_assign_entropy only: the entropy of softmax_k(-d_ik / tau)
 };
 
 // Pass 2, one block of codes over rows [row_begin, row_end), given pass 1's per-row results.
@@ -57,6 +58,10 @@ struct SoftAssignKernels {
   const char* name;
   void (*scan_rows)(const SoftScanArgs&);
   void (*accumulate_codes)(const SoftAccumulateArgs&);
+  // soft_assign_entropy: the scan also stores each row's entropy; the accumulation sums the
+  // softmax probabilities alone (no winner weight of 1, no weighted rows, no loss).
+  void (*scan_rows_entropy)(const SoftScanArgs&);
+  void (*accumulate_probabilities)(const SoftAccumulateArgs&);
 };
 
 const SoftAssignKernels& avx512_soft_assign_kernels();

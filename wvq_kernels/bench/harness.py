@@ -227,6 +227,26 @@ class OpBenchmark:
         return " ".join(f"{name}={value}" for name, value in zip(self.size_names, size))
 
 
+def memory_acceptance(
+    size_names: tuple[str, ...], size: tuple[int, ...], limit_mib: float, provider: str = "ours"
+) -> Callable[[list[dict]], list[str]]:
+    """An OpBenchmark ``summary``: whether ``provider`` at ``size`` stayed below ``limit_mib``
+    beyond its inputs (reported, not asserted)."""
+
+    def summary(rows: list[dict]) -> list[str]:
+        wanted = dict(zip(size_names, size))
+        found = [
+            row for row in rows if row["provider"] == provider and wanted.items() <= row.items()
+        ]
+        if not found or found[0]["peak_delta_mib"] is None:
+            return []
+        verdict = "met" if found[0]["peak_delta_mib"] < limit_mib else "NOT met"
+        shape = "x".join(map(str, size))
+        return [f"acceptance ({provider} at {shape}: inputs + < {limit_mib} MiB): {verdict}"]
+
+    return summary
+
+
 def measure(bench: OpBenchmark, provider: str, size: tuple[int, ...], args) -> dict:
     """Set-up, warm-up, then the timed and metered steps, in this process."""
     try:

@@ -308,6 +308,65 @@ def check_soft_assign_stats(backend: str, device: torch.device) -> tuple[list[st
 
 
 # ---------------------------------------------------------------------------------------------
+# wvq check: sampling and entropy (issue 16)
+
+
+def check_sample_codes(backend: str, device: torch.device) -> tuple[list[str], str]:
+    failures: list[str] = []
+
+    def run(x, codebook, temperature, metric):
+        return wvq_kernels.sample_codes(
+            x.to(device), codebook.to(device), temperature, seed=3, metric=metric, backend=backend
+        )
+
+    problems = _attempt("sampling", failures, partial(testing.sampling_failures, run))
+    failures += problems or []
+    return failures, (
+        "every metric: draws of one row x 4000 pass a chi-squared test against the float64 "
+        f"softmax (p > {testing.SAMPLING_P_VALUE:g}); T = 0 draws the nearest code"
+    )
+
+
+# (batch shape, K, D, dtype, tau, metric): sharp and flat softmaxes, half inputs, cosine.
+ENTROPY_CASES = [
+    ((3, 70), 300, 12, torch.float32, 1.0, "l2"),
+    ((257,), 1000, 8, torch.bfloat16, 0.1, "l2"),
+    ((200,), 64, 59, torch.float32, 50.0, "l2"),
+    ((100,), 500, 16, torch.float32, 0.05, "cosine"),
+]
+
+
+def check_soft_assign_entropy(backend: str, device: torch.device) -> tuple[list[str], str]:
+    failures: list[str] = []
+    for batch_shape, num_codes, dim, dtype, tau, metric in ENTROPY_CASES:
+        x, codebook = testing.random_inputs(
+            math.prod(batch_shape), num_codes, dim, dtype=dtype, seed=num_codes + dim
+        )
+        label = (
+            f"N={'x'.join(map(str, batch_shape))} K={num_codes} D={dim} "
+            f"{str(dtype).removeprefix('torch.')} tau={tau} {metric}"
+        )
+
+        def run(rows, codes, tau=tau, metric=metric, batch_shape=batch_shape):
+            return wvq_kernels.soft_assign_entropy(
+                rows.reshape(*batch_shape, -1).to(device),
+                codes.to(device),
+                tau,
+                metric=metric,
+                backend=backend,
+            )
+
+        check = partial(testing.soft_assign_entropy_failures, run, x, codebook, tau, metric)
+        problems = _attempt(label, failures, check)
+        failures += [f"{label}: {problem}" for problem in problems or []]
+    return failures, (
+        f"{len(ENTROPY_CASES)} cases (fp32/bf16, tau 0.05-50, l2 and cosine): entropies, p-bar "
+        f"and both gradients within {testing.ENTROPY_TOLERANCE:g} of float64 (bf16 gradients: "
+        "within bf16 rounding)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # wvq check: driver
 
 
@@ -328,18 +387,20 @@ CHECKS = {
     "usage": check_usage,
     "moments": check_moments,
     "soft_assign_stats": check_soft_assign_stats,
+    "sample_codes": check_sample_codes,
+    "soft_assign_entropy": check_soft_assign_entropy,
 }
 
 
 def run_check(_: argparse.Namespace) -> int:
     backends = [name for name, status in wvq_kernels.available_backends().items() if status]
     print(f"checking backends {', '.join(backends)} against float64 ground truth")
-    print(f"{'backend':<10} {'op':<17} {'result':<6} checked")
+    print(f"{'backend':<10} {'op':<19} {'result':<6} checked")
     all_failures = []
     for backend in backends:
         for op, check in CHECKS.items():
             failures, summary = check(backend, testing.device_for(backend))
-            print(f"{backend:<10} {op:<17} {'FAIL' if failures else 'pass':<6} {summary}")
+            print(f"{backend:<10} {op:<19} {'FAIL' if failures else 'pass':<6} {summary}")
             all_failures += [f"{backend} {op}: {failure}" for failure in failures]
     for failure in all_failures:
         print(f"  FAIL {failure}")

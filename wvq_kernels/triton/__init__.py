@@ -13,5 +13,6 @@ from wvq_kernels.triton import (  # noqa: F401  (registers the ops)
     assign_topk,
     histogram,
     moments,
+    sample_codes,
     soft_assign,
 )

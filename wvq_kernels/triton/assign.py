@@ -45,8 +45,8 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
-from wvq_kernels.reference import input_scales, normalise_rows
-from wvq_kernels.triton import configs
+from wvq_kernels.reference import input_scales, inverse_temperature, normalise_rows
+from wvq_kernels.triton import configs, counter_hash
 
 METRIC_CODES = {"l2": 0, "cosine": 1, "dot": 2}
 # precision -> tl.dot input_precision for fp32 operands; bf16 operands ignore it.
@@ -189,18 +189,24 @@ def assign_kernel(
     K,
     D,
     codes_per_split,
+    inv_temperature_ptr,  # sample_codes: (1,) fp32, 1 / T in score units (inf: T = 0)
+    seed_word,  # sample_codes: the seed's key, as an int32
     METRIC: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     ROUND_BF16: tl.constexpr,
     INTERPRETED: tl.constexpr,
     SPLIT_K: tl.constexpr,
     HISTOGRAM: tl.constexpr,
+    SAMPLE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
     D_CHUNKS: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    if SAMPLE:
+        first_key, second_key = counter_hash.row_keys(seed_word, rows)
+        inv_temperature = tl.load(inv_temperature_ptr)
     row_mask = rows < N
     row_offsets = rows.to(tl.int64) * stride_xn
     # The first BLOCK_D columns of the rows stay in registers for the whole codebook stream;
@@ -247,6 +253,12 @@ def assign_kernel(
             scores = norms[None, :] - 2.0 * dots
         else:
             scores = -dots
+        if SAMPLE:  # Gumbel-max: score / T + log E (see wvq_kernels/triton/sample_codes.py)
+            noise = counter_hash.gumbel_noise(first_key, second_key, codes)
+            # 1 / T overflowed float32: T is 0 to the scores, the draw is the nearest code.
+            scores = tl.where(
+                inv_temperature < float("inf"), scores * inv_temperature + noise, scores
+            )
         scores = tl.where(code_mask[None, :], scores, float("inf"))
         tile_score, tile_index = tl.min(
             scores, axis=1, return_indices=True, return_indices_tie_break_left=True
@@ -368,9 +380,10 @@ def split_count(num_rows: int, num_codes: int, config: configs.AssignConfig, sms
 
 
 def _scored_operands(x: Tensor, codebook: Tensor, metric: str, precision: str, arch: str | None):
-    """(rows to score, their scale (1,), codes to score transposed (D, K), ||c||^2 (l2 only,
-    else empty), codes for the distance). l2 and dot scale extreme inputs by powers of two as
-    the reference does (reference.input_scales): the codes here, the rows in the kernel."""
+    """(rows to score, their scale (1,), the codes' scale, codes to score transposed (D, K),
+    ||c||^2 (l2 only, else empty), codes for the distance). l2 and dot scale extreme inputs by
+    powers of two as the reference does (reference.input_scales): the codes here, the rows in
+    the kernel."""
     row_scale, code_scale = input_scales(x, codebook, metric)
     codes = codebook.to(torch.float32) * code_scale
     rows = x
@@ -383,7 +396,7 @@ def _scored_operands(x: Tensor, codebook: Tensor, metric: str, precision: str, a
     norms = (
         code_norms(codes_t, arch) if metric == "l2" else codes_t.new_empty(0, dtype=torch.float32)
     )
-    return rows, row_scale.reshape(1), codes_t, norms, dist_codes
+    return rows, row_scale.reshape(1), code_scale, codes_t, norms, dist_codes
 
 
 def _unit_inner_stride(t: Tensor) -> tuple[Tensor, int, int]:
@@ -401,15 +414,19 @@ def launch_assign(
     precision: str,
     histogram: bool,
     splits: int | None = None,
+    sample: tuple[float, int] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The op's body; ``splits`` forces a number of code segments (tests take both paths)."""
+    """The op's body; ``splits`` forces a number of code segments (tests take both paths);
+    ``sample`` = (temperature > 0, the seed's key) makes it sample_codes'."""
     num_rows, dim = x.shape
     num_codes = codebook.shape[0]
     arch = configs.device_arch(x.device)
-    rows, row_scale, codes_t, norms, dist_codes = _scored_operands(
+    rows, row_scale, code_scale, codes_t, norms, dist_codes = _scored_operands(
         x, codebook, metric, precision, arch
     )
     config = configs.assign_config(dim, configs.dot_kind(precision), arch)
+    if sample and arch is not None:  # the interpreter's tiles are for speed, not registers
+        config = configs.sample_config(config, arch, configs.dot_kind(precision))
     if splits is None:
         splits = split_count(num_rows, num_codes, config, configs.sm_count(x.device))
     codes_per_split = triton.cdiv(triton.cdiv(num_codes, splits), config.block_k) * config.block_k
@@ -442,10 +459,15 @@ def launch_assign(
         num_codes,
         dim,
         codes_per_split,
+        inverse_temperature(sample[0], metric, row_scale, code_scale).reshape(1)
+        if sample
+        else row_scale,
+        counter_hash.signed_word(sample[1]) if sample else 0,
         DOT_PRECISION=DOT_PRECISION[precision],
         ROUND_BF16=precision == "bf16",
         INTERPRETED=configs.INTERPRETED,
         SPLIT_K=splits > 1,
+        SAMPLE=sample is not None,
         BLOCK_N=config.block_n,
         BLOCK_K=config.block_k,
         num_warps=config.num_warps,

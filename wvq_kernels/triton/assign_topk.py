@@ -156,7 +156,7 @@ def launch_assign_topk(
     num_rows, dim = x.shape
     num_codes = codebook.shape[0]
     arch = configs.device_arch(x.device)
-    rows, row_scale, codes_t, norms, _ = _scored_operands(x, codebook, metric, precision, arch)
+    rows, row_scale, _, codes_t, norms, _ = _scored_operands(x, codebook, metric, precision, arch)
     config = configs.assign_topk_config(dim, configs.dot_kind(precision), arch)
     if splits is None:
         splits = split_count(num_rows, num_codes, config, configs.sm_count(x.device))

@@ -161,6 +161,23 @@ def assign_topk_config(dim: int, kind: str, arch: str | None) -> AssignConfig:
     return _entry_for(ASSIGN_TOPK_CONFIGS[kind], dim)
 
 
+# sample_codes runs the assign kernel with Gumbel noise on every score (two hashes and two
+# logarithms): the gate measured spills on every tile holding 64 scores per thread (bf16
+# 128 x 128 on 8 warps, tf32 64 x 128 on 4), none at 32 (ieee's 64 x 64 on 4 warps) except
+# sm_80's bf16 tiles (12-64 bytes; at 16, 73-128 registers). Its tiles are the table's with
+# BLOCK_K cut to hold at most this many scores per thread.
+SAMPLE_SCORES_PER_THREAD = 32
+SAMPLE_SCORES_PER_THREAD_EXCEPTIONS = {("sm_80", "bf16"): 16}
+
+
+def sample_config(config: AssignConfig, arch: str, kind: str) -> AssignConfig:
+    """The assign config of (arch, dot kind) for sample_codes' kernel: BLOCK_K capped (see
+    above)."""
+    scores = SAMPLE_SCORES_PER_THREAD_EXCEPTIONS.get((arch, kind), SAMPLE_SCORES_PER_THREAD)
+    most = scores * 32 * config.num_warps // config.block_n
+    return config._replace(block_k=min(config.block_k, max(16, most)))
+
+
 def _entry_for(table, dim: int):
     """The first config of a [(largest D or None for any, config)] table that admits dim."""
     for largest_dim, config in table:

@@ -67,11 +67,13 @@ def soft_assign_scan_kernel(
     best_ptr,
     index_ptr,
     bias_ptr,  # (N,) fp32, int64, fp32
+    entropy_ptr,  # (N,) fp32, ENTROPY only
     N,
     K,
     D,
     inv_tau,
     log_scale,
+    ENTROPY: tl.constexpr,  # soft_assign_entropy: also each row's entropy S / (tau Z) + log Z
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
@@ -81,6 +83,7 @@ def soft_assign_scan_kernel(
     best = tl.full([BLOCK_N], float("inf"), dtype=tl.float32)
     best_index = tl.zeros([BLOCK_N], dtype=tl.int32)
     total = tl.zeros([BLOCK_N], dtype=tl.float32)
+    spread = tl.zeros([BLOCK_N], dtype=tl.float32)  # S = sum_k exp(-(d_k - min) / tau) (d_k - min)
     for tile_start in range(0, K, BLOCK_K):
         codes = tile_start + tl.arange(0, BLOCK_K)
         distances = _distance_tile(
@@ -102,12 +105,22 @@ def soft_assign_scan_kernel(
         best_index = tl.where(tile_best < best, tile_start + tile_index, best_index)
         new_best = tl.minimum(best, tile_best)
         # On the first tile best is inf: exp(-inf) = 0 scales the empty sum.
-        total = total * tl.exp((new_best - best) * inv_tau)
-        total += tl.sum(tl.exp((new_best[:, None] - distances) * inv_tau), axis=1)
+        rescale = tl.exp((new_best - best) * inv_tau)
+        terms = tl.exp((new_best[:, None] - distances) * inv_tau)
+        if ENTROPY:  # S measures from the minimum: it gains (old - new minimum) Z first
+            shift = tl.where(total > 0.0, best - new_best, 0.0)  # not inf * 0 on the first tile
+            spread = (spread + shift * total) * rescale
+            excess = tl.where(terms > 0.0, distances - new_best[:, None], 0.0)
+            spread += tl.sum(terms * excess, axis=1)
+        total = total * rescale
+        total += tl.sum(terms, axis=1)
         best = new_best
     tl.store(best_ptr + rows, best, mask=row_mask)
     tl.store(index_ptr + rows, best_index.to(tl.int64), mask=row_mask)
     tl.store(bias_ptr + rows, log_scale - tl.log(total), mask=row_mask)
+    if ENTROPY:
+        entropy = spread * inv_tau / total + tl.log(total)
+        tl.store(entropy_ptr + rows, entropy, mask=row_mask)
 
 
 @triton.jit
@@ -127,6 +140,7 @@ def soft_assign_accumulate_kernel(
     D,
     rows_per_segment,
     inv_tau,
+    PROBABILITIES: tl.constexpr,  # soft_assign_entropy: sum the softmax alone (bias = -log Z)
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -162,24 +176,29 @@ def soft_assign_accumulate_kernel(
         bias = tl.load(bias_ptr + rows, mask=row_mask, other=float("-inf"))
         winner = tl.load(index_ptr + rows, mask=row_mask, other=-1)
         exponent = tl.minimum(bias[:, None] - (distances - best[:, None]) * inv_tau, 0.0)
-        weights = tl.where(codes[None, :] == winner[:, None], 1.0, tl.exp(exponent))
+        weights = tl.exp(exponent)
+        if not PROBABILITIES:
+            weights = tl.where(codes[None, :] == winner[:, None], 1.0, weights)
         weights = tl.where(row_mask[:, None] & code_mask[None, :], weights, 0.0)
         weight_sums += tl.sum(weights, axis=0)
-        # Zero weights take zero distances: no 0 * inf from padded codes.
-        loss += tl.sum(weights * tl.where(weights > 0.0, distances, 0.0), axis=0)
-        x_pointers = x_ptr + row_offsets[:, None] + cols[None, :].to(tl.int64) * stride_xd
-        x_tile = tl.load(x_pointers, mask=row_mask[:, None] & col_mask[None, :], other=0.0)
-        weighted_sums = tl.dot(
-            tl.trans(weights), x_tile.to(tl.float32), weighted_sums, input_precision="ieee"
-        )
+        if not PROBABILITIES:
+            # Zero weights take zero distances: no 0 * inf from padded codes.
+            loss += tl.sum(weights * tl.where(weights > 0.0, distances, 0.0), axis=0)
+            x_pointers = x_ptr + row_offsets[:, None] + cols[None, :].to(tl.int64) * stride_xd
+            x_tile = tl.load(x_pointers, mask=row_mask[:, None] & col_mask[None, :], other=0.0)
+            weighted_sums = tl.dot(
+                tl.trans(weights), x_tile.to(tl.float32), weighted_sums, input_precision="ieee"
+            )
     partial = segment.to(tl.int64) * K + codes
-    pointers = weighted_sums_ptr + partial[:, None] * D + cols[None, :]
-    tl.store(pointers, weighted_sums, mask=code_mask[:, None] & col_mask[None, :])
+    if not PROBABILITIES:
+        pointers = weighted_sums_ptr + partial[:, None] * D + cols[None, :]
+        tl.store(pointers, weighted_sums, mask=code_mask[:, None] & col_mask[None, :])
     # Every column block has the same weights; the first one stores them.
     if tl.program_id(2) == 0:
         tl.store(weight_sums_ptr + partial, weight_sums, mask=code_mask)
-        loss_offset = segment * tl.num_programs(0) + tl.program_id(0)
-        tl.store(loss_ptr + loss_offset, tl.sum(loss, axis=0))
+        if not PROBABILITIES:
+            loss_offset = segment * tl.num_programs(0) + tl.program_id(0)
+            tl.store(loss_ptr + loss_offset, tl.sum(loss, axis=0))
 
 
 def segment_count(num_rows: int, code_blocks: int, block_n: int, sms: int) -> int:
@@ -190,13 +209,15 @@ def segment_count(num_rows: int, code_blocks: int, block_n: int, sms: int) -> in
     return max(1, min(triton.cdiv(num_rows, block_n), triton.cdiv(2 * sms, code_blocks)))
 
 
-def _scan(x: Tensor, codes_t: Tensor, inv_tau: float, log_scale: float):
+def _scan(x: Tensor, codes_t: Tensor, inv_tau: float, log_scale: float, entropy: bool = False):
+    """(min distance, its index, bias) per row, and the row entropies when ``entropy``."""
     num_rows, dim = x.shape
     num_codes = codes_t.shape[1]
     config = configs.soft_assign_config("scan", dim, configs.device_arch(x.device))
     best = torch.empty(num_rows, dtype=torch.float32, device=x.device)
     indices = torch.empty(num_rows, dtype=torch.int64, device=x.device)
     bias = torch.empty(num_rows, dtype=torch.float32, device=x.device)
+    entropies = torch.empty(num_rows if entropy else 0, dtype=torch.float32, device=x.device)
     wrap_triton(soft_assign_scan_kernel)[(triton.cdiv(num_rows, config.block_n),)](
         x,
         x.stride(0),
@@ -205,23 +226,32 @@ def _scan(x: Tensor, codes_t: Tensor, inv_tau: float, log_scale: float):
         best,
         indices,
         bias,
+        entropies,
         num_rows,
         num_codes,
         dim,
         inv_tau,
         log_scale,
+        ENTROPY=entropy,
         BLOCK_N=config.block_n,
         BLOCK_K=config.block_k,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
-    return best, indices, bias
+    return best, indices, bias, entropies
 
 
 def _accumulate(
-    x: Tensor, codes_t: Tensor, inv_tau: float, best: Tensor, indices: Tensor, bias: Tensor
+    x: Tensor,
+    codes_t: Tensor,
+    inv_tau: float,
+    best: Tensor,
+    indices: Tensor,
+    bias: Tensor,
+    probabilities: bool = False,
 ):
-    """(sum w d, weight sums (K,), weighted sums (K, D)), the partials added in float64."""
+    """(sum w d, weight sums (K,), weighted sums (K, D)), the partials added in float64; with
+    ``probabilities``, the weight sums alone (float64) are soft_assign_entropy's sums of p."""
     num_rows, dim = x.shape
     num_codes = codes_t.shape[1]
     config = configs.soft_assign_config("accumulate", dim, configs.device_arch(x.device))
@@ -231,9 +261,11 @@ def _accumulate(
     rows_per_segment *= config.block_n
     segments = triton.cdiv(num_rows, rows_per_segment)
     weight_sums = torch.empty(segments, num_codes, dtype=torch.float32, device=x.device)
-    weighted_sums = torch.empty(segments, num_codes, dim, dtype=torch.float32, device=x.device)
-    loss = torch.empty(segments, code_blocks, dtype=torch.float32, device=x.device)
-    grid = (code_blocks, segments, triton.cdiv(dim, config.block_d))
+    partials = 0 if probabilities else segments  # the sums that PROBABILITIES leaves out
+    weighted_sums = torch.empty(partials, num_codes, dim, dtype=torch.float32, device=x.device)
+    loss = torch.empty(partials, code_blocks, dtype=torch.float32, device=x.device)
+    column_blocks = 1 if probabilities else triton.cdiv(dim, config.block_d)
+    grid = (code_blocks, segments, column_blocks)
     wrap_triton(soft_assign_accumulate_kernel)[grid](
         x,
         x.stride(0),
@@ -250,12 +282,15 @@ def _accumulate(
         dim,
         rows_per_segment,
         inv_tau,
+        PROBABILITIES=probabilities,
         BLOCK_N=config.block_n,
         BLOCK_K=config.block_k,
         BLOCK_D=config.block_d,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
+    if probabilities:
+        return weight_sums.double().sum(dim=0)
     return (
         loss.double().sum(),
         weight_sums.double().sum(dim=0).float(),
@@ -279,7 +314,7 @@ def launch_soft_assign_stats(
     codes_t = codebook.detach().to(torch.float32).T.contiguous()
     inv_tau = 1.0 / tau
     log_scale = math.log(lam * num_codes) if lam > 0 else -math.inf
-    best, indices, bias = _scan(x, codes_t, inv_tau, log_scale)
+    best, indices, bias, _ = _scan(x, codes_t, inv_tau, log_scale)
     loss, weight_sums, weighted_sums = _accumulate(x, codes_t, inv_tau, best, indices, bias)
     loss = (loss / (num_rows * dim)).float()
     return loss, weight_sums, weighted_sums, indices, best
@@ -290,3 +325,25 @@ def soft_assign_stats(
     x: Tensor, codebook: Tensor, tau: float, lam: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     return launch_soft_assign_stats(x, codebook, tau, lam)
+
+
+def launch_soft_assign_entropy(x: Tensor, codebook: Tensor, tau: float) -> tuple[Tensor, Tensor]:
+    """soft_assign_entropy on the two kernels above: the scan with log_scale = 0 (its bias is
+    -log Z) also stores the row entropies; the accumulation with PROBABILITIES sums p."""
+    num_rows = x.shape[0]
+    out_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if num_rows == 0:
+        return x.new_empty(0, dtype=out_dtype), x.new_zeros(codebook.shape[0], dtype=out_dtype)
+    codes_t = codebook.detach().to(torch.float32).T.contiguous()
+    inv_tau = 1.0 / tau
+    # The kernels' float64 variant is left out of the ahead-of-time gate: such rows go as fp32.
+    rows = x.detach().float() if x.dtype == torch.float64 else x.detach()
+    best, indices, bias, entropies = _scan(rows, codes_t, inv_tau, 0.0, entropy=True)
+    sums = _accumulate(rows, codes_t, inv_tau, best, indices, bias, probabilities=True)
+    mean = sums / num_rows
+    return entropies.to(out_dtype), mean.to(out_dtype)
+
+
+@triton_op("wvq_triton::soft_assign_entropy", mutates_args=())
+def soft_assign_entropy(x: Tensor, codebook: Tensor, tau: float) -> tuple[Tensor, Tensor]:
+    return launch_soft_assign_entropy(x, codebook, tau)

@@ -23,6 +23,8 @@ VARIANTS = {
     "projected_refills": {"codebook_dim": 4, "dead_code_threshold": 0.5, "decay": 0.3},
     "ema_projected_refills": {"ema": True, "codebook_dim": 4, "dead_code_threshold": 0.5},
     "kmeans_init": {"kmeans_init": True, "ema": True},
+    "sampled": {"sample_temperature": 0.5},
+    "entropy": {"entropy_weight": 0.1, "entropy_tau": 0.5},
 }
 
 # How each mode runs: autocast to a dtype around an float32 module, or the module cast to it.

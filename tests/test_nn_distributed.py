@@ -27,6 +27,8 @@ MODES = {
     "dead_code": dict(dead_code_threshold=2.0, feature_queue_size=100),
     "ema_dead_code_kmeans": dict(ema=True, dead_code_threshold=2.0, kmeans_init=True),
     "nsvq": dict(codebook_loss="dense", reservoir_size=40),
+    # The batch entropy is that of the global batch's average soft assignment.
+    "entropy": dict(entropy_weight=0.5, entropy_tau=2.0),
 }
 
 
@@ -96,6 +98,15 @@ def nonfinite_step(rank: int) -> dict:
     return {"before": before, "after": buffers(quantizer)}
 
 
+def sampled_steps(rank: int) -> dict:
+    """Sampled codes (sample_temperature) with the same rows on both ranks: each rank draws
+    its own codes, yet the synchronised state stays identical."""
+    torch.manual_seed(0)
+    quantizer = VectorQuantizer(DIM, CODES, ema=True, sample_temperature=50.0)
+    indices = [quantizer(batch(step)).indices for step in range(3)]
+    return {"indices": torch.stack(indices), "state": buffers(quantizer)}
+
+
 def worker(rank: int, world: int, folder: str) -> None:
     init_group(rank, world, folder, TIMEOUT)
     results = {
@@ -105,6 +116,7 @@ def worker(rank: int, world: int, folder: str) -> None:
         },
         "nonfinite": nonfinite_step(rank),
         "compat": train_compat(rank, world),
+        "sampled": sampled_steps(rank),
     }
     torch.save(results, os.path.join(folder, f"rank{rank}.pt"))
     dist.destroy_process_group()
@@ -163,3 +175,10 @@ def test_vector_quantize_compat_ranks_identical_and_close_to_one_process():
     for name, value in first.items():
         assert torch.equal(value, second[name]), name
         torch.testing.assert_close(value, single[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_sampling_ranks_draw_independently_and_keep_identical_state():
+    first, second = (r["sampled"] for r in run_ranks())
+    assert not torch.equal(first["indices"], second["indices"])
+    for name, value in first["state"].items():
+        assert torch.equal(value, second["state"][name]), name

@@ -169,10 +169,16 @@ def soft_assign_entropy(
     run = kernel("reference" if rows.shape[0] == 0 else backend, "soft_assign_entropy")
     entropies, mean = run(rows, codebook, tau)
     row_entropy = entropies.sum() / max(rows.shape[0], 1)
-    # A code whose probability underflows to 0 gets the finite gradient -(log tiny + 1), not
-    # -inf (which times the zero probabilities in the backward would give NaN).
-    code_entropy = -torch.special.xlogy(mean, mean.clamp_min(torch.finfo(mean.dtype).tiny)).sum()
+    code_entropy = distribution_entropy(mean)
     return SoftAssignEntropy(row_entropy, mean, code_entropy, entropies.reshape(x.shape[:-1]))
+
+
+def distribution_entropy(probabilities: Tensor) -> Tensor:
+    """-sum p log p of a distribution (K,), differentiable. A code whose probability underflows
+    to 0 gets the finite gradient -(log tiny + 1), not -inf (which times the zero probabilities
+    in the backward would give NaN)."""
+    tiny = torch.finfo(probabilities.dtype).tiny
+    return -torch.special.xlogy(probabilities, probabilities.clamp_min(tiny)).sum()
 
 
 def unit_rows(t: Tensor) -> Tensor:

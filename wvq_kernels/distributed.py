@@ -79,6 +79,11 @@ def is_distributed(process_group=None) -> bool:
     return dist.get_world_size(process_group) > 1
 
 
+def rank(process_group=None) -> int:
+    """This process's rank in the group; 0 when nothing is distributed."""
+    return dist.get_rank(process_group) if is_distributed(process_group) else 0
+
+
 def _group_device(process_group) -> torch.device:
     # NCCL only moves CUDA tensors; every other backend here (gloo) moves CPU tensors.
     if dist.get_backend(process_group) == dist.Backend.NCCL:
@@ -128,6 +133,26 @@ def all_reduce_code_sums(sums: Tensor, process_group=None) -> Tensor:
     for part in _gather_equal(sums, process_group):
         total += part.double()
     return total.to(sums.device, sums.dtype)
+
+
+def all_reduce_sum(values: Tensor, process_group=None) -> Tensor:
+    """``all_reduce_code_sums``, differentiable: the gradient of each rank's ``values`` is the
+    sum over ranks of the gradients of the result, as for a loss of the global batch that every
+    rank computes (DDP then averages what reaches the parameters)."""
+    if not is_distributed(process_group):
+        return values
+    return _SumOverRanks.apply(values, process_group)
+
+
+class _SumOverRanks(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, values: Tensor, process_group) -> Tensor:
+        ctx.process_group = process_group
+        return all_reduce_code_sums(values, process_group)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return all_reduce_code_sums(grad.contiguous(), ctx.process_group), None
 
 
 def all_gather_moments(local: Moments, process_group=None) -> Moments:

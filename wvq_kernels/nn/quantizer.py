@@ -15,7 +15,7 @@ from .. import distributed
 from ..kmeans import kmeans
 from ..losses import gaussian_w2
 from ..ops import Assignment
-from .counter_random import CounterRandom
+from .counter_random import CounterRandom, counter_uniform
 from .feature_queue import FeatureQueue
 from .gather import gather_codes
 from .reservoir import FeatureReservoir
@@ -47,7 +47,8 @@ class QuantizerOutput(NamedTuple):
       training or not), ``wasserstein``
       (W between feature and codebook Gaussians; 0 when not computed), ``commitment`` and
       ``codebook`` (the two loss terms, unweighted), ``skipped_nonfinite`` (training batches
-      skipped so far for non-finite features).
+      skipped so far for non-finite features), ``row_entropy`` and ``code_entropy`` (the
+      entropy terms; 0 without ``entropy_weight``).
     """
 
     quantized: Tensor
@@ -70,6 +71,16 @@ class VectorQuantizer(nn.Module):
     (tokens per step, decayed by ``decay``) falls below it with recent features.
     ``kmeans_init`` fits the codebook to the first training batch. ``metric="cosine"``
     quantizes l2-normalised features with l2-normalised codes.
+
+    Beyond the nearest code: ``sample_temperature > 0`` draws each training row's code from
+    softmax(−‖z − e‖² / sample_temperature) over all K codes instead (an exact Gumbel-max draw
+    inside the fused scan, keyed by the module's counter stream so that it resumes with the
+    state; evaluation stays nearest-code; each step reads one number of that stream on the
+    host). ``entropy_weight > 0`` adds the LFQ / MAGVIT-2 entropy regulariser
+    ``entropy_weight·(H̄(p_i) − diversity_weight·H(p̄))`` of the soft assignments
+    p_i = softmax(−d(z_i, ·) / entropy_tau): confident rows, but a batch spread over the codes
+    (p̄ over every rank's rows when synchronised), differentiable in the features and a
+    learned codebook, no N×K tensor.
 
     NSVQ: ``codebook_loss="dense"`` replaces the codebook term by the dense non-stationary
     embedding loss, which pulls every code toward nearby features with weights
@@ -146,6 +157,10 @@ class VectorQuantizer(nn.Module):
         reservoir_size: int = 0,
         sync_stats: bool | None = None,
         process_group=None,
+        sample_temperature: float = 0.0,
+        entropy_weight: float = 0.0,
+        entropy_tau: float = 1.0,
+        diversity_weight: float = 1.0,
     ):
         super().__init__()
         dim = check.check_count("dim", dim, 1)
@@ -153,6 +168,19 @@ class VectorQuantizer(nn.Module):
         if codebook_dim is not None:
             codebook_dim = check.check_count("codebook_dim", codebook_dim, 1)
         tau = check.check_real("tau", tau, 0.0, inclusive=False)
+        sample_temperature = check.check_real(
+            "sample_temperature", sample_temperature, 0.0, inclusive=True
+        )
+        entropy_weight = check.check_real("entropy_weight", entropy_weight, 0.0, inclusive=True)
+        entropy_tau = check.check_real("entropy_tau", entropy_tau, 0.0, inclusive=False)
+        diversity_weight = check.check_real(
+            "diversity_weight", diversity_weight, 0.0, inclusive=True
+        )
+        if sample_temperature > 0 and codebook_loss == "dense":
+            raise ValueError(
+                "sample_temperature > 0 with codebook_loss='dense': the dense loss chooses its "
+                "codes by its own softmax (tau)"
+            )
         _check_options(distribution_loss, metric, ema, linear_reparam, dead_code_threshold)
         _check_nsvq_options(codebook_loss, ema, linear_reparam, reservoir_size)
         codebook_dim = codebook_dim or dim
@@ -162,6 +190,9 @@ class VectorQuantizer(nn.Module):
         self.ema, self.decay, self.linear_reparam = ema, decay, linear_reparam
         self.dead_code_threshold, self.target_cov_scale = dead_code_threshold, target_cov_scale
         self.codebook_loss, self.tau, self.lam = codebook_loss, tau, lam
+        self.sample_temperature = sample_temperature
+        self.entropy_weight, self.entropy_tau = entropy_weight, entropy_tau
+        self.diversity_weight = diversity_weight
         self.initialized = not kmeans_init
         self.sync_stats, self.process_group = sync_stats, process_group
         self.project_in = nn.Linear(dim, codebook_dim) if codebook_dim != dim else nn.Identity()
@@ -238,21 +269,25 @@ class VectorQuantizer(nn.Module):
         sync = self.training and self._syncs()
         finite = self._prepare_step(features, self.training, sync)
         codes = self._normalize(self.codes().float())
-        result, codebook_term = self._assign(features, codes, working)
+        result, codebook_term = self._assign(features, codes, working, finite, sync)
         quantized_codes = gather_codes(codes, result.indices, self.backend)
         commitment = F.mse_loss(features, quantized_codes.detach())
         if codebook_term is None:
             codebook_term = self._codebook_term(features, quantized_codes, commitment)
         wasserstein = self._wasserstein(features, codes)
+        row_entropy, code_entropy = self._entropies(features, codes, sync)
         loss = self.beta * commitment
         if not self.ema:
             loss = loss + self.alpha * codebook_term
         if self.distribution_loss is not None:
             loss = loss + self.gamma * wasserstein
+        if self.entropy_weight > 0:
+            loss = loss + self.entropy_weight * (row_entropy - self.diversity_weight * code_entropy)
         self._record_step(features, result, finite, self.training, sync)
         straight_through = features + (quantized_codes - features).detach()
         quantized = _in_parameter_dtype(self.project_out, straight_through)
         stats = self._stats(result, commitment, codebook_term, wasserstein)
+        stats.update(row_entropy=row_entropy.detach(), code_entropy=code_entropy.detach())
         return QuantizerOutput(quantized, result.indices, loss.float(), stats)
 
     def assign_and_update(self, z: Tensor, update: bool) -> Tensor:
@@ -266,7 +301,7 @@ class VectorQuantizer(nn.Module):
             sync = update and self._syncs()
             finite = self._prepare_step(features, update, sync)
             codes = self._normalize(self.codes().float())
-            result, _ = self._assign(features, codes, working)
+            result, _ = self._assign(features, codes, working, finite, sync)
             self._record_step(features, result, finite, update, sync)
         return result.indices
 
@@ -322,11 +357,11 @@ class VectorQuantizer(nn.Module):
             self.reservoir.push(rows, self.generator, finite)
 
     def _assign(
-        self, features: Tensor, codes: Tensor, working: torch.dtype
+        self, features: Tensor, codes: Tensor, working: torch.dtype, finite: Tensor, sync: bool
     ) -> tuple[Assignment, Tensor | None]:
-        """The nearest codes (with their histogram) and, for the dense loss, its unweighted
-        codebook term (None otherwise); the kernels see features and codes rounded to
-        ``working``."""
+        """The nearest codes (in training with ``sample_temperature``, drawn ones), with their
+        histogram, and, for the dense loss, its unweighted codebook term (None otherwise); the
+        kernels see features and codes rounded to ``working``."""
         # The trusted path: no finiteness check, which would sync with the host every step
         # (a non-finite z shows anyway, as a non-finite loss).
         rows = features.detach().to(working)
@@ -338,10 +373,53 @@ class VectorQuantizer(nn.Module):
             )
             counts = kernels.code_histogram(dense.indices, self.codebook_size, backend=self.backend)
             return Assignment(dense.indices, dense.distances, counts), dense.loss
+        if self.training and self.sample_temperature > 0:
+            return self._sample(rows, codes.detach().to(working), finite), None
         result = kernels.assign(
             rows, codes.detach().to(working), histogram=True, backend=self.backend
         )
         return result, None
+
+    def _sample(self, rows: Tensor, codes: Tensor, finite: Tensor) -> Assignment:
+        """One draw per row from softmax(-||z - e||^2 / sample_temperature) (Gumbel-max in the
+        fused scan, no N x K tensor), with its histogram.
+
+        The kernel's randomness is keyed by (seed, row, code); the seed is the next number of
+        the module's counter stream, so draws follow the state (and resume with it), and a
+        skipped non-finite batch does not advance it. Reading that number is the one host
+        read of a sampling step. Every rank holds the same stream, so each rank's rank number
+        goes into its seed: ranks' rows get independent draws."""
+        draw = counter_uniform(self.generator.seed, self.generator.offset)
+        self.generator.offset.add_(finite.long())
+        seed = int(draw * 2**53) + (distributed.rank(self.process_group) << 53)
+        sample = kernels.sample_codes(
+            rows, codes, self.sample_temperature, seed=seed, backend=self.backend
+        )
+        counts = kernels.code_histogram(sample.indices, self.codebook_size, backend=self.backend)
+        return Assignment(sample.indices, sample.distances, counts)
+
+    def _entropies(self, features: Tensor, codes: Tensor, sync: bool) -> tuple[Tensor, Tensor]:
+        """With ``entropy_weight``: the mean entropy of the rows' soft assignments
+        softmax(-d / entropy_tau) and the entropy of their batch average (over every rank's
+        rows when synchronised), differentiable in the features and a learned codebook; zeros
+        otherwise."""
+        if self.entropy_weight == 0:
+            zero = features.new_zeros(())
+            return zero, zero
+        if not codes.requires_grad:
+            # An EMA codebook moves in place later in this forward; the backward needs these.
+            codes = codes.clone()
+        terms = kernels.soft_assign_entropy(
+            features, codes, tau=self.entropy_tau, metric=self.metric, backend=self.backend
+        )
+        if not sync:
+            return terms.row_entropy, terms.code_entropy
+        # p-bar of the global batch: the ranks' averages weighted by their rows.
+        local_rows = features.new_tensor([features.numel() // self.codebook_dim], dtype=torch.int64)
+        total_rows = distributed.all_reduce_histogram(local_rows, self.process_group)
+        weighted = terms.code_distribution * local_rows
+        average = distributed.all_reduce_sum(weighted, self.process_group) / total_rows
+        return terms.row_entropy, kernels.distribution_entropy(average)
 
     def _codebook_term(self, features: Tensor, quantized_codes: Tensor, commitment: Tensor):
         """‖z_q − sg(z)‖²: the commitment's value, but with the gradient to the codes; an EMA

@@ -41,4 +41,4 @@ SCHEMAS = {
 TRITON_ON_CUDA_OPS = frozenset({"assign_topk", "sample_codes", "soft_assign_entropy"})
 
 # Ops of the C++ library that take no tensors and exist on the CPU extension only.
-HOST_ONLY_OPS = {"cpu_isa": "() -> str"}
+HOST_ONLY_OPS = {"cpu_isa": "() -> str", "peak_gflops": "(str kind, float seconds) -> float"}

@@ -249,22 +249,6 @@ def test_triton_table_configs_meet_the_oracle(arch, precision):
         assert torch.equal(counts, torch.bincount(indices[:, 0], minlength=131))
 
 
-def test_backend_cuda_runs_the_triton_kernel(monkeypatch):
-    """No CUDA kernel of its own (TRITON_ON_CUDA_OPS): a resolved 'cuda' runs Triton's."""
-    if not wvq.available_backends()["triton"]:
-        pytest.skip("no Triton")
-    from wvq_kernels import _trusted
-
-    ran = []
-    kernel = _trusted.kernel
-    monkeypatch.setattr(_trusted, "resolve_backend", lambda backend, device: "cuda")
-    monkeypatch.setattr(_trusted, "kernel", lambda name, op: ran.append(name) or kernel(name, op))
-    x, codebook = random_inputs(20, 50, 12)
-    result = _trusted.assign_topk(x, codebook, 3, backend="cuda")
-    assert ran == ["triton"]
-    check_topk(x, codebook, result.indices, result.distances, "l2", "ieee")
-
-
 @pytest.mark.slow
 def test_every_cpu_isa_meets_the_oracle(run_on_isa):
     """The top-k epilogue of every micro-kernel this CPU runs (AVX-512, AVX2, scalar), forced in

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import wvq_kernels as wvq
+from wvq_kernels._schemas import TRITON_ON_CUDA_OPS as TRITON_ON_CUDA
 
 X = torch.randn(10, 8)
 CODEBOOK = torch.randn(17, 8)
@@ -439,6 +440,12 @@ def test_auto_routes_each_op_to_its_preferred_gpu_backend(monkeypatch):
     assert _backends.resolve_backend("auto", gpu, "assign") == "triton"
     for op in ("code_histogram", "code_sums", "usage", "moments", "soft_assign_stats"):
         assert _backends.resolve_backend("auto", gpu, op) == "cuda", op
+    # Ops with no CUDA kernel run Triton's under auto; an explicit "cuda" is refused.
+    monkeypatch.setattr(_backends, "_CUDA_KERNELS", frozenset(_backends.SCHEMAS) - TRITON_ON_CUDA)
+    for op in sorted(TRITON_ON_CUDA):
+        assert _backends.resolve_backend("auto", gpu, op) == "triton", op
+        with pytest.raises(ValueError, match=f"no kernel for {op}.*'triton'"):
+            _backends.resolve_backend("cuda", gpu, op)
     monkeypatch.setattr(_backends, "_CUDA_KERNELS", frozenset({"assign"}))
     assert _backends.resolve_backend("auto", gpu, "moments") == "triton"
     statuses["triton"] = _backends.BackendStatus(False, "faked")

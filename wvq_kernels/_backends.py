@@ -123,8 +123,10 @@ def resolve_backend(backend: str, device: torch.device, op: str | None = None) -
 # codes in code_sums) and need no JIT compilation on first use.
 GPU_PREFERENCE = {
     "assign": ("triton", "cuda"),
-    # Issue 16's ops exist in Triton only: sample_codes is assign's scan, and the entropy's
-    # two passes are soft_assign_stats' Triton kernels.
+    # Issue 16's ops exist in Triton only (_schemas.TRITON_ON_CUDA_OPS): top-k and sample_codes
+    # are assign's scan with other epilogues, and the entropy's two passes are soft_assign_stats'
+    # Triton kernels.
+    "assign_topk": ("triton",),
     "sample_codes": ("triton",),
     "soft_assign_entropy": ("triton",),
 }

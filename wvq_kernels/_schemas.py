@@ -35,9 +35,9 @@ SCHEMAS = {
     # ---- end issue 16 ----
 }
 
-# Ops without a CUDA kernel of their own: on CUDA tensors they run their Triton kernel (assign_topk
-# even under backend="cuda", see wvq_kernels/_trusted.py; the others under "auto" or "triton"), and
-# scripts/check_cuda_registration.py does not ask _C_cuda for one.
+# Ops without a CUDA kernel of their own: on CUDA tensors "auto" runs their Triton kernel
+# (_backends.GPU_PREFERENCE), an explicit backend="cuda" is refused with a pointer to "triton",
+# and scripts/check_cuda_registration.py does not ask _C_cuda for one.
 TRITON_ON_CUDA_OPS = frozenset({"assign_topk", "sample_codes", "soft_assign_entropy"})
 
 # Ops of the C++ library that take no tensors and exist on the CPU extension only.

@@ -14,7 +14,6 @@ from torch import Tensor
 
 from wvq_kernels._backends import resolve_backend
 from wvq_kernels._registration import kernel
-from wvq_kernels._schemas import TRITON_ON_CUDA_OPS
 from wvq_kernels._types import Assignment, Moments, Sample, SoftAssignEntropy, SoftAssignStats
 from wvq_kernels._validation import resolve_precision
 
@@ -55,9 +54,7 @@ def assign_topk(
     histogram: bool = False,
     backend: str = "auto",
 ) -> Assignment:
-    backend = resolve_backend(backend, x.device)
-    if backend == "cuda" and "assign_topk" in TRITON_ON_CUDA_OPS:  # no CUDA kernel yet
-        backend = "triton"
+    backend = resolve_backend(backend, x.device, op="assign_topk")
     rows = _rows(x.detach())
     num_codes = codebook.shape[0]
     batch_shape = (*x.shape[:-1], k)

@@ -1,7 +1,8 @@
 """The benchmarks run: every benchmarks/bench_<op>.py at its smoke size prints its table and
 writes CSV, JSON and a plot with each provider's ratio against its PyTorch baseline; `wvq bench`
-runs the assignment grid from the package, away from the source tree; and the package ships
-wvq_kernels.bench without `import wvq_kernels` importing it."""
+runs the assignment grid from the package, away from the source tree; `wvq bench --report`
+writes the report with its plots, its ratios and fractions of the measured peak; and the package
+ships wvq_kernels.bench without `import wvq_kernels` importing it."""
 
 import json
 import subprocess
@@ -92,3 +93,86 @@ def test_import_wvq_kernels_leaves_the_benchmarks_and_the_oracle_alone():
         "assert not {'pytest', 'wvq_kernels.vqvae', 'wvq_kernels.cli'} & set(sys.modules)\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+
+
+def test_peak_gflops_measures_this_machine():
+    import torch
+
+    fp32 = torch.ops.wvq.peak_gflops("fp32", 0.05)
+    bf16 = torch.ops.wvq.peak_gflops("bf16", 0.05)
+    # One FMA loop per thread on registers: at least a scalar core's worth, under any load.
+    assert fp32 > 1
+    # NaN where the CPU (or WVQ_CPU_ISA) has no vdpbf16ps, a rate otherwise.
+    assert bf16 != bf16 or bf16 > 1
+    with pytest.raises(RuntimeError, match="kind must be fp32 or bf16"):
+        torch.ops.wvq.peak_gflops("int8", 0.05)
+
+
+def test_report_sweeps_vary_one_axis_of_each_benchmark():
+    from wvq_kernels.bench import report
+
+    scripts = report.discover(ROOT / "benchmarks")
+    assert next(iter(scripts)) == report.ASSIGN
+    full_k = report.PLANS[report.ASSIGN].full.axes["K"]
+    assert (min(full_k), max(full_k)) == (1024, 1 << 20)
+    for name, plan in report.PLANS.items():
+        bench = report.load_benchmark(scripts[name]) if name != report.ASSIGN else None
+        names = bench.size_names if bench else ("K", "N", "D")
+        for sweep in (plan.full, plan.quick):
+            assert set(sweep.centre) == set(names), name
+            centre, *others = sweep.sizes(names)
+            assert centre == tuple(sweep.centre[n] for n in names)
+            assert len(set(others)) == len(others) and centre not in others
+            assert all(sum(a != b for a, b in zip(size, centre)) == 1 for size in others)
+
+
+def test_vs_best_peer_is_the_fastest_peer_over_each_row():
+    from wvq_kernels.bench.report import add_vs_best_peer
+
+    rows = [
+        {"K": 1, "provider": "ours", "median_ms": 2.0},
+        {"K": 1, "provider": "peer-a", "median_ms": 4.0},
+        {"K": 1, "provider": "peer-b", "median_ms": 8.0},
+        {"K": 2, "provider": "ours", "median_ms": 3.0},
+        {"K": 2, "provider": "peer-a", "median_ms": None},
+    ]
+    add_vs_best_peer(rows, ("K",))
+    assert [row["vs_best_peer"] for row in rows] == [2.0, 1.0, 0.5, None, None]
+
+
+REPORT_QUICK = ["bench", "--report", "--quick", "--ops", "assign", "moments", "--repeats", "2"]
+REPORT_QUICK += ["--providers", "ours-ieee", "ours-bf16", "torch-chunked"]
+
+
+@pytest.mark.slow
+def test_wvq_bench_report_writes_the_report_with_its_plots(tmp_path):
+    from wvq_kernels.bench.report import PLANS
+
+    assert main([*REPORT_QUICK, "--out", str(tmp_path)]) == 0
+    report = (tmp_path / "report.md").read_text()
+    summary = report.split("## Summary")[1].split("\n## ")[0]
+    for op, provider in [("assign", "ours-ieee"), ("assign", "ours-bf16"), ("moments", "ours")]:
+        assert f"| {op} | {provider} |" in summary
+    # A plot per axis that takes two values or more, linked from the report.
+    for plot in ("assign-K", "assign-N", "assign-D", "moments-N", "moments-D"):
+        assert (tmp_path / "report" / f"{plot}.png").stat().st_size > 0
+        assert f"(report/{plot}.png)" in report
+
+    written = json.loads((tmp_path / "report" / "assign.json").read_text())
+    rows, peaks = written["results"], written["meta"]["peak_gflops"]
+    sizes = {(row["K"], row["N"], row["D"]) for row in rows}
+    assert sizes == set(PLANS["assign"].quick.sizes(("K", "N", "D")))
+    for size in sizes:
+        cell = [row for row in rows if (row["K"], row["N"], row["D"]) == size]
+        best_peer = min(row["median_ms"] for row in cell if row["provider"] == "torch-chunked")
+        for row in cell:
+            assert row["vs_best_peer"] == pytest.approx(best_peer / row["median_ms"])
+            peak = peaks["bf16" if row["precision"] == "bf16" else "fp32"]
+            assert row["peak_fraction"] == pytest.approx(row["gflops"] / peak)
+
+    moments = json.loads((tmp_path / "report" / "moments.json").read_text())["results"]
+    assert {(row["N"], row["D"]) for row in moments} == set(
+        PLANS["moments"].quick.sizes(("N", "D"))
+    )
+    # Every cell in its own process: each has its own peak memory.
+    assert all(row["peak_delta_mib"] is not None for row in moments)

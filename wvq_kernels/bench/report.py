@@ -566,12 +566,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         nargs="+",
         choices=list(PROVIDERS_BY_NAME),
         default=list(PROVIDERS_BY_NAME),
-        help="assignment providers (default: all)",
+        metavar="PROVIDER",
+        help=f"assignment providers (default: all of {', '.join(PROVIDERS_BY_NAME)})",
     )
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per cell (median)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed calls per cell, median taken (assign: at least 3, more for fast calls)",
+    )
     parser.add_argument("--threads", type=int, help="torch/OpenMP threads (default: torch's)")
-    parser.add_argument("--benchmarks", type=Path, default=default_benchmarks_dir())
-    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    parser.add_argument(
+        "--benchmarks",
+        type=Path,
+        default=default_benchmarks_dir(),
+        help="the bench_<op>.py scripts (default: benchmarks/ of this source checkout)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("bench-results"), help="report.md and report/ go here"
+    )
     return parser.parse_args(argv)
 
 

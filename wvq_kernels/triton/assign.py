@@ -171,6 +171,65 @@ def _finish_rows(
 
 
 @triton.jit
+def _tile_scores(
+    first_rows,
+    x_ptr,
+    row_offsets,
+    row_mask,
+    stride_xd,
+    row_scale,
+    codes_t_ptr,
+    norms_ptr,
+    codes,
+    code_mask,
+    D,
+    K,
+    METRIC: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    ROUND_BF16: tl.constexpr,
+    INTERPRETED: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    D_CHUNKS: tl.constexpr,
+):
+    """The (BLOCK_N, BLOCK_K) scores of a row tile against the code tile ``codes``: ||c||^2 -
+    2 x.c (l2) or -x.c, lower is nearer, over D in chunks of BLOCK_D (the first chunk of the
+    rows, ``first_rows``, stays in registers; the others are reloaded per tile). Masked codes
+    score garbage: the callers mask them."""
+    first_cols = tl.arange(0, BLOCK_D)
+    code_tile = _load_code_tile(codes_t_ptr, first_cols, codes, code_mask, D, K, first_rows.dtype)
+    dots = _tile_dot(
+        first_rows,
+        code_tile,
+        tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32),
+        DOT_PRECISION,
+        INTERPRETED,
+    )
+    for chunk in range(1, D_CHUNKS):
+        cols = chunk * BLOCK_D + tl.arange(0, BLOCK_D)
+        row_tile = _load_rows(
+            x_ptr,
+            row_offsets,
+            row_mask,
+            cols,
+            D,
+            stride_xd,
+            row_scale,
+            ROUND_BF16,
+            INTERPRETED,
+        )
+        code_tile = _load_code_tile(codes_t_ptr, cols, codes, code_mask, D, K, row_tile.dtype)
+        dots = _tile_dot(row_tile, code_tile, dots, DOT_PRECISION, INTERPRETED)
+    if METRIC == 0:
+        norms = tl.load(norms_ptr + codes, mask=code_mask, other=0.0)
+        scores = norms[None, :] - 2.0 * dots
+    else:
+        scores = -dots
+    return scores
+
+
+@triton.jit
 def assign_kernel(
     x_ptr,
     stride_xn,
@@ -223,36 +282,28 @@ def assign_kernel(
     for tile_start in range(code_start, code_stop, BLOCK_K):
         codes = tile_start + tl.arange(0, BLOCK_K)
         code_mask = codes < code_stop
-        code_tile = _load_code_tile(
-            codes_t_ptr, first_cols, codes, code_mask, D, K, first_rows.dtype
-        )
-        dots = _tile_dot(
+        scores = _tile_scores(
             first_rows,
-            code_tile,
-            tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32),
+            x_ptr,
+            row_offsets,
+            row_mask,
+            stride_xd,
+            row_scale,
+            codes_t_ptr,
+            norms_ptr,
+            codes,
+            code_mask,
+            D,
+            K,
+            METRIC,
             DOT_PRECISION,
+            ROUND_BF16,
             INTERPRETED,
+            BLOCK_N,
+            BLOCK_K,
+            BLOCK_D,
+            D_CHUNKS,
         )
-        for chunk in range(1, D_CHUNKS):
-            cols = chunk * BLOCK_D + tl.arange(0, BLOCK_D)
-            row_tile = _load_rows(
-                x_ptr,
-                row_offsets,
-                row_mask,
-                cols,
-                D,
-                stride_xd,
-                row_scale,
-                ROUND_BF16,
-                INTERPRETED,
-            )
-            code_tile = _load_code_tile(codes_t_ptr, cols, codes, code_mask, D, K, row_tile.dtype)
-            dots = _tile_dot(row_tile, code_tile, dots, DOT_PRECISION, INTERPRETED)
-        if METRIC == 0:
-            norms = tl.load(norms_ptr + codes, mask=code_mask, other=0.0)
-            scores = norms[None, :] - 2.0 * dots
-        else:
-            scores = -dots
         if SAMPLE:  # Gumbel-max: score / T + log E (see wvq_kernels/triton/sample_codes.py)
             noise = counter_hash.gumbel_noise(first_key, second_key, codes)
             # 1 / T overflowed float32: T is 0 to the scores, the draw is the nearest code.

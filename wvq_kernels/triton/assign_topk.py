@@ -29,10 +29,9 @@ from wvq_kernels.reference import rank_by_distance, sort_pairs
 from wvq_kernels.triton import configs
 from wvq_kernels.triton.assign import (
     DOT_PRECISION,
-    _load_code_tile,
     _load_rows,
     _scored_operands,
-    _tile_dot,
+    _tile_scores,
     _unit_inner_stride,
     split_count,
 )
@@ -103,36 +102,28 @@ def assign_topk_kernel(
     for tile_start in range(code_start, code_stop, BLOCK_K):
         codes = tile_start + tl.arange(0, BLOCK_K)
         code_mask = codes < code_stop
-        code_tile = _load_code_tile(
-            codes_t_ptr, first_cols, codes, code_mask, D, K, first_rows.dtype
-        )
-        dots = _tile_dot(
+        scores = _tile_scores(
             first_rows,
-            code_tile,
-            tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32),
+            x_ptr,
+            row_offsets,
+            row_mask,
+            stride_xd,
+            row_scale,
+            codes_t_ptr,
+            norms_ptr,
+            codes,
+            code_mask,
+            D,
+            K,
+            METRIC,
             DOT_PRECISION,
+            ROUND_BF16,
             INTERPRETED,
+            BLOCK_N,
+            BLOCK_K,
+            BLOCK_D,
+            D_CHUNKS,
         )
-        for chunk in range(1, D_CHUNKS):
-            cols = chunk * BLOCK_D + tl.arange(0, BLOCK_D)
-            row_tile = _load_rows(
-                x_ptr,
-                row_offsets,
-                row_mask,
-                cols,
-                D,
-                stride_xd,
-                row_scale,
-                ROUND_BF16,
-                INTERPRETED,
-            )
-            code_tile = _load_code_tile(codes_t_ptr, cols, codes, code_mask, D, K, row_tile.dtype)
-            dots = _tile_dot(row_tile, code_tile, dots, DOT_PRECISION, INTERPRETED)
-        if METRIC == 0:
-            norms = tl.load(norms_ptr + codes, mask=code_mask, other=0.0)
-            scores = norms[None, :] - 2.0 * dots
-        else:
-            scores = -dots
         scores = tl.where(code_mask[None, :], scores, float("inf"))
         list_scores, list_index, threshold = _merge_tile(
             scores, tile_start, list_scores, list_index, threshold, BLOCK_K

@@ -2,6 +2,7 @@
 faiss's objective, starts well with k-means++ / k-means||, and splits clusters into empty codes
 as faiss does; everything deterministic for a seed."""
 
+import importlib
 import itertools
 
 import pytest
@@ -9,6 +10,9 @@ import torch
 
 from wvq_kernels import KMeansResult, assign, kmeans, kmeans_fit
 from wvq_kernels.kmeans import SPLIT_EPSILON
+
+# The module, not the function wvq_kernels.kmeans that shadows it.
+kmeans_module = importlib.import_module("wvq_kernels.kmeans")
 
 SMART_INITS = ("kmeans++", "kmeans||")
 
@@ -189,3 +193,132 @@ def test_validation():
         kmeans(torch.randn(4, 2), 2, precision="fp8")
     with pytest.raises(ValueError, match="row"):
         kmeans(torch.empty(0, 2), 2)
+
+
+def fit_both_ways(x, num_codes, iters, **options):
+    pruned = kmeans_fit(x, num_codes, iters, **options)
+    plain = kmeans_fit(x, num_codes, iters, prune=False, **options)
+    return pruned, plain
+
+
+def assert_bitwise_same_fit(got, expected):
+    assert torch.equal(got.codebook, expected.codebook)
+    assert torch.equal(got.objective, expected.objective)
+    assert torch.equal(got.counts, expected.counts) and got.splits == expected.splits
+
+
+class PathSpy:
+    """Counts the rows and codes each fused call of the pruned step sees, to show which of
+    its paths a fit took (the moved-codes scan, the full rescan, the plain kernel's
+    fallback on near-ties)."""
+
+    def __init__(self, monkeypatch):
+        self.calls = {"assign": [], "assign_topk": []}
+        for name in self.calls:
+            original = getattr(kmeans_module.kernels, name)
+            monkeypatch.setattr(kmeans_module.kernels, name, self._spy(name, original))
+
+    def _spy(self, name, original):
+        def spied(x, codebook, *args, **kwargs):
+            self.calls[name].append((x.shape[0], codebook.shape[0]))
+            return original(x, codebook, *args, **kwargs)
+
+        return spied
+
+
+def near_tie_rows(rows=2000, dim=3, seed=0):
+    """Gaussian rows, a tenth of them moved onto the plane x0 = 0 where the codes below sit in
+    mirrored pairs: those rows are exactly equidistant from two codes."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, dim, generator=generator)
+    x[::10, 0] = 0
+    return x
+
+
+def mirrored_codes(x, pairs, seed=0):
+    picks = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:pairs]
+    half = x[picks].clone()
+    half[:, 0] = half[:, 0].abs() + 0.5
+    mirror = half.clone()
+    mirror[:, 0] = -mirror[:, 0]
+    return torch.cat([half, mirror])
+
+
+@pytest.mark.parametrize("seed", range(2))
+@pytest.mark.parametrize("dim", [2, 8, 33])
+def test_pruned_steps_equal_plain_steps_bitwise(seed, dim, monkeypatch):
+    x = torch.randn(3000, dim, generator=torch.Generator().manual_seed(seed))
+    spy = PathSpy(monkeypatch)
+    pruned, plain = fit_both_ways(x, 64, 30, seed=seed)
+    assert_bitwise_same_fit(pruned, plain)
+    # The moved-codes scan ran on fewer codes than K at some step: pruning took place.
+    assert any(codes < 64 for rows, codes in spy.calls["assign_topk"] if rows == 3000)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_pruned_steps_equal_plain_steps_on_clustered_data(seed):
+    x = blobs(30, 3000, dim=6, spread=0.5, seed=seed)
+    pruned, plain = fit_both_ways(x, 90, 12, seed=seed)
+    assert_bitwise_same_fit(pruned, plain)
+
+
+def test_pruned_steps_equal_plain_steps_on_exact_ties(monkeypatch):
+    x = near_tie_rows()
+    start = mirrored_codes(x, 20)
+    spy = PathSpy(monkeypatch)
+    # No update: rows equidistant from a mirrored pair stay tied, so the plain kernel decides.
+    pruned, plain = fit_both_ways(x, 40, 1, init_codebook=start)
+    assert_bitwise_same_fit(pruned, plain)
+    tied = [rows for rows, codes in spy.calls["assign"] if codes == 40 and rows < len(x)]
+    assert tied and tied[0] >= 1, spy.calls
+    pruned, plain = fit_both_ways(x, 40, 8, init_codebook=start)
+    assert_bitwise_same_fit(pruned, plain)
+
+
+def test_pruned_steps_equal_plain_steps_on_duplicate_codes_and_rows():
+    x = torch.randn(500, 4, generator=torch.Generator().manual_seed(7)).repeat(4, 1)
+    start = x[:30].repeat(2, 1)  # every code twice: ties at every step until split
+    for split_empty in (True, False):
+        pruned, plain = fit_both_ways(x, 60, 6, init_codebook=start, split_empty=split_empty)
+        assert_bitwise_same_fit(pruned, plain)
+
+
+def test_pruned_steps_equal_plain_steps_with_splits():
+    x = blobs(10, 600, seed=2)
+    start = start_with_a_stranded_code(x, 16)
+    start[8:12] = 1e4 + torch.arange(4.0)[:, None]
+    pruned, plain = fit_both_ways(x, 16, 6, init_codebook=start, seed=4)
+    assert pruned.splits >= 5
+    assert_bitwise_same_fit(pruned, plain)
+
+
+@pytest.mark.parametrize("init", SMART_INITS)
+def test_pruned_steps_equal_plain_steps_from_smart_inits(init):
+    x = torch.randn(3000, 5, generator=torch.Generator().manual_seed(8))
+    pruned, plain = fit_both_ways(x, 50, 10, init=init, seed=1)
+    assert_bitwise_same_fit(pruned, plain)
+
+
+@pytest.mark.parametrize("scale", [1e-18, 1.0, 1e18])
+def test_pruned_steps_equal_plain_steps_at_extreme_magnitudes(scale):
+    x = scale * torch.randn(2000, 8, generator=torch.Generator().manual_seed(9))
+    pruned, plain = fit_both_ways(x, 40, 8, seed=2)
+    assert_bitwise_same_fit(pruned, plain)
+
+
+@pytest.mark.parametrize("dim", [1, 3, 8, 17, 64])
+@pytest.mark.parametrize("scale", [1e-30, 1.0, 1e30])
+def test_reported_distances_are_the_kernels_bit_for_bit(dim, scale):
+    generator = torch.Generator().manual_seed(dim)
+    x = scale * torch.randn(3000, dim, generator=generator)
+    codebook = scale * torch.randn(300, dim, generator=generator)
+    found = assign(x, codebook, backend="cpu", precision="ieee")
+    got = kmeans_module._reported_distances(x, codebook[found.indices])
+    assert torch.equal(got, found.distances)
+
+
+def test_bf16_precision_does_not_prune(monkeypatch):
+    spy = PathSpy(monkeypatch)
+    x = torch.randn(1000, 8, generator=torch.Generator().manual_seed(10))
+    kmeans_fit(x, 32, 3, precision="bf16")
+    assert spy.calls["assign_topk"] == [] and len(spy.calls["assign"]) == 3

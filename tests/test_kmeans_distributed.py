@@ -1,6 +1,7 @@
 """Distributed k-means with the k-means++ / k-means|| starts, empty-cluster splits, objective
 and progress, on real gloo process groups (2 and 3 ranks, uneven shards, one rank empty):
-every rank gets the result of one process on the rows concatenated in rank order."""
+every rank gets the result of one process on the rows concatenated in rank order, and the
+pruned steps give bitwise what the plain ones give."""
 
 import contextlib
 import functools
@@ -43,11 +44,16 @@ def checks(rank: int, counts: list[int], seed: int) -> dict:
     rows = global_rows(sum(counts), seed)
     x = local_part(rows, counts, rank)
     results = {init: kmeans_fit(x, CODES, ITERS, init=init, seed=seed) for init in INITS}
+    results |= {
+        f"{init} plain": kmeans_fit(x, CODES, ITERS, init=init, seed=seed, prune=False)
+        for init in INITS
+    }
     results |= {f"{init} start": kmeans(x, CODES, 0, init=init, seed=seed) for init in INITS}
     for_split = split_rows(sum(counts), seed)
     start = stranded_start(for_split, seed)
     mine = local_part(for_split, counts, rank)
     results["split"] = kmeans_fit(mine, CODES, ITERS, init_codebook=start)
+    results["split plain"] = kmeans_fit(mine, CODES, ITERS, init_codebook=start, prune=False)
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
         kmeans_fit(x, CODES, 2, seed=seed, progress=True)
@@ -115,6 +121,16 @@ def test_splits_equal_one_process_on_the_concatenation():
         expected = kmeans_fit(rows, CODES, ITERS, init_codebook=stranded_start(rows, seed))
         assert got.splits >= STRANDED
         assert_same_fit(got, expected)
+
+
+@pytest.mark.parametrize("key", [*INITS, "split"])
+def test_pruned_steps_equal_plain_steps_bitwise_on_every_rank(key):
+    for world, seed, _ in cases():
+        pruned = on_every_rank(world, seed, key)
+        plain = on_every_rank(world, seed, f"{key} plain")
+        assert torch.equal(pruned.codebook, plain.codebook)
+        assert torch.equal(pruned.objective, plain.objective)
+        assert torch.equal(pruned.counts, plain.counts) and pruned.splits == plain.splits
 
 
 def test_progress_only_on_rank_zero():

@@ -23,6 +23,7 @@ from . import _trusted as kernels
 from . import _validation as check
 from . import distributed
 from ._backends import resolve_backend
+from .testing import FP32_SUBNORMAL, SAFETY, score_error_bound
 
 __all__ = ["INITS", "KMeansResult", "kmeans", "kmeans_fit"]
 
@@ -37,6 +38,11 @@ OVERSAMPLING = 2.0
 CANDIDATE_BATCHES = 64
 # Integer weights stay below 2^62 in total, so their sums are exact in int64.
 _WEIGHT_BITS = 62
+# prune: when more than this share of the codes moved, scanning them costs about a full scan.
+MOVED_SHARE = 0.5
+# A float32 distance rounded from a double sum of D squares is within 2^-24 (1 + D 2^-29) of it
+# relative, plus half a subnormal: twice that covers it and the double arithmetic on the bounds.
+_REPORTED_UNIT = 2.0**-22
 # progress=None shows progress on a terminal when 2·N·K·D·iters reaches this many FLOPs
 # (about ten seconds or more on a 2-core CPU).
 _LONG_RUN_FLOP = 1e12
@@ -67,6 +73,7 @@ def kmeans(
     init: str = "random",
     init_codebook: Tensor | None = None,
     split_empty: bool = True,
+    prune: bool = True,
     precision: str = "auto",
     progress: bool | None = None,
     process_group=None,
@@ -81,6 +88,7 @@ def kmeans(
         init=init,
         init_codebook=init_codebook,
         split_empty=split_empty,
+        prune=prune,
         precision=precision,
         progress=progress,
         process_group=process_group,
@@ -97,6 +105,7 @@ def kmeans_fit(
     init: str = "random",
     init_codebook: Tensor | None = None,
     split_empty: bool = True,
+    prune: bool = True,
     precision: str = "auto",
     progress: bool | None = None,
     process_group=None,
@@ -132,6 +141,15 @@ def kmeans_fit(
     relative offset ±SPLIT_EPSILON (alternating signs over the dimensions) and share its count
     for later draws. With ``split_empty=False`` an empty code keeps its previous position.
 
+    prune: after the first step, scan each row against the codes that moved at the last
+    update only (late in a run, a few percent of them), and the whole codebook only for the
+    rows whose bounds cannot prove their nearest code (see :class:`_Bounds`); the results are
+    bitwise those of ``prune=False``, which runs every row through ``assign`` at every step.
+    Costs 12 bytes a row (a float32 bound and the previous step's index and distance). On the
+    CPU backend with ieee precision only: the bounds reproduce the CPU kernel's reported
+    distances, and bf16's rounding margin is wider than most rows' gap between their two
+    nearest codes.
+
     precision: passed to every assignment step (``"bf16"`` screens with bf16 products; the
     objective is then the sum of those steps' distances).
 
@@ -164,9 +182,8 @@ def kmeans_fit(
     else:
         codebook = _INITIALISERS[init](shard, num_codes, generator, precision, backend)
     show = _Progress.wanted(progress, rows, num_codes, iters, shard)
-    return _lloyd(
-        shard, codebook, iters, generator, split_empty, precision, backend, _Progress(show, iters)
-    )
+    assigner = _Assigner(rows, prune, precision, backend)
+    return _lloyd(shard, codebook, iters, generator, split_empty, assigner, _Progress(show, iters))
 
 
 def _checked_rows(x) -> Tensor:
@@ -194,16 +211,17 @@ def _check_init_codebook(init_codebook, num_codes: int, rows: Tensor) -> None:
     check.check_finite("init_codebook", init_codebook)
 
 
-def _lloyd(shard, codebook, iters, generator, split_empty, precision, backend, progress):
+def _lloyd(shard, codebook, iters, generator, split_empty, assigner, progress):
     num_codes = codebook.shape[0]
+    backend = assigner.backend
     objective = torch.zeros(iters, dtype=torch.float64)
     counts = torch.zeros(num_codes, dtype=torch.int64, device=codebook.device)
     splits = 0
     for step in range(iters):
         started = time.perf_counter()
-        assigned = kernels.assign(shard.rows, codebook, precision=precision, backend=backend)
-        counts, sums = kernels.code_sums(assigned.indices, shard.rows, num_codes, backend=backend)
-        objective[step] = shard.sum_float64(assigned.distances)
+        indices, distances = assigner.assign(codebook)
+        counts, sums = kernels.code_sums(indices, shard.rows, num_codes, backend=backend)
+        objective[step] = shard.sum_float64(distances)
         counts = distributed.all_reduce_histogram(counts, shard.group)
         sums = distributed.all_reduce_code_sums(sums, shard.group)
         filled = counts > 0
@@ -213,6 +231,203 @@ def _lloyd(shard, codebook, iters, generator, split_empty, precision, backend, p
         splits += split
         progress.line(step, float(objective[step]), split, time.perf_counter() - started)
     return KMeansResult(codebook, objective, counts, splits)
+
+
+class _Assigner:
+    """The assignment step of Lloyd's: the fused ``assign`` of every row or, with ``prune``
+    (CPU backend, ieee precision), :class:`_Bounds`' pruned step, which returns the same."""
+
+    def __init__(self, rows: Tensor, prune: bool, precision: str, backend: str):
+        self.rows, self.precision, self.backend = rows, precision, backend
+        ieee = check.resolve_precision(precision, rows.dtype) == "ieee"
+        self.bounds = _Bounds(rows, backend) if prune and ieee and backend == "cpu" else None
+
+    def assign(self, codebook: Tensor) -> tuple[Tensor, Tensor]:
+        """(indices int64 (N,), distances float32 (N,)), as ``assign(rows, codebook)``."""
+        if self.bounds is not None:
+            return self.bounds.assign(codebook)
+        found = kernels.assign(self.rows, codebook, precision=self.precision, backend=self.backend)
+        return found.indices, found.distances
+
+
+class _Bounds:
+    """The pruned assignment step: only the codes that moved are scanned, bitwise equal to the
+    plain step.
+
+    Per row we keep its code ``a`` and a lower bound L on the true distance to every other
+    code. A code whose centroid is bitwise unchanged keeps its distances, so L still bounds it;
+    late in a run most clusters keep their rows and their centroids. Each step scans every row
+    against the moved codes alone (one fused ``assign(k=2)``), takes a (at its reported
+    distance, computed here exactly as the kernel reports it) as a further candidate, and
+    decides the row when the best candidate provably beats every other code. The rows it
+    cannot decide (their nearest may have changed to a code L covers) get a full ``k=2`` scan,
+    which also renews L; the first step is that full scan for every row.
+
+    Why the result is the plain kernel's, bit for bit. Write E for SAFETY times the kernel's
+    score rounding bound (``testing.score_error_bound``: every computed score is within E of
+    the true squared distance minus |x|^2, whatever the kernel's order of summation) and e for
+    _REPORTED_UNIT (|x| + max|c|)^2, which bounds the error of a reported distance (a double
+    sum rounded to float32) and of our rounding of the bounds; margin = 2E + e. The kernel
+    picks a code b over every other j as soon as true(j) - true(b) > 2E: their computed scores
+    are then in the same strict order. A code outside a scan's top two by computed score is at
+    least the larger reported distance of the two minus margin away, so every candidate but the
+    best, and every code beyond them, is at least (second candidate - margin) away, and the
+    unmoved codes at least L^2. A row is decided only when that is more than the best's
+    reported distance + margin, so true(j) - true(b) > 2E for every j != b: the plain kernel
+    provably picks b, and reports b's distance as we have it. The rare rows a full scan cannot
+    decide either (near-ties within 2E) are assigned by the plain kernel itself. The kernel's
+    result for a row does not depend on the other rows it runs with, so every row gets exactly
+    the plain step's index and distance, and the counts, sums, objective, splits and codebook
+    follow. L is stored rounded down (float32), so it stays a lower bound.
+    """
+
+    def __init__(self, rows: Tensor, backend: str):
+        self.rows, self.backend = rows, backend
+        self.row_norms = rows.double().norm(dim=1)
+        self.codebook: Tensor | None = None  # the codes the bounds refer to
+        self.indices = torch.zeros(rows.shape[0], dtype=torch.int64, device=rows.device)
+        self.distances = torch.zeros(rows.shape[0], device=rows.device)
+        self.lower = torch.zeros(rows.shape[0], device=rows.device)
+        self.margin, self.reach = torch.zeros_like(self.row_norms), -1.0
+
+    def assign(self, codebook: Tensor) -> tuple[Tensor, Tensor]:
+        """(indices, distances) of every row, as the plain ``assign`` returns them."""
+        margin = self._margin(codebook)
+        if self.codebook is None:
+            undecided = torch.arange(self.rows.shape[0], device=self.rows.device)
+        else:
+            undecided = self._scan_moved(codebook, margin)
+        self._scan_all(undecided, codebook, margin)
+        self.codebook = codebook.clone()
+        return self.indices.clone(), self.distances.clone()
+
+    def _margin(self, codebook: Tensor) -> Tensor:
+        """Per row, the margin for every codebook whose codes are no longer than self.reach.
+        It grows with the longest code alone, so it is recomputed (for 1/64 longer codes, to
+        spare the next few steps) only when a code outgrows the reach."""
+        longest = float(codebook.double().norm(dim=1).max())
+        if longest > self.reach:
+            self.reach = float(_up(torch.tensor(longest * (1 + 1 / 64))))
+            stand_in = torch.zeros(
+                1, codebook.shape[1], dtype=torch.float64, device=self.rows.device
+            )
+            stand_in[0, 0] = self.reach
+            rounding = score_error_bound(self.rows, stand_in, "l2", "ieee", torch.float32)
+            span = (self.row_norms + self.reach).square()
+            self.margin = 2 * SAFETY * rounding + _REPORTED_UNIT * span + FP32_SUBNORMAL
+        return self.margin
+
+    def _scan_moved(self, codebook: Tensor, margin: Tensor) -> Tensor:
+        """Decides the rows it can from the moved codes and the bounds (their indices,
+        distances and bounds); returns the others."""
+        moved_mask = (codebook != self.codebook).any(1)
+        moved = moved_mask.nonzero().flatten()
+        if moved.numel() > MOVED_SHARE * codebook.shape[0]:
+            return torch.arange(self.rows.shape[0], device=self.rows.device)
+        # A row whose code kept its place keeps its distance.
+        shifted = moved_mask[self.indices].nonzero().flatten()
+        codes = codebook[self.indices[shifted]]
+        self.distances[shifted] = _reported_distances(self.rows[shifted], codes)
+        best = _Candidates(self.distances.double(), self.indices, ~moved_mask[self.indices])
+        if moved.numel():
+            found = kernels.assign_topk(
+                self.rows,
+                codebook[moved],
+                min(2, moved.numel()),
+                precision="ieee",
+                backend=self.backend,
+            )
+            best.offer(found.distances.double(), moved[found.indices])
+        # The codes that stayed are at least L away, the moved ones at least second - margin.
+        others = torch.minimum(best.second - margin, self.lower.double().square())
+        decided = others > best.distance + margin
+        self.indices = torch.where(decided, best.index, self.indices)
+        self.distances = torch.where(decided, best.distance.float(), self.distances)
+        fresh = torch.minimum(self.lower, _root(best.second - margin))
+        self.lower = torch.where(decided, fresh, self.lower)
+        return (~decided).nonzero().flatten()
+
+    def _scan_all(self, rows: Tensor, codebook: Tensor, margin: Tensor) -> None:
+        """Assigns the rows by a full k=2 scan (the plain kernel where it cannot decide) and
+        renews their bounds."""
+        if rows.numel() == 0:
+            return
+        found = kernels.assign_topk(
+            self.rows[rows],
+            codebook,
+            min(2, codebook.shape[0]),
+            precision="ieee",
+            backend=self.backend,
+        )
+        best = _Candidates(found.distances[:, 0].double(), found.indices[:, 0], None)
+        if codebook.shape[0] > 1:
+            best.offer(found.distances[:, 1:].double(), found.indices[:, 1:])
+        margin = margin[rows]
+        decided = best.second - margin > best.distance + margin
+        chosen, reported = best.index, best.distance.float()
+        near_tie = (~decided).nonzero().flatten()
+        if near_tie.numel():
+            plain = kernels.assign(
+                self.rows[rows[near_tie]], codebook, precision="ieee", backend=self.backend
+            )
+            chosen[near_tie], reported[near_tie] = plain.indices, plain.distances
+        # Where the kernel chose b, the top two's nearest bounds every other code; else the
+        # nearest is itself another code.
+        bound = torch.where(decided, best.second, best.distance)
+        self.indices[rows], self.distances[rows] = chosen, reported
+        self.lower[rows] = _root(bound - margin)
+
+
+class _Candidates:
+    """Per row the best code offered so far (reported distance, index) and the second-smallest
+    distance over every code offered; ``seeded`` says which rows start with their first code
+    (all when None)."""
+
+    def __init__(self, distance: Tensor, index: Tensor, seeded: Tensor | None):
+        self.distance = distance if seeded is None else torch.where(seeded, distance, torch.inf)
+        self.index = index.clone()
+        self.second = torch.full_like(self.distance, torch.inf)
+
+    def offer(self, distances: Tensor, indices: Tensor) -> None:
+        """Offers each row's codes (columns sorted by distance, nearest first)."""
+        nearest, index = distances[:, 0], indices[:, 0]
+        held, held_index = self.distance, self.index
+        take = (nearest < held) | ((nearest == held) & (index < held_index))
+        runner_up = distances[:, 1] if distances.shape[1] > 1 else torch.inf
+        self.second = torch.minimum(
+            torch.minimum(self.second, torch.maximum(held, nearest)),
+            torch.as_tensor(runner_up, dtype=torch.float64),
+        )
+        self.distance = torch.where(take, nearest, held)
+        self.index = torch.where(take, index, held_index)
+
+
+def _root(squared: Tensor) -> Tensor:
+    """A float32 lower bound on the square root of a double (0 where it is negative)."""
+    return _down(squared.clamp_min(0).sqrt())
+
+
+def _down(values: Tensor) -> Tensor:
+    """Float32 values at most ``values`` and at least 0: rounding to nearest errs by at most
+    half the spacing, and one step towards 0 moves by at least that much."""
+    rounded = values.float().clamp_min(0)
+    return torch.nextafter(rounded, torch.zeros_like(rounded))
+
+
+def _up(values: Tensor) -> Tensor:
+    """Float32 values at least ``values`` (see :func:`_down`)."""
+    rounded = values.float()
+    return torch.nextafter(rounded, torch.full_like(rounded, torch.inf))
+
+
+def _reported_distances(rows: Tensor, codes: Tensor) -> Tensor:
+    """Each row's squared distance to its code as the CPU ``assign`` reports it, bit for bit:
+    the squares summed in double in dimension order, rounded once to float32."""
+    differences = rows.double() - codes.double()
+    total = torch.zeros(rows.shape[0], dtype=torch.float64, device=rows.device)
+    for column in differences.square().unbind(1):
+        total += column
+    return total.float()
 
 
 def _split_empty_clusters(codebook: Tensor, counts: Tensor, generator: torch.Generator) -> int:

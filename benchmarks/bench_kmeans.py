@@ -9,7 +9,9 @@ with a seeded permutation) for the same number of iterations on the same threads
 pool set to torch's). faiss runs as its users call it: ``faiss.Kmeans(d, k, niter, seed,
 verbose=False)``, its own empty-cluster splitting on, ``max_points_per_centroid`` raised so that
 it trains on every row (by default it subsamples to 256 rows per centroid); ours is
-``kmeans_fit(..., init_codebook=, split_empty=True)`` with ``precision`` ieee or bf16.
+``kmeans_fit(..., init_codebook=, split_empty=True)`` with ``precision`` ieee (pruned steps,
+the default) or bf16, and ``ours-plain``: ieee with ``prune=False``, every row through
+``assign`` at every step (the same results bit for bit: the objectives must agree exactly).
 
 Reported per provider: the wall time of the fit divided by the iterations (median over
 --repeats fits, after a tiny warm-up fit), the final objective (the sum of squared distances at
@@ -75,17 +77,28 @@ def fit_faiss(x: torch.Tensor, start: torch.Tensor, iters: int) -> torch.Tensor:
     return torch.from_numpy(model.obj).double()
 
 
-def _fit_ours(precision: str):
+def _fit_ours(precision: str, prune: bool = True):
     def fit(x: torch.Tensor, start: torch.Tensor, iters: int) -> torch.Tensor:
         result = kmeans_fit(
-            x, start.shape[0], iters, init_codebook=start, precision=precision, progress=False
+            x,
+            start.shape[0],
+            iters,
+            init_codebook=start,
+            precision=precision,
+            prune=prune,
+            progress=False,
         )
         return result.objective
 
     return fit
 
 
-PROVIDERS = {"faiss": fit_faiss, "ours-ieee": _fit_ours("ieee"), "ours-bf16": _fit_ours("bf16")}
+PROVIDERS = {
+    "faiss": fit_faiss,
+    "ours-ieee": _fit_ours("ieee"),
+    "ours-plain": _fit_ours("ieee", prune=False),
+    "ours-bf16": _fit_ours("bf16"),
+}
 BASELINE = "faiss"
 
 
@@ -105,7 +118,7 @@ def measure(provider: str, size: tuple[int, ...], iters: int, repeats: int) -> d
     row |= {"median_ms": 1e3 * statistics.median(seconds) / iters, "note": ""}
     row["final_objective"] = float(objective[-1])
     if provider != BASELINE:
-        row |= _step_parts(x, start, provider.removeprefix("ours-"))
+        row |= _step_parts(x, start, "bf16" if provider == "ours-bf16" else "ieee")
     return row
 
 
@@ -155,7 +168,7 @@ def _label(size) -> str:
 def report(rows: list[dict], iters: int) -> str:
     columns = [Column(name, name, 7) for name in SIZE_NAMES]
     columns += [
-        Column("provider", "provider", 9, left=True),
+        Column("provider", "provider", 10, left=True),
         Column("ms / iteration", "median_ms", 14, "{:.1f}"),
         Column("vs baseline", "vs_baseline", 11, "{:.2f}x"),
         Column("final objective", "final_objective", 15, "{:.6e}"),

@@ -196,7 +196,7 @@ def test_validation():
 
 
 def fit_both_ways(x, num_codes, iters, **options):
-    pruned = kmeans_fit(x, num_codes, iters, **options)
+    pruned = kmeans_fit(x, num_codes, iters, prune=True, **options)
     plain = kmeans_fit(x, num_codes, iters, prune=False, **options)
     return pruned, plain
 
@@ -317,8 +317,14 @@ def test_reported_distances_are_the_kernels_bit_for_bit(dim, scale):
     assert torch.equal(got, found.distances)
 
 
-def test_bf16_precision_does_not_prune(monkeypatch):
+def test_bf16_precision_and_few_codes_do_not_prune(monkeypatch):
     spy = PathSpy(monkeypatch)
     x = torch.randn(1000, 8, generator=torch.Generator().manual_seed(10))
-    kmeans_fit(x, 32, 3, precision="bf16")
-    assert spy.calls["assign_topk"] == [] and len(spy.calls["assign"]) == 3
+    kmeans_fit(x, 32, 3, precision="bf16", prune=True)
+    kmeans_fit(x, 32, 3)  # prune=None: too few codes to pay
+    assert spy.calls["assign_topk"] == [] and len(spy.calls["assign"]) == 6
+    # From PRUNE_MIN_CODES codes on, prune=None prunes.
+    many = kmeans_module.PRUNE_MIN_CODES
+    x = torch.randn(many, 2, generator=torch.Generator().manual_seed(11))
+    kmeans_fit(x, many, 1)
+    assert spy.calls["assign_topk"] == [(many, many)]

@@ -43,7 +43,9 @@ def stranded_start(rows: torch.Tensor, seed: int) -> torch.Tensor:
 def checks(rank: int, counts: list[int], seed: int) -> dict:
     rows = global_rows(sum(counts), seed)
     x = local_part(rows, counts, rank)
-    results = {init: kmeans_fit(x, CODES, ITERS, init=init, seed=seed) for init in INITS}
+    results = {
+        init: kmeans_fit(x, CODES, ITERS, init=init, seed=seed, prune=True) for init in INITS
+    }
     results |= {
         f"{init} plain": kmeans_fit(x, CODES, ITERS, init=init, seed=seed, prune=False)
         for init in INITS
@@ -52,7 +54,7 @@ def checks(rank: int, counts: list[int], seed: int) -> dict:
     for_split = split_rows(sum(counts), seed)
     start = stranded_start(for_split, seed)
     mine = local_part(for_split, counts, rank)
-    results["split"] = kmeans_fit(mine, CODES, ITERS, init_codebook=start)
+    results["split"] = kmeans_fit(mine, CODES, ITERS, init_codebook=start, prune=True)
     results["split plain"] = kmeans_fit(mine, CODES, ITERS, init_codebook=start, prune=False)
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):

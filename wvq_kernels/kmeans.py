@@ -38,6 +38,9 @@ OVERSAMPLING = 2.0
 CANDIDATE_BATCHES = 64
 # Integer weights stay below 2^62 in total, so their sums are exact in int64.
 _WEIGHT_BITS = 62
+# prune=None prunes from this many codes on: with fewer, a plain scan of a row costs less than
+# the bookkeeping of its bounds.
+PRUNE_MIN_CODES = 2048
 # prune: when more than this share of the codes moved, scanning them costs about a full scan.
 MOVED_SHARE = 0.5
 # A float32 distance rounded from a double sum of D squares is within 2^-24 (1 + D 2^-29) of it
@@ -73,7 +76,7 @@ def kmeans(
     init: str = "random",
     init_codebook: Tensor | None = None,
     split_empty: bool = True,
-    prune: bool = True,
+    prune: bool | None = None,
     precision: str = "auto",
     progress: bool | None = None,
     process_group=None,
@@ -105,7 +108,7 @@ def kmeans_fit(
     init: str = "random",
     init_codebook: Tensor | None = None,
     split_empty: bool = True,
-    prune: bool = True,
+    prune: bool | None = None,
     precision: str = "auto",
     progress: bool | None = None,
     process_group=None,
@@ -141,7 +144,8 @@ def kmeans_fit(
     relative offset ±SPLIT_EPSILON (alternating signs over the dimensions) and share its count
     for later draws. With ``split_empty=False`` an empty code keeps its previous position.
 
-    prune: after the first step, scan each row against the codes that moved at the last
+    prune: None (the default) prunes when num_codes >= PRUNE_MIN_CODES, where it pays. When
+    pruning, after the first step, scan each row against the codes that moved at the last
     update only (late in a run, a few percent of them), and the whole codebook only for the
     rows whose bounds cannot prove their nearest code (see :class:`_Bounds`); the results are
     bitwise those of ``prune=False``, which runs every row through ``assign`` at every step.
@@ -182,6 +186,8 @@ def kmeans_fit(
     else:
         codebook = _INITIALISERS[init](shard, num_codes, generator, precision, backend)
     show = _Progress.wanted(progress, rows, num_codes, iters, shard)
+    if prune is None:
+        prune = num_codes >= PRUNE_MIN_CODES
     assigner = _Assigner(rows, prune, precision, backend)
     return _lloyd(shard, codebook, iters, generator, split_empty, assigner, _Progress(show, iters))
 

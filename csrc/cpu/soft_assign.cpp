@@ -259,7 +259,7 @@ std::tuple<at::Tensor, at::Tensor> soft_assign_entropy(const at::Tensor& x_in,
   return {entropy.to(out_type), mean.to(out_type)};
 }
 
-// ---- soft_assign_entropy_backward: G_ik recomputed in two passes per row tile ----
+// ---- soft_assign_entropy_backward: G_ik recomputed in two passes ----
 
 namespace {
 
@@ -268,7 +268,8 @@ namespace {
 // owns one (segment, range) pair, so it alone writes its rows of the one and its codes of the
 // other; the buffers are then added in a fixed order. The split depends on N, K and D only (not
 // on the thread count), which keeps the result bitwise the same for every thread count, and
-// each kind of buffer stays within kPartialBudget bytes.
+// each kind of buffer stays within kPartialBudget bytes unless one buffer alone exceeds it
+// (then there is one of that kind: K x D or N x D float64, twice a float32 gradient).
 constexpr int64_t kPartialBudget = int64_t{16} << 20;
 constexpr int64_t kMinGradientSegmentRows = 256;
 

@@ -27,6 +27,9 @@ TORCH_LIBRARY(wvq, m) {
   m.def("sample_codes(Tensor x, Tensor codebook, float temperature, SymInt seed, str metric,"
         " str precision) -> (Tensor, Tensor)");
   m.def("soft_assign_entropy(Tensor x, Tensor codebook, float tau) -> (Tensor, Tensor)");
+  // Its gradients on the CPU (wvq_kernels/_schemas.py's CPU_GRADIENT_OPS).
+  m.def("soft_assign_entropy_backward(Tensor x, Tensor codebook, float tau, Tensor grad_entropy,"
+        " Tensor grad_mean) -> (Tensor, Tensor)");
   // ---- end issue 16 ----
   m.def("cpu_isa() -> str", &wvq::cpu::cpu_isa);
   // Top-k nearest codes (issue 16).
@@ -44,4 +47,5 @@ TORCH_LIBRARY_IMPL(wvq, CPU, m) {
   m.impl("assign_topk", &wvq::cpu::assign_topk);
   m.impl("sample_codes", &wvq::cpu::sample_codes);                // issue 16
   m.impl("soft_assign_entropy", &wvq::cpu::soft_assign_entropy);  // issue 16
+  m.impl("soft_assign_entropy_backward", &wvq::cpu::soft_assign_entropy_backward);
 }

@@ -127,3 +127,10 @@ def test_soft_assign_entropy(dtype):
 def test_soft_assign_entropy_requiring_grad():
     arguments = (_x().requires_grad_(), _x(70).requires_grad_(), 0.5)
     torch.library.opcheck(torch.ops.wvq.soft_assign_entropy.default, arguments)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_soft_assign_entropy_backward(dtype):
+    x, codebook = _x(dtype=dtype), _x(70, dtype=dtype)
+    arguments = (x, codebook, 0.5, torch.randn(33), torch.randn(70))
+    torch.library.opcheck(torch.ops.wvq.soft_assign_entropy_backward.default, arguments)

@@ -9,7 +9,7 @@ import torch
 
 import wvq_kernels
 from wvq_kernels import _trusted, reference
-from wvq_kernels._schemas import HOST_ONLY_OPS, SCHEMAS
+from wvq_kernels._schemas import CPU_GRADIENT_OPS, HOST_ONLY_OPS, SCHEMAS
 
 ROOT = Path(__file__).resolve().parents[1]
 OPS = sorted(SCHEMAS)
@@ -32,7 +32,14 @@ def _require(backend: str) -> None:
 
 def test_the_cpp_library_defines_exactly_the_table():
     _require("cpu")
-    assert _namespace_ops("wvq") == set(SCHEMAS) | set(HOST_ONLY_OPS)
+    assert _namespace_ops("wvq") == set(SCHEMAS) | set(HOST_ONLY_OPS) | set(CPU_GRADIENT_OPS)
+
+
+@pytest.mark.parametrize("op", sorted(CPU_GRADIENT_OPS))
+def test_cpu_gradient_op_schema_equals_the_table(op):
+    _require("cpu")
+    schema = str(getattr(torch.ops.wvq, op).default._schema)
+    assert schema == f"wvq::{op}{CPU_GRADIENT_OPS[op]}"
 
 
 def test_the_triton_namespace_defines_exactly_the_table():

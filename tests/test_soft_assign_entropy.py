@@ -1,8 +1,10 @@
 """soft_assign_entropy: the mean row entropy, the batch code distribution and its entropy of
 softmax(-d / tau), and their gradients, on every backend against the definition materialised in
-float64 (reference.soft_assign_entropy_materialised); gradcheck of the shared backward; every CPU
-ISA; and the memory bound at issue 16's size."""
+float64 (reference.soft_assign_entropy_materialised); gradcheck of the reference backward; the
+CPU gradient kernel against the reference's for arbitrary upstream gradients, on every ISA and
+bitwise the same at 1 and 2 threads; and the memory bound at issue 16's size."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -138,6 +140,94 @@ def test_cpu_takes_float64_inputs_and_matches_the_reference():
     )
 
 
+def _upstream_gradients(num_rows, num_codes, seed):
+    """Arbitrary dL/dH_i and dL/dp-bar_k (not those of any particular loss)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(num_rows, generator=generator), torch.randn(num_codes, generator=generator)
+
+
+def _cpu_gradients(x, codebook, tau, grad_entropy, grad_mean):
+    return torch.ops.wvq.soft_assign_entropy_backward(x, codebook, tau, grad_entropy, grad_mean)
+
+
+@pytest.mark.parametrize("tau", [0.1, 3.0])
+@pytest.mark.parametrize("n, k, d", [(1, 1, 3), (70, 300, 7), (600, 1100, 16)])
+def test_cpu_gradient_kernel_matches_the_reference_gradients(n, k, d, tau):
+    """The kernel against reference.soft_assign_entropy_grad (float64) for random upstream
+    gradients, each on its own and together (a zero one is what autograd's None becomes)."""
+    if not wvq.available_backends()["cpu"]:
+        pytest.skip("no cpu backend")
+    x, codebook = random_inputs(n, k, d, seed=n + d)
+    grad_entropy, grad_mean = _upstream_gradients(n, k, seed=d)
+    for upstream in [
+        (grad_entropy, torch.zeros(k)),
+        (torch.zeros(n), grad_mean),
+        (grad_entropy, grad_mean),
+    ]:
+        got = _cpu_gradients(x, codebook, tau, *upstream)
+        expected = reference.soft_assign_entropy_grad(
+            x.double(), codebook.double(), tau, *(g.double() for g in upstream)
+        )
+        for name, a, b in zip(("x", "codebook"), got, expected, strict=True):
+            assert a.dtype == torch.float32 and a.shape == b.shape
+            assert relative_error(a, b) < TOLERANCE, name
+
+
+def test_cpu_gradients_do_not_depend_on_the_thread_count():
+    """Several row segments and code ranges (fixed by N, K and D), run on 1 and 2 threads:
+    the gradients are bitwise equal."""
+    if not wvq.available_backends()["cpu"]:
+        pytest.skip("no cpu backend")
+    x, codebook = random_inputs(1000, 3000, 5, seed=11)
+    upstream = _upstream_gradients(1000, 3000, seed=12)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            results.append(_cpu_gradients(x, codebook, 0.5, *upstream))
+    finally:
+        torch.set_num_threads(threads)
+    for one, two in zip(*results, strict=True):
+        assert torch.equal(one, two)
+
+
+ISA_GRADIENTS = """
+import sys, torch
+import wvq_kernels
+x, codebook, grad_entropy, grad_mean = torch.load(sys.argv[1])
+gradients = torch.ops.wvq.soft_assign_entropy_backward(x, codebook, 0.5, grad_entropy, grad_mean)
+torch.save(gradients, sys.argv[2])
+print(torch.ops.wvq.cpu_isa())
+"""
+
+
+def test_every_cpu_isa_computes_the_gradients(cpu_isa, tmp_path):
+    x, codebook = random_inputs(300, 700, 9, seed=13)
+    upstream = _upstream_gradients(300, 700, seed=14)
+    torch.save((x, codebook, *upstream), tmp_path / "inputs.pt")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            ISA_GRADIENTS,
+            str(tmp_path / "inputs.pt"),
+            str(tmp_path / "out.pt"),
+        ],
+        env=dict(os.environ, WVQ_CPU_ISA=cpu_isa),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().startswith(cpu_isa), done.stdout
+    got = torch.load(tmp_path / "out.pt")
+    expected = reference.soft_assign_entropy_grad(
+        x.double(), codebook.double(), 0.5, *(g.double() for g in upstream)
+    )
+    for a, b in zip(got, expected, strict=True):
+        assert relative_error(a, b) < TOLERANCE
+
+
 def test_every_cpu_isa_matches_float64(run_on_isa):
     x, codebook = random_inputs(300, 700, 9, seed=10)
     calls = [("soft_assign_entropy", (x, codebook, 0.5), {"backend": "cpu"})]
@@ -207,13 +297,12 @@ INPUT_MIB = (16384 + 65536) * 8 * 4 / 2**20
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs clear_refs")
 def test_cpu_forward_and_backward_memory_is_bounded():
     """Issue 16's size: N = 16,384, K = 65,536, D = 8 under 64 MiB beyond the inputs (and
-    their gradients); the N x K float64 probabilities would take 8 GiB. The backward holds
-    blocks of 128 rows x 4096 codes whatever N and K, so it is measured at N = 1,024 (at
-    N = 16,384 it takes minutes, in float64 PyTorch)."""
+    their gradients), forward and the CPU kernel's backward; the N x K float64 probabilities
+    would take 8 GiB."""
     if not wvq.available_backends()["cpu"]:
         pytest.skip("no cpu backend")
     child = subprocess.run(
-        [sys.executable, "-c", PEAK, "1024"],
+        [sys.executable, "-c", PEAK, "16384"],
         capture_output=True,
         text=True,
         timeout=900,

@@ -79,6 +79,12 @@ def _register_fake_kernels(namespace: str) -> None:
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         return x.new_empty(x.shape[0], dtype=dtype), x.new_empty(codebook.shape[0], dtype=dtype)
 
+    if namespace == "wvq":
+
+        @torch.library.register_fake("wvq::soft_assign_entropy_backward")
+        def _(x, codebook, tau, grad_entropy, grad_mean):
+            return torch.empty_like(x), torch.empty_like(codebook)
+
     @torch.library.register_fake(f"{namespace}::moments")
     def _(x):
         return (
@@ -142,13 +148,29 @@ def _entropy_setup_context(ctx, inputs, output):
     ctx.tau = tau
 
 
-def _entropy_backward(ctx, grad_entropy, grad_mean):
-    """Recomputes the probabilities block by block (reference.soft_assign_entropy_grad, where
-    the formulas are written out): nothing of size N x K lives between forward and backward."""
+def _entropy_gradients(x, codebook, tau, grad_entropy, grad_mean):
+    """The gradients by the reference's float64 blocks (reference.soft_assign_entropy_grad,
+    where the formulas are written out)."""
+    return reference.soft_assign_entropy_grad(x, codebook, tau, grad_entropy, grad_mean)
+
+
+def _cpu_entropy_gradients(x, codebook, tau, grad_entropy, grad_mean):
+    """The same gradients by the CPU kernel for CPU tensors (the op's two passes per row tile,
+    float32 distances, float64 sums); other devices take the reference's."""
+    if x.device.type != "cpu":
+        return _entropy_gradients(x, codebook, tau, grad_entropy, grad_mean)
+    if grad_entropy is None:
+        grad_entropy = x.new_zeros(x.shape[0], dtype=torch.float32)
+    if grad_mean is None:
+        grad_mean = x.new_zeros(codebook.shape[0], dtype=torch.float32)
+    return torch.ops.wvq.soft_assign_entropy_backward(x, codebook, tau, grad_entropy, grad_mean)
+
+
+def _entropy_backward(ctx, grad_entropy, grad_mean, gradients=_entropy_gradients):
+    """Recomputes the probabilities from x and the codebook: nothing of size N x K lives
+    between forward and backward."""
     x, codebook = ctx.saved_tensors
-    grad_x, grad_codebook = reference.soft_assign_entropy_grad(
-        x, codebook, ctx.tau, grad_entropy, grad_mean
-    )
+    grad_x, grad_codebook = gradients(x, codebook, ctx.tau, grad_entropy, grad_mean)
     return (
         grad_x if ctx.needs_input_grad[0] else None,
         grad_codebook if ctx.needs_input_grad[1] else None,
@@ -167,10 +189,16 @@ class ReferenceSoftAssignEntropy(torch.autograd.Function):
     backward = staticmethod(_entropy_backward)
 
 
+def _cpu_entropy_backward(ctx, grad_entropy, grad_mean):
+    return _entropy_backward(ctx, grad_entropy, grad_mean, _cpu_entropy_gradients)
+
+
 def _register_autograd(namespace: str) -> None:
+    # The C++ namespace has a CPU gradient kernel; Triton's (also run on CPU tensors by the
+    # interpreter) keeps the reference's.
     torch.library.register_autograd(
         f"{namespace}::soft_assign_entropy",
-        _entropy_backward,
+        _cpu_entropy_backward if namespace == "wvq" else _entropy_backward,
         setup_context=_entropy_setup_context,
     )
     torch.library.register_autograd(

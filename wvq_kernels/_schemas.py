@@ -40,5 +40,14 @@ SCHEMAS = {
 # and scripts/check_cuda_registration.py does not ask _C_cuda for one.
 TRITON_ON_CUDA_OPS = frozenset({"assign_topk", "sample_codes", "soft_assign_entropy"})
 
+# Gradient kernels of the C++ library, called by the registered autograd on CPU tensors only
+# (not public ops: no reference function, wrapper or Triton twin of their own).
+CPU_GRADIENT_OPS = {
+    "soft_assign_entropy_backward": (
+        "(Tensor x, Tensor codebook, float tau, Tensor grad_entropy, Tensor grad_mean)"
+        " -> (Tensor, Tensor)"
+    ),
+}
+
 # Ops of the C++ library that take no tensors and exist on the CPU extension only.
 HOST_ONLY_OPS = {"cpu_isa": "() -> str", "peak_gflops": "(str kind, float seconds) -> float"}

@@ -297,8 +297,9 @@ def soft_assign_entropy(
     normalised vectors). ``tau > 0``, a finite number. The forward runs in two passes (an online
     log-sum-exp that also sums each row's entropy, then the per-code probability sums), in
     float32 with float64 sums on the compiled backends (float64 throughout on the reference,
-    which also takes float64 inputs); the backward recomputes the probabilities block by block
-    in float64 (two passes), the same on every backend.
+    which also takes float64 inputs); the backward recomputes the probabilities in two passes
+    per block of rows: on CPU tensors the C++ kernel (float32 distances, float64 sums,
+    bitwise the same at every thread count), elsewhere the reference's float64 blocks.
     """
     check.check_float_tensor("x", x, check.MOMENTS_DTYPES)
     check.check_rows("x", x)

@@ -520,10 +520,10 @@ def soft_assign_entropy(x: Tensor, codebook: Tensor, tau: float) -> tuple[Tensor
         block = slice(start, start + ENTROPY_ROW_BLOCK)
         stats = _online_row_statistics(rows[block], codes, tau, distances_of)
         entropy[block] = stats.entropy
-        for code_block, log_p in _block_log_probabilities(
+        for code_block, scaled in _block_scaled_excess(
             rows[block], codes, stats, tau, distances_of
         ):
-            probability_sums[code_block] += log_p.exp().sum(dim=0)
+            probability_sums[code_block] += stats.probabilities(scaled).sum(dim=0)
     mean = probability_sums / max(rows.shape[0], 1)
     return entropy.to(out_dtype), mean.to(out_dtype)
 
@@ -531,46 +531,64 @@ def soft_assign_entropy(x: Tensor, codebook: Tensor, tau: float) -> tuple[Tensor
 class _RowStatistics(NamedTuple):
     best: Tensor  # m_i = min_k d_ik
     log_normaliser: Tensor  # log Z_i
-    entropy: Tensor  # H_i
-    expected: Tensor  # r_i = sum_k p_ik c_k, for code weights c (else 0)
+    excess: Tensor  # H_i - log Z_i = sum_k p_ik (d_ik - m_i) / tau
+    best_weight: Tensor  # c_best(i), the code weight of row i's nearest code (else 0)
+    expected: Tensor  # r_i - c_best(i) = sum_k p_ik (c_k - c_best(i)), for code weights c
+
+    @property
+    def entropy(self) -> Tensor:
+        return self.excess + self.log_normaliser
+
+    def probabilities(self, scaled: Tensor) -> Tensor:
+        """p_ik from (d_ik - m_i) / tau."""
+        return (-scaled - self.log_normaliser[:, None]).exp()
 
 
 def _online_row_statistics(
     rows: Tensor, codes: Tensor, tau: float, distances_of, code_weights: Tensor | None = None
 ) -> _RowStatistics:
-    """Per row, by one online pass over blocks of codes: m, log Z, H and r = sum_k p_k c_k.
+    """Per row, by one online pass over blocks of codes: m, log Z, H - log Z and r - c_best.
     A lower minimum m' in a later block rescales the sums by exp(-(m - m') / tau), after S
-    gains (m - m') Z (its distances are measured from the minimum)."""
+    gains (m - m') Z (its distances are measured from the minimum) and W (its weights from the
+    nearest code's) gains (c_best - c_best') Z. Measured from the nearest code, the sums keep
+    their bits where that code holds nearly all the mass."""
     best = torch.full((rows.shape[0],), torch.inf, dtype=rows.dtype, device=rows.device)
     total, spread, weighted = torch.zeros_like(best), torch.zeros_like(best), torch.zeros_like(best)
+    best_weight = torch.zeros_like(best)
     for start in range(0, codes.shape[0], ENTROPY_CODE_BLOCK):
         block = slice(start, start + ENTROPY_CODE_BLOCK)
         distances = distances_of(rows, block)
-        new_best = torch.minimum(best, distances.min(dim=1).values)
-        shift = torch.where(total > 0, best - new_best, 0.0)  # no inf * 0 on the first block
+        block_best, block_index = distances.min(dim=1)
+        new_best = torch.minimum(best, block_best)
+        started = total > 0  # no inf * 0 on the first block
+        shift = torch.where(started, best - new_best, 0.0)
         rescale = ((new_best - best) / tau).exp()
         spread = (spread + shift * total) * rescale
-        total, weighted = total * rescale, weighted * rescale
+        if code_weights is not None:
+            new_weight = torch.where(
+                block_best < best, code_weights[block][block_index], best_weight
+            )
+            weight_shift = torch.where(started, best_weight - new_weight, 0.0)
+            weighted = (weighted + weight_shift * total) * rescale
+            best_weight = new_weight
+        total = total * rescale
         excess = distances.sub_(new_best[:, None])  # in place: one block of temporaries less
         terms = (excess / -tau).exp_()
         total += terms.sum(dim=1)
         spread += (terms * excess).sum(dim=1)
         if code_weights is not None:
-            weighted += terms @ code_weights[block]
+            weighted += (terms * (code_weights[block] - best_weight[:, None])).sum(dim=1)
         best = new_best
-    log_total = total.log()
-    return _RowStatistics(best, log_total, spread / (tau * total) + log_total, weighted / total)
+    return _RowStatistics(best, total.log(), spread / (tau * total), best_weight, weighted / total)
 
 
-def _block_log_probabilities(rows: Tensor, codes: Tensor, stats: _RowStatistics, tau, distances_of):
-    """(codes, log p_ik = -(d_ik - m_i) / tau - log Z_i) for the rows, a block of codes at a
-    time."""
+def _block_scaled_excess(rows: Tensor, codes: Tensor, stats: _RowStatistics, tau, distances_of):
+    """(codes, (d_ik - m_i) / tau) for the rows, a block of codes at a time."""
     for start in range(0, codes.shape[0], ENTROPY_CODE_BLOCK):
         block = slice(start, start + ENTROPY_CODE_BLOCK)
         distances = distances_of(rows, block)
         # In place over the distances: one block of temporaries, whatever the block count.
-        log_p = distances.sub_(stats.best[:, None]).div_(-tau).sub_(stats.log_normaliser[:, None])
-        yield block, log_p
+        yield block, distances.sub_(stats.best[:, None]).div_(tau)
 
 
 def soft_assign_entropy_grad(
@@ -582,8 +600,9 @@ def soft_assign_entropy_grad(
 ) -> tuple[Tensor, Tensor]:
     """(dL/dx, dL/dcodebook) given g_i = dL/dH_i (``grad_entropy``, (N,)) and dL/dp-bar_k
     (``grad_mean``, (K,)), recomputing the probabilities block by block (never N x K), in
-    float64, for every backend: a first pass per block of rows finds m_i, log Z_i, H_i and
-    r_i online, a second forms G_ij and adds its contributions. (The forward's float32 m_i and
+    float64, for the reference and Triton backends (the CPU kernel computes the same in its
+    two passes): a first pass per block of rows finds m_i, log Z_i, H_i and r_i online, a
+    second forms G_ij and adds its contributions. (The forward's float32 m_i and
     log Z_i are not reused: probabilities from them would not sum to 1 in float64.)
 
     With p_ik = exp(-(d_ik - m_i) / tau - log Z_i) and c_k = (dL/dp-bar_k) / N:
@@ -596,6 +615,10 @@ def soft_assign_entropy_grad(
     (log p-bar_j - sum_k p_ik log p-bar_k) (the +1 cancels against r_i). With d_ij =
     ||x_i - e_j||^2:
       dL/dx_i = 2 sum_j G_ij (x_i - e_j),   dL/de_j = -2 sum_i G_ij (x_i - e_j).
+    Both brackets are evaluated in a form that keeps the bits of G for a code with p_ij near 1
+    (where its G is a sum over the other codes, below the rounding of log p + H and c_j - r_i):
+    log p_ij + H_i = sum_k p_ik (d_ik - d_ij) / tau = (H_i - log Z_i) - (d_ij - m_i) / tau, and
+    c_j - r_i = (c_j - c_best) - sum_k p_ik (c_k - c_best), c_best the nearest code's weight.
     """
     rows, codes = x.detach().to(torch.float64), codebook.detach().to(torch.float64)
     row_weights = rows.new_zeros(rows.shape[0])
@@ -609,13 +632,14 @@ def soft_assign_entropy_grad(
     for start in range(0, rows.shape[0], ENTROPY_ROW_BLOCK):
         block = slice(start, start + ENTROPY_ROW_BLOCK)
         stats = _online_row_statistics(rows[block], codes, tau, distances_of, code_weights)
-        for code_block, log_p in _block_log_probabilities(
+        for code_block, scaled in _block_scaled_excess(
             rows[block], codes, stats, tau, distances_of
         ):
-            # G = (p / tau) (g (log p + H) - c + r), in place over log p and p.
-            probabilities = log_p.exp()
-            inner = log_p.add_(stats.entropy[:, None]).mul_(row_weights[block, None])
-            inner.sub_(code_weights[code_block]).add_(stats.expected[:, None])
+            # G = (p / tau) (g (log p + H) - c + r), in place over p and the scaled distances.
+            probabilities = stats.probabilities(scaled)
+            inner = scaled.neg_().add_(stats.excess[:, None]).mul_(row_weights[block, None])
+            relative_weights = code_weights[code_block] - stats.best_weight[:, None]
+            inner.sub_(relative_weights.sub_(stats.expected[:, None]))
             gradient = probabilities.mul_(inner).div_(tau)
             grad_rows[block] += 2 * (
                 gradient.sum(dim=1)[:, None] * rows[block] - gradient @ codes[code_block]
@@ -649,15 +673,33 @@ def _expanded_distances(codes: Tensor):
 
 
 def soft_assign_entropy_materialised(
-    x: Tensor, codebook: Tensor, tau: float, dtype: torch.dtype = torch.float64
+    x: Tensor,
+    codebook: Tensor,
+    tau: float,
+    dtype: torch.dtype = torch.float64,
+    *,
+    nearest_complement: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(mean row entropy, p-bar (K,), H(p-bar)) transcribed from the definition with N x K
-    tensors in ``dtype``, differentiable by autograd: the oracle of the tests (float64) and the
-    materialising baseline of the benchmarks (float32)."""
+    tensors in ``dtype``, differentiable by autograd: the oracle of the tests (float64, with
+    ``nearest_complement``) and the materialising baseline of the benchmarks (float32, as a user
+    would write it).
+
+    ``nearest_complement`` writes each row's nearest code's probability as 1 - q (q the sum of
+    the others') and its log as log1p(-q). Autograd of the plain form loses that code's gradient
+    where q is below the rounding unit (its softmax backward subtracts two numbers that agree to
+    all their digits); of this form, it gets the others' sum instead, to full precision."""
     distances = _exact_sq_distances(x.to(dtype), codebook.to(dtype))
     log_p = torch.log_softmax(-distances / tau, dim=1)
-    row_entropy = -(log_p.exp() * log_p).sum(dim=1).mean()
-    mean = log_p.exp().mean(dim=0)
+    p = log_p.exp()
+    if nearest_complement:
+        nearest = torch.zeros_like(p, dtype=torch.bool)
+        nearest.scatter_(1, distances.argmin(dim=1, keepdim=True), True)
+        others = p.masked_fill(nearest, 0.0).sum(dim=1, keepdim=True)
+        p = torch.where(nearest, 1 - others, p)
+        log_p = torch.where(nearest, torch.log1p(-others), log_p)
+    row_entropy = -(p * log_p).sum(dim=1).mean()
+    mean = p.mean(dim=0)
     return row_entropy, mean, -torch.special.xlogy(mean, mean).sum()
 
 

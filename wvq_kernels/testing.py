@@ -723,7 +723,12 @@ def soft_assign_entropy_failures(
     passed), against reference.soft_assign_entropy_materialised in float64: every output and
     the gradients of row entropy - 0.5 batch entropy + 0.25 p-bar . w (w a fixed ramp, so
     that every output feeds the gradient), relative error below ENTROPY_TOLERANCE (gradients
-    of half-precision inputs, returned in their dtype: below its rounding unit)."""
+    of half-precision inputs, returned in their dtype: below its rounding unit).
+
+    The gradients' oracle is the form with ``nearest_complement`` (plain float64 autograd loses
+    the gradient of a row whose nearest code holds all but ~1e-16 of the mass); the values'
+    is the plain one, which, as the forward kernels, takes log Z as the log of a sum that rounds
+    such a row's 1 + q to 1 (an absolute error of q in its entropy)."""
     from wvq_kernels.reference import soft_assign_entropy_materialised
 
     x_leaf, codes_leaf = x.detach().clone().requires_grad_(), codebook.detach().clone()
@@ -740,7 +745,10 @@ def soft_assign_entropy_failures(
         rows64 = torch.nn.functional.normalize(rows64, dim=-1)
         unit_codes, tau = torch.nn.functional.normalize(codes64, dim=-1), 2 * tau
     row_entropy, mean, code_entropy = soft_assign_entropy_materialised(rows64, unit_codes, tau)
-    (row_entropy - 0.5 * code_entropy + 0.25 * mean @ ramp).backward()
+    row_stable, mean_stable, code_stable = soft_assign_entropy_materialised(
+        rows64, unit_codes, tau, nearest_complement=True
+    )
+    (row_stable - 0.5 * code_stable + 0.25 * mean_stable @ ramp).backward()
     gradient_tolerance = max(ENTROPY_TOLERANCE, torch.finfo(x.dtype).eps)
     checks = {
         "row entropy": (result.row_entropy, row_entropy, ENTROPY_TOLERANCE),

@@ -47,6 +47,14 @@ std::tuple<at::Tensor, at::Tensor> sample_codes(const at::Tensor& x, const at::T
 std::tuple<at::Tensor, at::Tensor> soft_assign_entropy(const at::Tensor& x,
                                                        const at::Tensor& codebook, double tau);
 
+// soft_assign_entropy's gradients (dL/dx, dL/dcodebook) given dL/dH_i (N,) and dL/dp-bar_k (K,),
+// in the inputs' dtypes; the probabilities recomputed, nothing of size N x K.
+std::tuple<at::Tensor, at::Tensor> soft_assign_entropy_backward(const at::Tensor& x,
+                                                                const at::Tensor& codebook,
+                                                                double tau,
+                                                                const at::Tensor& grad_entropy,
+                                                                const at::Tensor& grad_mean);
+
 std::string cpu_isa();
 
 }  // namespace wvq::cpu

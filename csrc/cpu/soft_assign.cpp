@@ -13,6 +13,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -64,10 +65,11 @@ struct RowResults {
 };
 
 // Pass 1; with `entropy` (N floats), soft_assign_entropy's variant, which also stores each row's
-// entropy.
+// entropy; with `expected` too, its backward's (SoftScanArgs says what each holds then).
 RowResults scan(const SoftAssignKernels& kernels, const float* x, int64_t num_rows,
                 const PackedCodebook& codes, float inv_tau, double log_scale,
-                float* entropy = nullptr) {
+                float* entropy = nullptr, const float* code_weights = nullptr,
+                float* expected = nullptr) {
   RowResults rows{at::empty({num_rows}, at::kFloat), at::empty({num_rows}, at::kLong),
                   at::empty({num_rows}, at::kFloat)};
   float* best = rows.best.data_ptr<float>();
@@ -76,8 +78,11 @@ RowResults scan(const SoftAssignKernels& kernels, const float* x, int64_t num_ro
   parallel_tasks((num_rows + kScanRowsPerTask - 1) / kScanRowsPerTask, [&](int64_t task) {
     const int64_t begin = task * kScanRowsPerTask;
     const int64_t end = std::min(num_rows, begin + kScanRowsPerTask);
-    const auto scan_rows = entropy != nullptr ? kernels.scan_rows_entropy : kernels.scan_rows;
-    scan_rows({x, codes, begin, end, inv_tau, log_scale, best, best_index, bias, entropy});
+    const auto scan_rows = expected != nullptr  ? kernels.scan_rows_gradient
+                           : entropy != nullptr ? kernels.scan_rows_entropy
+                                                : kernels.scan_rows;
+    scan_rows({x, codes, begin, end, inv_tau, log_scale, best, best_index, bias, entropy,
+               code_weights, expected});
   });
   return rows;
 }
@@ -252,6 +257,131 @@ std::tuple<at::Tensor, at::Tensor> soft_assign_entropy(const at::Tensor& x_in,
                                                  codes.view, inv_tau, rows, plan, true);
   const at::Tensor mean = mean_probabilities(sums, plan, num_rows, num_codes);
   return {entropy.to(out_type), mean.to(out_type)};
+}
+
+// ---- soft_assign_entropy_backward: G_ik recomputed in two passes ----
+
+namespace {
+
+// The backward's partial sums live in float64 buffers of two kinds: one per row segment for the
+// code gradients (K x D each), one per code range for the row gradients (N x D each). Each task
+// owns one (segment, range) pair, so it alone writes its rows of the one and its codes of the
+// other; the buffers are then added in a fixed order. The split depends on N, K and D only (not
+// on the thread count), which keeps the result bitwise the same for every thread count, and
+// each kind of buffer stays within kPartialBudget bytes unless one buffer alone exceeds it
+// (then there is one of that kind: K x D or N x D float64, twice a float32 gradient).
+constexpr int64_t kPartialBudget = int64_t{16} << 20;
+constexpr int64_t kMinGradientSegmentRows = 256;
+
+struct GradientPlan {
+  int64_t segments, rows_per_segment;
+  int64_t ranges, chunks_per_range;
+  int64_t tasks() const { return segments * ranges; }
+};
+
+int64_t clamp_count(int64_t wanted, int64_t most) {
+  return std::max<int64_t>(1, std::min(wanted, most));
+}
+
+GradientPlan make_gradient_plan(int64_t num_rows, int64_t num_chunks, int64_t dim) {
+  const int64_t code_bytes = num_chunks * kSoftChunkCodes * dim * int64_t{sizeof(double)};
+  const int64_t row_bytes = num_rows * dim * int64_t{sizeof(double)};
+  const int64_t segments = clamp_count(
+      std::min(num_rows / kMinGradientSegmentRows, kPartialBudget / code_bytes), kFixedSplitTasks);
+  const int64_t num_blocks = (num_chunks + kSoftBlockChunks - 1) / kSoftBlockChunks;
+  const int64_t ranges = clamp_count(
+      std::min((kFixedSplitTasks + segments - 1) / segments, kPartialBudget / row_bytes),
+      num_blocks);
+  const int64_t rows_per_segment = (num_rows + segments - 1) / segments;
+  const int64_t chunks_per_range = (num_blocks + ranges - 1) / ranges * kSoftBlockChunks;
+  return {(num_rows + rows_per_segment - 1) / rows_per_segment, rows_per_segment,
+          (num_chunks + chunks_per_range - 1) / chunks_per_range, chunks_per_range};
+}
+
+// c_k = (dL/dp-bar_k) / N as float32, padded with zeros to whole chunks.
+at::Tensor padded_code_weights(const at::Tensor& grad_mean, int64_t num_rows, int64_t num_chunks) {
+  at::Tensor weights = at::zeros({num_chunks * kSoftChunkCodes}, at::kFloat);
+  weights.narrow(0, 0, grad_mean.numel())
+      .copy_(grad_mean.reshape(-1).to(at::kDouble).div(double(num_rows)));
+  return weights;
+}
+
+// factor * sum over the partial buffers, added in order, as `like`'s dtype: rows of `count`
+// entries, entry e of partial p at partials[p * stride + where(e)].
+template <class Where>
+at::Tensor reduce_partials(const at::Tensor& partials, int64_t count, int64_t stride,
+                           double factor, const Where& where, const at::Tensor& like) {
+  at::Tensor total = at::empty({count}, at::kDouble);
+  const double* in = partials.data_ptr<double>();
+  double* out = total.data_ptr<double>();
+  const int64_t num_partials = partials.size(0);
+  parallel_for(0, count, 4096, [&](int64_t first, int64_t last) {
+    for (int64_t e = first; e < last; ++e) {
+      double sum = 0.0;
+      for (int64_t p = 0; p < num_partials; ++p) sum += in[p * stride + where(e)];
+      out[e] = factor * sum;
+    }
+  });
+  return total.view(like.sizes()).to(like.scalar_type());
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> soft_assign_entropy_backward(const at::Tensor& x_in,
+                                                                const at::Tensor& codebook_in,
+                                                                double tau,
+                                                                const at::Tensor& grad_entropy,
+                                                                const at::Tensor& grad_mean) {
+  check_inputs("wvq::soft_assign_entropy_backward", x_in, codebook_in, tau);
+  const int64_t num_rows = x_in.size(0), dim = x_in.size(1), num_codes = codebook_in.size(0);
+  TORCH_CHECK(grad_entropy.numel() == num_rows && grad_mean.numel() == num_codes,
+              "wvq::soft_assign_entropy_backward: gradients must have N and K entries");
+  if (num_rows == 0) return {at::zeros_like(x_in), at::zeros_like(codebook_in)};
+  const at::Tensor x = x_in.to(at::kFloat).contiguous();
+  const at::Tensor codebook = codebook_in.to(at::kFloat).contiguous();
+  const at::Tensor row_weights = grad_entropy.reshape(-1).to(at::kFloat).contiguous();
+
+  const SoftAssignKernels& kernels = soft_assign_kernels();
+  const PackedCodes codes = pack_codes(codebook);
+  const int64_t num_chunks = codes.view.num_chunks;
+  const at::Tensor code_weights = padded_code_weights(grad_mean, num_rows, num_chunks);
+  const float inv_tau = static_cast<float>(1.0 / tau);
+  at::Tensor excess = at::empty({num_rows}, at::kFloat);
+  at::Tensor expected = at::empty({num_rows}, at::kFloat);
+  const RowResults rows =
+      scan(kernels, x.data_ptr<float>(), num_rows, codes.view, inv_tau, 0.0,
+           excess.data_ptr<float>(), code_weights.data_ptr<float>(), expected.data_ptr<float>());
+
+  const GradientPlan plan = make_gradient_plan(num_rows, num_chunks, dim);
+  const int64_t code_stride = num_chunks * kSoftChunkCodes * dim;
+  at::Tensor code_sums = at::zeros({plan.segments, code_stride}, at::kDouble);
+  at::Tensor row_sums = at::zeros({plan.ranges, num_rows * dim}, at::kDouble);
+  parallel_tasks(plan.tasks(), [&](int64_t task) {
+    const int64_t segment = task / plan.ranges, range = task % plan.ranges;
+    const int64_t row_begin = segment * plan.rows_per_segment;
+    const int64_t first_chunk = range * plan.chunks_per_range;
+    kernels.accumulate_gradients(
+        {x.data_ptr<float>(), codes.view, row_begin,
+         std::min(num_rows, row_begin + plan.rows_per_segment), first_chunk,
+         std::min(num_chunks, first_chunk + plan.chunks_per_range), inv_tau,
+         rows.best.data_ptr<float>(), rows.best_index.data_ptr<int64_t>(),
+         rows.bias.data_ptr<float>(), excess.data_ptr<float>(), expected.data_ptr<float>(),
+         row_weights.data_ptr<float>(), code_weights.data_ptr<float>(),
+         row_sums.data_ptr<double>() + range * num_rows * dim,
+         code_sums.data_ptr<double>() + segment * code_stride});
+  });
+  // dL/dx_i = 2 sum_k G_ik (x_i - e_k); dL/de_k = -2 sum_i G_ik (x_i - e_k), read back from the
+  // packed (chunk, dimension, lane) layout.
+  const at::Tensor grad_x = reduce_partials(
+      row_sums, num_rows * dim, num_rows * dim, 2.0, [](int64_t e) { return e; }, x_in);
+  const at::Tensor grad_codebook = reduce_partials(
+      code_sums, num_codes * dim, code_stride, -2.0,
+      [dim](int64_t e) {
+        const int64_t code = e / dim, d = e % dim;
+        return ((code / kSoftChunkCodes) * dim + d) * kSoftChunkCodes + code % kSoftChunkCodes;
+      },
+      codebook_in);
+  return {grad_x, grad_codebook};
 }
 
 }  // namespace wvq::cpu

@@ -167,6 +167,11 @@ struct RowState {
   int64_t index = 0;
   double sum = 0.0;  // Z = sum_k exp(-(d_k - best) / tau) over the codes seen so far (unscaled)
   double spread = 0.0;  // soft_assign_entropy: S = sum_k exp(-(d_k - best) / tau) (d_k - best)
+  // soft_assign_entropy_backward: W = sum_k exp(-(d_k - best) / tau) (c_k - best_weight), with
+  // best_weight the weight c of the best code so far. Relative to it, r - c_best = W / Z keeps
+  // its bits where the best code holds nearly all the mass (W / Z - c_best would cancel them).
+  double weighted = 0.0;
+  float best_weight = 0.0f;
 };
 
 static float block_min(const float* values, int64_t count) {
@@ -185,10 +190,12 @@ static int64_t first_index_of(const float* values, int64_t count, float target) 
   return 0;  // unreachable for finite inputs: target is one of the values
 }
 
-// Adds the block's terms of Z (and, for kEntropy, of S) to the row's state.
-template <bool kEntropy>
-static void add_exp_sums(const float* values, int64_t count, float inv_tau, RowState& state) {
-  V total{}, spread{};
+// Adds the block's terms of Z (and, for kEntropy, of S; for kExpected, of W with the block's
+// code weights) to the row's state.
+template <bool kEntropy, bool kExpected>
+static void add_exp_sums(const float* values, int64_t count, float inv_tau,
+                         const float* code_weights, RowState& state) {
+  V total{}, spread{}, weighted{};
   for (int64_t t = 0; t < count; t += kWidth) {
     const V difference = Isa::load(values + t) - state.best;
     const V y = -difference * inv_tau;
@@ -197,17 +204,22 @@ static void add_exp_sums(const float* values, int64_t count, float inv_tau, RowS
     total += term;
     // Zero terms take zero differences: no 0 * inf from padded codes.
     if constexpr (kEntropy) spread += term > 0.0f ? term * difference : V{};
+    if constexpr (kExpected) {
+      weighted += term * (Isa::load(code_weights + t) - state.best_weight);
+    }
   }
   state.sum += horizontal_sum(total) * kUnscale;
   if constexpr (kEntropy) state.spread += horizontal_sum(spread) * kUnscale;
+  if constexpr (kExpected) state.weighted += horizontal_sum(weighted) * kUnscale;
 }
 
 // Folds one block of distances into the row's state: a lower minimum rescales the running sums
 // (strict "<": an equal later minimum keeps the earlier, smaller index). S measures distances
-// from the minimum, so it also gains (old - new minimum) Z before the rescaling.
-template <bool kEntropy>
+// from the minimum, so it also gains (old - new minimum) Z before the rescaling; W measures
+// weights from the best code's, so it gains (old - new best weight) Z.
+template <bool kEntropy, bool kExpected>
 static void fold_block(const float* values, int64_t count, int64_t first_code, float inv_tau,
-                       RowState& state) {
+                       const float* code_weights, RowState& state) {
   const float low = block_min(values, count);
   if (low < state.best) {
     const double shift = double(state.best) - double(low);
@@ -215,15 +227,27 @@ static void fold_block(const float* values, int64_t count, int64_t first_code, f
     if constexpr (kEntropy) {
       state.spread = state.sum > 0.0 ? (state.spread + shift * state.sum) * rescale : 0.0;
     }
+    const int64_t index = first_index_of(values, count, low);
+    if constexpr (kExpected) {
+      const float weight = code_weights[index];
+      state.weighted = state.sum > 0.0
+                           ? (state.weighted + (double(state.best_weight) - weight) * state.sum) *
+                                 rescale
+                           : 0.0;
+      state.best_weight = weight;
+    }
     state.sum *= rescale;
-    state.index = first_code + first_index_of(values, count, low);
+    state.index = first_code + index;
     state.best = low;
   }
-  if (state.best < kInf) add_exp_sums<kEntropy>(values, count, inv_tau, state);
+  if (state.best < kInf) {
+    add_exp_sums<kEntropy, kExpected>(values, count, inv_tau, code_weights, state);
+  }
 }
 
-// Pass 1. kEntropy also stores each row's entropy H = S / (tau Z) + log Z.
-template <int MR, int NR, bool kEntropy>
+// Pass 1. kEntropy also stores each row's entropy H = S / (tau Z) + log Z; kExpected (the
+// backward's scan) stores H - log Z = S / (tau Z) there instead, and r - c_best = W / Z.
+template <int MR, int NR, bool kEntropy, bool kExpected = false>
 static void scan_rows(const SoftScanArgs& a) {
   alignas(64) float distances[MR * kSoftBlockCodes];
   for (int64_t row0 = a.row_begin; row0 < a.row_end; row0 += MR) {
@@ -233,8 +257,10 @@ static void scan_rows(const SoftScanArgs& a) {
       const int64_t chunks = std::min(kSoftBlockChunks, a.codes.num_chunks - chunk);
       block_distances<MR, NR>(a.x, row0, MR, a.row_end - 1, a.codes, chunk, chunks, distances);
       for (int64_t r = 0; r < rows; ++r) {
-        fold_block<kEntropy>(distances + r * kSoftBlockCodes, chunks * kSoftChunkCodes,
-                             chunk * kSoftChunkCodes, a.inv_tau, states[r]);
+        const int64_t first_code = chunk * kSoftChunkCodes;
+        const float* weights = kExpected ? a.code_weights + first_code : nullptr;
+        fold_block<kEntropy, kExpected>(distances + r * kSoftBlockCodes, chunks * kSoftChunkCodes,
+                                        first_code, a.inv_tau, weights, states[r]);
       }
     }
     for (int64_t r = 0; r < rows; ++r) {
@@ -243,8 +269,11 @@ static void scan_rows(const SoftScanArgs& a) {
       const double log_sum = std::log(states[r].sum);
       a.bias[row0 + r] = static_cast<float>(a.log_scale - log_sum);
       if constexpr (kEntropy) {
-        a.entropy[row0 + r] =
-            static_cast<float>(states[r].spread * a.inv_tau / states[r].sum + log_sum);
+        const double mean_excess = states[r].spread * a.inv_tau / states[r].sum;
+        a.entropy[row0 + r] = static_cast<float>(kExpected ? mean_excess : mean_excess + log_sum);
+      }
+      if constexpr (kExpected) {
+        a.expected[row0 + r] = static_cast<float>(states[r].weighted / states[r].sum);
       }
     }
   }
@@ -370,13 +399,163 @@ static void accumulate_codes(const SoftAccumulateArgs& a) {
   *a.loss += loss;
 }
 
+
+// ---- soft_assign_entropy_backward, pass 2: per pair G_ik, then both gradients' sums ----
+
+constexpr int64_t kVectorsPerChunk = kSoftChunkCodes / kWidth;
+
+// The offset of code vector j of a block (dimension 0) from the block's first packed chunk.
+static int64_t vector_offset(int64_t j, int64_t dim) {
+  return (j / kVectorsPerChunk) * dim * kSoftChunkCodes + (j % kVectorsPerChunk) * kWidth;
+}
+
+// Per row, pass 1's results as pair_gradients takes them.
+struct RowGradientTerms {
+  float best;          // m
+  float bias;          // -log Z
+  float excess;        // H - log Z = sum_k p_k (d_k - m) / tau
+  float expected;      // r - c_best = sum_k p_k (c_k - c_best)
+  float best_weight;   // c_best
+  float row_weight;    // g
+};
+
+// Overwrites a row's distances with G times kScale, G = (p / tau) (g (log p + H) - c + r), where
+// log p = bias - (d - m) / tau (clamped at 0, as pass 1's terms) and p = e^log p; live[j] tells
+// whether vector j may hold a nonzero G. Both brackets are taken in the form that keeps the bits
+// of the best code's G where p is near 1: log p + H = excess - (d - m) / tau and c - r =
+// (c - c_best) - expected. Where p is 0 so is G (no inf * 0 from padding).
+static void pair_gradients(float* values, bool* live, int64_t vectors, const RowGradientTerms& row,
+                           const float* code_weights, float inv_tau) {
+  for (int64_t j = 0; j < vectors; ++j) {
+    float* slot = values + j * kWidth;
+    const V scaled_distance = (Isa::load(slot) - row.best) * inv_tau;
+    V log_p = row.bias - scaled_distance;
+    log_p = log_p < 0.0f ? log_p : V{};
+    live[j] = any_nonzero_exp(log_p);
+    if (!live[j]) continue;
+    const V p = scaled_exp(log_p);
+    const V relative_weight = Isa::load(code_weights + j * kWidth) - row.best_weight;
+    const V inner =
+        row.row_weight * (row.excess - scaled_distance) - (relative_weight - row.expected);
+    Isa::store(slot, p > 0.0f ? p * inner * inv_tau : V{});
+  }
+}
+
+// Adds sum_k G_ik (x_id - e_kd) over the block's live vectors, for d in d0 .. d0 + kDims, to
+// the row's float64 sums, with kDims vector accumulators.
+template <int kDims>
+static void add_row_dims(const float* gradients, const bool* live, int64_t vectors,
+                         const float* row, const float* block_codes, int64_t dim, int64_t d0,
+                         double* row_sums) {
+  V acc[kDims] = {};
+  for (int64_t j = 0; j < vectors; ++j) {
+    if (!live[j]) continue;
+    const V g = Isa::load(gradients + j * kWidth);
+    const float* code = block_codes + vector_offset(j, dim) + d0 * kSoftChunkCodes;
+#pragma GCC unroll 4
+    for (int q = 0; q < kDims; ++q) {
+      acc[q] += g * (row[d0 + q] - Isa::load(code + q * kSoftChunkCodes));
+    }
+  }
+  for (int q = 0; q < kDims; ++q) row_sums[d0 + q] += horizontal_sum(acc[q]) * kUnscale;
+}
+
+// Adds sum_i G_ik (x_id - e_kd) over the live rows, for d in d0 .. d0 + kDims and the codes of
+// one vector, to their float64 sums (`code` and `sums` point at that vector's dimension 0).
+template <int kDims>
+static void add_code_dims(const float* gradients, const int64_t* live_rows, int64_t count,
+                          const float* const* rows, const float* code, int64_t d0,
+                          double* sums) {
+  V acc[kDims] = {}, codes[kDims];
+  for (int q = 0; q < kDims; ++q) codes[q] = Isa::load(code + (d0 + q) * kSoftChunkCodes);
+  for (int64_t t = 0; t < count; ++t) {
+    const int64_t r = live_rows[t];
+    const V g = Isa::load(gradients + r * kSoftBlockCodes);
+#pragma GCC unroll 4
+    for (int q = 0; q < kDims; ++q) acc[q] += g * (rows[r][d0 + q] - codes[q]);
+  }
+  for (int q = 0; q < kDims; ++q) add_unscaled(sums + (d0 + q) * kSoftChunkCodes, acc[q]);
+}
+
+// Both gradients' sums of one tile of G (rows x vectors of the block at block_codes).
+static void add_tile_gradients(const float* gradients, const bool* live, int64_t vectors,
+                               const float* const* rows, int64_t num_rows, int64_t dim,
+                               const float* block_codes, double* block_sums, double* row_sums) {
+  for (int64_t r = 0; r < num_rows; ++r) {
+    const float* row_gradients = gradients + r * kSoftBlockCodes;
+    const bool* row_live = live + r * vectors;
+    double* sums = row_sums + r * dim;
+    int64_t d0 = 0;
+    for (; d0 + 4 <= dim; d0 += 4) {
+      add_row_dims<4>(row_gradients, row_live, vectors, rows[r], block_codes, dim, d0, sums);
+    }
+    for (; d0 < dim; ++d0) {
+      add_row_dims<1>(row_gradients, row_live, vectors, rows[r], block_codes, dim, d0, sums);
+    }
+  }
+  for (int64_t j = 0; j < vectors; ++j) {
+    int64_t live_rows[kSoftRowTile];
+    int64_t count = 0;
+    for (int64_t r = 0; r < num_rows; ++r) {
+      live_rows[count] = r;
+      count += live[r * vectors + j];
+    }
+    if (count == 0) continue;
+    const float* code = block_codes + vector_offset(j, dim);
+    double* sums = block_sums + vector_offset(j, dim);
+    const float* vector_gradients = gradients + j * kWidth;
+    int64_t d0 = 0;
+    for (; d0 + 4 <= dim; d0 += 4) {
+      add_code_dims<4>(vector_gradients, live_rows, count, rows, code, d0, sums);
+    }
+    for (; d0 < dim; ++d0) {
+      add_code_dims<1>(vector_gradients, live_rows, count, rows, code, d0, sums);
+    }
+  }
+}
+
+// Pass 2 of the backward: tiles of kSoftRowTile rows against blocks of codes, each tile's G in
+// L1, one exp per pair.
+template <int MR, int NR>
+static void accumulate_gradients(const SoftGradientArgs& a) {
+  alignas(64) float gradients[kSoftRowTile * kSoftBlockCodes];
+  constexpr int64_t kMaxVectors = kSoftBlockCodes / kWidth;
+  bool live[kSoftRowTile * kMaxVectors];
+  const int64_t dim = a.codes.dim;
+  for (int64_t row0 = a.row_begin; row0 < a.row_end; row0 += kSoftRowTile) {
+    const int64_t rows = std::min(kSoftRowTile, a.row_end - row0);
+    const float* row_pointers[kSoftRowTile];
+    for (int64_t r = 0; r < rows; ++r) row_pointers[r] = a.x + (row0 + r) * dim;
+    for (int64_t chunk = a.first_chunk; chunk < a.end_chunk; chunk += kSoftBlockChunks) {
+      const int64_t chunks = std::min(kSoftBlockChunks, a.end_chunk - chunk);
+      const int64_t vectors = chunks * kVectorsPerChunk;
+      block_distances<MR, NR>(a.x, row0, rows, a.row_end - 1, a.codes, chunk, chunks, gradients);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t row = row0 + r;
+        const RowGradientTerms terms{.best = a.best[row],
+                                     .bias = a.bias[row],
+                                     .excess = a.excess[row],
+                                     .expected = a.expected[row],
+                                     .best_weight = a.code_weights[a.best_index[row]],
+                                     .row_weight = a.row_weights[row]};
+        pair_gradients(gradients + r * kSoftBlockCodes, live + r * vectors, vectors, terms,
+                       a.code_weights + chunk * kSoftChunkCodes, a.inv_tau);
+      }
+      const int64_t offset = chunk * dim * kSoftChunkCodes;
+      add_tile_gradients(gradients, live, vectors, row_pointers, rows, dim,
+                         a.codes.values + offset, a.code_sums + offset, a.row_sums + row0 * dim);
+    }
+  }
+}
+
 }  // namespace soft
 
 template <int MR, int NR>
 static const SoftAssignKernels& make_soft_assign_kernels(const char* name) {
   static const SoftAssignKernels kernels{
       name, &soft::scan_rows<MR, NR, false>, &soft::accumulate_codes<MR, NR, false>,
-      &soft::scan_rows<MR, NR, true>, &soft::accumulate_codes<MR, NR, true>};
+      &soft::scan_rows<MR, NR, true>, &soft::accumulate_codes<MR, NR, true>,
+      &soft::scan_rows<MR, NR, true, true>, &soft::accumulate_gradients<MR, NR>};
   return kernels;
 }
 

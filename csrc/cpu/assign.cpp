@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "common/counter_hash.h"
+#include "common/packed_key.h"
 #include "common/input_scale.h"
 #include "cpu_ops.h"
 #include "microkernel.h"
@@ -57,12 +58,21 @@ Metric parse_metric(const std::string& name) {
 }
 
 // How a vector becomes micro-kernel operands: fp32 values, bf16-rounded values held in fp32
-// (CPUs without vdpbf16ps), or bf16 pairs packed into 32-bit units.
+// (CPUs without vdpbf16ps), or bf16 pairs packed into 32-bit units. The sum of squares (the l2
+// bias) comes from the values the kernel sees, or with `exact_squares` from the fp32 values
+// before bf16 rounding (the screened ieee scan). More units than `unit_block` are padded with
+// zeros to a multiple of it.
 struct Encoding {
   int64_t dim;
   bool round_to_bf16;
   bool bf16_pairs;
-  int64_t units() const { return bf16_pairs ? (dim + 1) / 2 : dim; }
+  bool exact_squares = false;
+  int64_t unit_block = 1;
+  int64_t value_units() const { return bf16_pairs ? (dim + 1) / 2 : dim; }
+  int64_t units() const {
+    const int64_t raw = value_units();
+    return raw > unit_block ? (raw + unit_block - 1) / unit_block * unit_block : raw;
+  }
 };
 
 uint16_t bf16_bits(float value) {  // round to nearest even; inputs are finite
@@ -79,16 +89,25 @@ float bf16_value(uint16_t half) {
   return value;
 }
 
-// Writes scale * v as operands; returns the sum of squares of the values the kernel will see
-// (the l2 bias must come from exactly those values).
-double encode(const float* v, double scale, const Encoding& e, float* out) {
+// Writes scale * v as operands (padding units are left as they are: zero); returns the sum of
+// squares of the values the kernel will see (the l2 bias must come from exactly those values), or
+// of the fp32 values with e.exact_squares, which also adds the squared norm of the bf16 rounding
+// error (bf16 pairs minus fp32 values) to *rounding_squares.
+double encode(const float* v, double scale, const Encoding& e, float* out,
+              double* rounding_squares = nullptr) {
   double squares = 0.0;
   if (e.bf16_pairs) {
-    for (int64_t u = 0; u < e.units(); ++u) {
-      const uint16_t lo = bf16_bits(static_cast<float>(scale * v[2 * u]));
-      const uint16_t hi =
-          2 * u + 1 < e.dim ? bf16_bits(static_cast<float>(scale * v[2 * u + 1])) : 0;
-      squares += double(bf16_value(lo)) * bf16_value(lo) + double(bf16_value(hi)) * bf16_value(hi);
+    for (int64_t u = 0; u < e.value_units(); ++u) {
+      const float first = static_cast<float>(scale * v[2 * u]);
+      const float second = 2 * u + 1 < e.dim ? static_cast<float>(scale * v[2 * u + 1]) : 0.0f;
+      const uint16_t lo = bf16_bits(first), hi = bf16_bits(second);
+      const double first_error = double(bf16_value(lo)) - first;
+      const double second_error = double(bf16_value(hi)) - second;
+      if (rounding_squares != nullptr)
+        *rounding_squares += first_error * first_error + second_error * second_error;
+      squares += e.exact_squares ? double(first) * first + double(second) * second
+                                 : double(bf16_value(lo)) * bf16_value(lo) +
+                                       double(bf16_value(hi)) * bf16_value(hi);
       const uint32_t pair = static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
       std::memcpy(out + u, &pair, sizeof pair);
     }
@@ -102,6 +121,9 @@ double encode(const float* v, double scale, const Encoding& e, float* out) {
   }
   return squares;
 }
+
+// sqrt(squares) rounded up to a float, with room for the roundings of squares and of the root.
+float norm_above(double squares) { return float_above(std::sqrt(squares) * (1.0 + 0x1p-30)); }
 
 double norm_of(const float* v, int64_t dim) {
   double squares = 0.0;
@@ -124,7 +146,24 @@ struct PackedCodes {
   at::Tensor values;  // num_chunks x units x chunk_codes
   at::Tensor bias;    // num_chunks x chunk_codes
   int64_t num_chunks;
+  // With e.exact_squares (the screened scan): per code |c| and the norm of its bf16 rounding
+  // error, rounded up, laid out like the bias, and the largest of each and of the bias.
+  at::Tensor norms, errors;
+  double max_norm = 0.0, max_error = 0.0, max_bias = 0.0;
 };
+
+// A code's operands (as encode) and its bias: the one definition the packed codes and the exact
+// re-ranking of screened candidates share, so that both see the same values. `squares` receives
+// encode's sum of squares.
+template <typename scalar_t>
+float code_operands(const scalar_t* code, double scale, Metric metric, const Encoding& e,
+                    float* scratch, float* out, double* squares,
+                    double* rounding_squares = nullptr) {
+  to_float(code, e.dim, scratch);
+  const double code_scale = metric == Metric::kCosine ? cosine_scale(scratch, e.dim) : scale;
+  *squares = encode(scratch, code_scale, e, out, rounding_squares);
+  return metric == Metric::kL2 ? static_cast<float>(*squares) : 0.0f;
+}
 
 // Packs codes [first, first + num_codes) of the codebook, each multiplied by `scale`.
 template <typename scalar_t>
@@ -135,26 +174,38 @@ PackedCodes pack_codes(const scalar_t* codebook, int64_t first, int64_t num_code
   at::Tensor values = at::zeros({num_chunks, units, chunk_codes}, at::kFloat);
   at::Tensor bias = at::full({num_chunks, chunk_codes}, std::numeric_limits<float>::infinity(),
                              at::kFloat);
+  at::Tensor norms = at::zeros({e.exact_squares ? num_chunks : 0, chunk_codes}, at::kFloat);
+  at::Tensor errors = at::zeros(norms.sizes(), at::kFloat);
   const scalar_t* src = codebook + first * e.dim;
   float* packed = values.data_ptr<float>();
   float* bias_out = bias.data_ptr<float>();
+  float* norms_out = norms.data_ptr<float>();
+  float* errors_out = errors.data_ptr<float>();
   parallel_for(0, num_chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> code(e.dim), operands(units);
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       for (int lane = 0; lane < chunk_codes; ++lane) {
         const int64_t k = chunk * chunk_codes + lane;
         if (k >= num_codes) break;
-        to_float(src + k * e.dim, e.dim, code.data());
-        const double code_scale =
-            metric == Metric::kCosine ? cosine_scale(code.data(), e.dim) : scale;
-        const double squares = encode(code.data(), code_scale, e, operands.data());
+        double squares, rounding_squares = 0.0;
+        bias_out[k] = code_operands(src + k * e.dim, scale, metric, e, code.data(),
+                                    operands.data(), &squares, &rounding_squares);
         for (int64_t u = 0; u < units; ++u)
           packed[(chunk * units + u) * chunk_codes + lane] = operands[u];
-        bias_out[k] = metric == Metric::kL2 ? static_cast<float>(squares) : 0.0f;
+        if (e.exact_squares) {
+          norms_out[k] = norm_above(squares);
+          errors_out[k] = norm_above(rounding_squares);
+        }
       }
     }
   });
-  return {values, bias, num_chunks};
+  PackedCodes packed_codes{values, bias, num_chunks, norms, errors};
+  if (e.exact_squares) {
+    packed_codes.max_norm = *std::max_element(norms_out, norms_out + num_codes);
+    packed_codes.max_error = *std::max_element(errors_out, errors_out + num_codes);
+    packed_codes.max_bias = *std::max_element(bias_out, bias_out + num_codes);
+  }
+  return packed_codes;
 }
 
 // `scale` is the power of two applied to every row (1 for cosine, which normalises).
@@ -244,11 +295,49 @@ Plan make_plan(int64_t num_rows, int64_t num_chunks, int64_t units, const MicroK
           chunks_per_segment, block_chunks};
 }
 
+// Candidate lists of the screened scan (ScreenRows) for a number of rows: a task's block, the
+// segments of a pass (segment s of row i at s * num_rows + i), or every row over every pass.
+struct ScreenLists {
+  static constexpr int32_t kCapacity = 16;
+  std::vector<double> upper;
+  std::vector<int32_t> count;
+  std::vector<int64_t> code;
+  std::vector<double> low;
+  explicit ScreenLists(int64_t rows)
+      : upper(rows, std::numeric_limits<double>::infinity()),
+        count(rows, 0),
+        code(rows * kCapacity),
+        low(rows * kCapacity) {}
+  bool lost(int64_t row) const { return count[row] > kCapacity; }
+  // Row `to` takes in row `from` of `other`: the smaller upper end, and the candidates of both
+  // that it leaves.
+  void fold(int64_t to, const ScreenLists& other, int64_t from) {
+    upper[to] = std::min(upper[to], other.upper[from]);
+    if (other.lost(from)) count[to] = kCapacity + 1;
+    if (lost(to)) return;
+    int32_t held = drop_stale(&code[to * kCapacity], &low[to * kCapacity], count[to], upper[to]);
+    for (int32_t i = 0; i < other.count[from]; ++i) {
+      if (!(other.low[from * kCapacity + i] <= upper[to])) continue;
+      if (held == kCapacity) {
+        held = kCapacity + 1;
+        break;
+      }
+      code[to * kCapacity + held] = other.code[from * kCapacity + i];
+      low[to * kCapacity + held++] = other.low[from * kCapacity + i];
+    }
+    count[to] = held;
+  }
+};
+
 // Per-segment lists (see ScanArgs) for every row: segment s of row i lives at
-// [(s * num_rows + i) * list_length, ...).
+// [(s * num_rows + i) * list_length, ...); and where the screened scan's candidates go: the
+// lists of every row when a pass has one segment (its rows' only task may fold them in), else
+// one list per segment and row.
 struct Partials {
   std::vector<float> best;
   std::vector<int64_t> index;
+  ScreenLists* screen = nullptr;
+  int64_t screen_rows_per_segment = 0;  // 0: `screen` holds every row's lists
 };
 
 // sample_codes' Gumbel noise: 1 / T in score units and the key of the seed.
@@ -256,6 +345,60 @@ struct Sampling {
   float inv_temperature;
   uint32_t seed_word;
 };
+
+// Screened ieee assignment. The fp32 kernel's score of code k for a row is
+//   S_k = fl(... fl(fl(b_k + r_1 c_1) + r_2 c_2) ... + r_D c_D)   (one FMA per dimension)
+// with r the row's fp32 operands (-2x for l2), c the code's and b_k its fp32 bias (|c|^2 for l2,
+// 0 otherwise). The screened score T_k starts from the same b_k and adds, in fp32, the products
+// of the bf16 roundings r' = r + dr, c' = c + dc (vdpbf16ps or AMX tdpbf16ps: two products per
+// pair of dimensions, at most two roundings each). By Cauchy-Schwarz on each term of
+// r'c' - rc = dr c + r dc + dr dc, with the norms of the actual rounding errors |dr| and |dc|
+// (about half their worst case u |r|, u = 2^-8, on most data):
+//   |sum r'c' - sum rc| <= |dr| |c| + |r| |dc| + |dr| |dc|
+//   |S_k - (b_k + sum rc)| <= g(D, 2^-24) (b_k + |r| |c|)          (D roundings)
+//   |T_k - (b_k + sum r'c')| <= g(D + 2, 2^-23) (b_k + (|r| + |dr|) (|c| + |dc|))
+// where g(n, v) = n v / (1 - n v); 2^-23 rather than 2^-24 leaves room for a tile unit that
+// rounds each step less carefully than to nearest. Subnormal operands (read as zero by both bf16
+// instructions) and flushed results change each term by less than 2^-126 |other factor| <=
+// 2^-91, since input_scale.h keeps every operand below 2^34: at most (D + 2) 2^-88 in all. So
+//   |S_k - T_k| <= B_k = N |c_k| + E |dc_k| + G b_k + slack,  G = g(D, 2^-24) + g(D + 2, 2^-23),
+//   N = |dr| + g(D, 2^-24) |r| + g(D + 2, 2^-23) (|r| + |dr|),  E = (1 + g(D + 2, 2^-23)) (|r| + |dr|)
+// (RowFactors), all taken 2^-10 larger to cover the double arithmetic that evaluates the bounds;
+// the norms are rounded up. If k* is the exact choice, T_k* - B_k* <= S_k* <= S_j <= T_j + B_j
+// for every j: k* is among the codes with T_k - B_k <= U = min_j (T_j + B_j), which the epilogue
+// keeps (ScreenEpilogue; a code with T_j at or above U + max_j B_j is neither such a code nor
+// lowers U), and so is every code that ties with k*. Re-ranking them with the fp32 kernel's own
+// arithmetic (rerank) then gives its answer bit for bit.
+struct RowFactors {
+  double norm, error;  // N and E
+};
+
+struct ScreenBound {
+  double exact_growth;     // g(D, 2^-24)
+  double screened_growth;  // g(D + 2, 2^-23)
+  double bias_factor;      // G
+  double slack;
+
+  static constexpr double kMargin = 1.0 + 0x1p-10;
+
+  RowFactors row(double norm, double error) const {
+    const double both = norm + error;
+    return {(error + exact_growth * norm + screened_growth * both) * kMargin,
+            (1.0 + screened_growth) * both * kMargin};
+  }
+};
+
+double rounding_growth(int64_t roundings, double unit) {
+  const double n_unit = static_cast<double>(roundings) * unit;
+  return n_unit / (1.0 - n_unit);
+}
+
+ScreenBound screen_bound(int64_t dim) {
+  const double exact = rounding_growth(dim, 0x1p-24);
+  const double screened = rounding_growth(dim + 2, 0x1p-23);
+  return {exact, screened, (exact + screened) * ScreenBound::kMargin,
+          static_cast<double>(dim + 2) * 0x1p-88};
+}
 
 // What every task of one call shares: how rows become operands, and the kernel.
 struct Problem {
@@ -265,6 +408,7 @@ struct Problem {
   double row_scale;          // the power of two of input_scales
   int64_t list_length;       // codes kept per row: 1 for assign and sampling, k for the top-k
   const Sampling* sampling;  // nullptr: the nearest codes (assign, assign_topk)
+  const ScreenBound* screen = nullptr;  // the screened scan's candidates instead
 };
 
 // The counter keys of rows [first_row, first_row + count), two per row; none without sampling.
@@ -281,9 +425,54 @@ std::vector<uint32_t> sampling_keys(const Problem& p, int64_t first_row, int64_t
 
 // The micro-kernel entry of a problem: Gumbel-perturbed minimum, top-k list or nearest code.
 ScanFn scan_for(const Problem& p) {
+  if (p.screen != nullptr) return p.kernel.screen;
   if (p.sampling != nullptr) return p.kernel.sample;
   return p.list_length == 1 ? p.kernel.scan : p.kernel.scan_topk;
 }
+
+// A task's screened state (ScreenRows) for its block of rows.
+struct ScreenBlock {
+  ScreenLists lists;
+  std::vector<double> norm_factor, error_factor, row_margin;
+  std::vector<float> threshold;
+
+  // Per row of the block: the sum of squares of its fp32 operands and of their bf16 rounding
+  // errors (zero for rows past the block's count).
+  ScreenBlock(const ScreenBound& bound, const PackedCodes& codes,
+              const std::vector<double>& squares, const std::vector<double>& rounding_squares)
+      : lists(squares.size()),
+        norm_factor(squares.size()),
+        error_factor(squares.size()),
+        row_margin(squares.size()),
+        threshold(squares.size(), std::numeric_limits<float>::infinity()) {
+    for (size_t r = 0; r < squares.size(); ++r) {
+      const RowFactors factors = bound.row(norm_above(squares[r]), norm_above(rounding_squares[r]));
+      norm_factor[r] = factors.norm;
+      error_factor[r] = factors.error;
+      row_margin[r] = factors.norm * codes.max_norm + factors.error * codes.max_error +
+                      bound.bias_factor * codes.max_bias + bound.slack;
+    }
+  }
+
+  // The state of rows [t, ...) for chunks from `chunk` on.
+  ScreenRows tile(const ScreenBound& bound, const PackedCodes& codes, int64_t chunk,
+                  int chunk_codes, int64_t t) {
+    constexpr int32_t capacity = ScreenLists::kCapacity;
+    return {codes.norms.data_ptr<float>() + chunk * chunk_codes,
+            codes.errors.data_ptr<float>() + chunk * chunk_codes,
+            bound.bias_factor,
+            bound.slack,
+            norm_factor.data() + t,
+            error_factor.data() + t,
+            row_margin.data() + t,
+            lists.upper.data() + t,
+            threshold.data() + t,
+            lists.code.data() + t * capacity,
+            lists.low.data() + t * capacity,
+            lists.count.data() + t,
+            capacity};
+  }
+};
 
 // Scans the codes of one pass (packed from code `first_code` on) for one block of rows.
 template <typename scalar_t>
@@ -295,10 +484,18 @@ void scan_task(const scalar_t* x, int64_t num_rows, int64_t block, int64_t segme
   const int64_t count = std::min(plan.row_block, num_rows - first_row);
   // Rows past `count` stay zero: the last tile may extend beyond the block's rows.
   std::vector<float> rows(plan.row_block * units), scratch(dim);
+  std::vector<double> squares(plan.row_block), rounding_squares(plan.row_block);
   for (int64_t r = 0; r < count; ++r) {
     to_float(x + (first_row + r) * dim, dim, scratch.data());
-    encode(scratch.data(), row_scale(p.metric, scratch.data(), dim, p.row_scale), p.e,
-           rows.data() + r * units);
+    squares[r] = encode(scratch.data(), row_scale(p.metric, scratch.data(), dim, p.row_scale), p.e,
+                        rows.data() + r * units, &rounding_squares[r]);
+  }
+  std::optional<ScreenBlock> screen;
+  if (p.screen != nullptr) {
+    screen.emplace(*p.screen, codes, squares, rounding_squares);
+    // Rows past `count` take no candidates.
+    std::fill(screen->threshold.begin() + count, screen->threshold.end(),
+              -std::numeric_limits<float>::infinity());
   }
   const int64_t first_chunk = segment * plan.chunks_per_segment;
   const int64_t end_chunk = std::min(codes.num_chunks, first_chunk + plan.chunks_per_segment);
@@ -315,17 +512,24 @@ void scan_task(const scalar_t* x, int64_t num_rows, int64_t block, int64_t segme
   for (int64_t chunk = first_chunk; chunk < end_chunk; chunk += plan.block_chunks) {
     const int64_t chunks = std::min(plan.block_chunks, end_chunk - chunk);
     for (int64_t t = 0; t < count; t += p.kernel.tile_rows) {
+      ScreenRows tile_screen;
+      if (screen) tile_screen = screen->tile(*p.screen, codes, chunk, chunk_codes, t);
       const ScanArgs args{rows.data() + t * units, units, packed + chunk * units * chunk_codes,
                           bias + chunk * chunk_codes, units, chunks,
                           first_code + chunk * chunk_codes, best.data() + t * k,
                           best_index.data() + t * k, k, inv_temperature,
-                          p.sampling != nullptr ? keys.data() + 2 * t : nullptr};
+                          p.sampling != nullptr ? keys.data() + 2 * t : nullptr,
+                          screen ? &tile_screen : nullptr};
       scan(args);
     }
   }
   const int64_t offset = (segment * num_rows + first_row) * k;
   std::copy_n(best.begin(), count * k, partials.best.begin() + offset);
   std::copy_n(best_index.begin(), count * k, partials.index.begin() + offset);
+  if (screen) {
+    const int64_t to = segment * partials.screen_rows_per_segment + first_row;
+    for (int64_t r = 0; r < count; ++r) partials.screen->fold(to + r, screen->lists, r);
+  }
 }
 
 // Merges a later list (b) into an earlier one (a), both sorted by score then index, keeping the
@@ -369,10 +573,11 @@ int64_t codes_per_pass(const Encoding& e, int chunk_codes) {
 
 // The lists of every row (num_rows x list_length) over every pass, left in indices (and best,
 // the scores).
+// With p.screen, `screened` receives the candidates of every row instead.
 template <typename scalar_t>
 void scan_codebook(const scalar_t* x, int64_t num_rows, const scalar_t* codebook,
                    int64_t num_codes, const Problem& p, double code_scale, int threads,
-                   float* best, int64_t* indices) {
+                   float* best, int64_t* indices, ScreenLists* screened = nullptr) {
   const int64_t k = p.list_length;
   std::fill_n(best, num_rows * k, std::numeric_limits<float>::infinity());
   std::fill_n(indices, num_rows * k, int64_t{0});
@@ -384,12 +589,94 @@ void scan_codebook(const scalar_t* x, int64_t num_rows, const scalar_t* codebook
     const Plan plan = make_plan(num_rows, codes.num_chunks, p.e.units(), p.kernel, threads);
     Partials partials{std::vector<float>(plan.segments * num_rows * k),
                       std::vector<int64_t>(plan.segments * num_rows * k)};
+    std::optional<ScreenLists> segment_lists;
+    if (p.screen != nullptr && plan.segments > 1) {
+      segment_lists.emplace(plan.segments * num_rows);
+      partials.screen = &*segment_lists;
+      partials.screen_rows_per_segment = num_rows;
+    } else {
+      partials.screen = screened;
+    }
     parallel_tasks(plan.num_row_blocks * plan.segments, [&](int64_t task) {
       scan_task(x, num_rows, task / plan.segments, task % plan.segments, p, codes, first, plan,
                 partials);
     });
-    merge_segments(num_rows, plan.segments, k, partials, best, indices);
+    if (p.screen == nullptr) {
+      merge_segments(num_rows, plan.segments, k, partials, best, indices);
+    } else if (segment_lists) {
+      parallel_for(0, num_rows, 1024, [&](int64_t begin, int64_t end) {
+        for (int64_t s = 0; s < plan.segments; ++s)
+          for (int64_t i = begin; i < end; ++i) screened->fold(i, *segment_lists, s * num_rows + i);
+      });
+    }
   }
+}
+
+// The exact choice among each row's screened candidates: the scores the fp32 kernel computes
+// (the same operands, the bias first, then one fused multiply-add per dimension in order), ties
+// to the smallest index. Returns the rows that lost candidates, to be scanned again.
+template <typename scalar_t>
+std::vector<int64_t> rerank(const scalar_t* x, int64_t num_rows, const scalar_t* codebook,
+                            const Problem& exact, double code_scale, const ScreenLists& lists,
+                            int64_t* indices) {
+  const int64_t dim = exact.e.dim;
+  std::vector<char> lost(num_rows, 0);
+  parallel_for(0, num_rows, 256, [&](int64_t begin, int64_t end) {
+    std::vector<float> scratch(dim), row(dim), code(dim);
+    for (int64_t i = begin; i < end; ++i) {
+      if (lists.lost(i)) {
+        lost[i] = 1;
+        continue;
+      }
+      to_float(x + i * dim, dim, scratch.data());
+      encode(scratch.data(), row_scale(exact.metric, scratch.data(), dim, exact.row_scale),
+             exact.e, row.data());
+      float best = std::numeric_limits<float>::infinity();
+      int64_t best_index = -1;
+      for (int32_t c = 0; c < lists.count[i]; ++c) {
+        if (!(lists.low[i * ScreenLists::kCapacity + c] <= lists.upper[i])) continue;
+        const int64_t k = lists.code[i * ScreenLists::kCapacity + c];
+        double squares;
+        float score = code_operands(codebook + k * dim, code_scale, exact.metric, exact.e,
+                                    scratch.data(), code.data(), &squares);
+        for (int64_t d = 0; d < dim; ++d) score = std::fma(row[d], code[d], score);
+        if (better_candidate(score, k, best, best_index)) {
+          best = score;
+          best_index = k;
+        }
+      }
+      TORCH_CHECK(best_index >= 0, "wvq::assign: the screened scan kept no candidate");
+      indices[i] = best_index;
+    }
+  });
+  std::vector<int64_t> rows;
+  for (int64_t i = 0; i < num_rows; ++i)
+    if (lost[i]) rows.push_back(i);
+  return rows;
+}
+
+// The exact ieee choice of every row through the screened scan of `kernel`: candidates, their
+// exact re-ranking, and a plain fp32 scan of the rows whose candidates overflowed (clustered
+// data, many codes tied).
+template <typename scalar_t>
+void screened_scan(const scalar_t* x, int64_t num_rows, const scalar_t* codebook,
+                   int64_t num_codes, const Problem& exact, const MicroKernel& kernel,
+                   double code_scale, int threads, float* best, int64_t* indices) {
+  const ScreenBound bound = screen_bound(exact.e.dim);
+  const Encoding e{exact.e.dim, false, true, true, kernel.unit_block};
+  const Problem p{exact.metric, e, kernel, exact.row_scale, 1, nullptr, &bound};
+  ScreenLists lists(num_rows);
+  scan_codebook(x, num_rows, codebook, num_codes, p, code_scale, threads, best, indices, &lists);
+  const std::vector<int64_t> lost = rerank(x, num_rows, codebook, exact, code_scale, lists, indices);
+  if (lost.empty()) return;
+  const int64_t dim = exact.e.dim, count = static_cast<int64_t>(lost.size());
+  std::vector<scalar_t> rows(count * dim);
+  for (int64_t r = 0; r < count; ++r) std::copy_n(x + lost[r] * dim, dim, rows.begin() + r * dim);
+  std::vector<float> rows_best(count);
+  std::vector<int64_t> rows_index(count);
+  scan_codebook(rows.data(), count, codebook, num_codes, exact, code_scale, threads,
+                rows_best.data(), rows_index.data());
+  for (int64_t r = 0; r < count; ++r) indices[lost[r]] = rows_index[r];
 }
 
 // Reports the distance of each chosen code and counts it, in one pass over the rows.
@@ -441,6 +728,7 @@ struct Inputs {
   Metric metric;
   const MicroKernel& kernel;
   Encoding encoding;
+  const MicroKernel* screen;  // ieee: the bf16 kernel that screens its nearest codes, if any
 };
 
 Inputs prepare_inputs(const at::Tensor& x_in, const at::Tensor& codebook_in,
@@ -456,9 +744,14 @@ Inputs prepare_inputs(const at::Tensor& x_in, const at::Tensor& codebook_in,
   TORCH_CHECK(at::isFloatingType(dtype), "wvq::assign: inputs must be floating point");
   const MicroKernel* bf16 = precision == "bf16" ? bf16_kernel() : nullptr;
   const MicroKernel& kernel = bf16 != nullptr ? *bf16 : fp32_kernel();
-  const Encoding encoding{x_in.size(1), precision == "bf16" && bf16 == nullptr, bf16 != nullptr};
-  return {x_in.to(dtype).contiguous(), codebook_in.to(dtype).contiguous(), metric, kernel,
-          encoding};
+  const Encoding encoding{x_in.size(1), precision == "bf16" && bf16 == nullptr, bf16 != nullptr,
+                          false, kernel.unit_block};
+  return {x_in.to(dtype).contiguous(),
+          codebook_in.to(dtype).contiguous(),
+          metric,
+          kernel,
+          encoding,
+          precision == "ieee" ? screening_kernel() : nullptr};
 }
 
 // sample_codes' request: one draw per row at this temperature and seed.
@@ -499,8 +792,13 @@ void scan_then(const Inputs& in, int64_t list_length, const SampleRequest* sampl
                           sampling ? &*sampling : nullptr};
     const scalar_t* x_data = in.x.data_ptr<scalar_t>();
     const scalar_t* codes = in.codebook.data_ptr<scalar_t>();
-    scan_codebook(x_data, in.x.size(0), codes, in.codebook.size(0), problem, scales.codes,
-                  threads, scores, chosen);
+    if (in.screen != nullptr && list_length == 1 && sample == nullptr) {
+      screened_scan(x_data, in.x.size(0), codes, in.codebook.size(0), problem, *in.screen,
+                    scales.codes, threads, scores, chosen);
+    } else {
+      scan_codebook(x_data, in.x.size(0), codes, in.codebook.size(0), problem, scales.codes,
+                    threads, scores, chosen);
+    }
     finish(x_data, codes);
   });
 }

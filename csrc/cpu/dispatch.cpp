@@ -1,5 +1,10 @@
 // Run-time choice of the kernels: the widest ISA this CPU supports, overridable with
-// WVQ_CPU_ISA=scalar|avx2|avx512 (to test the narrower paths on a wide machine).
+// WVQ_CPU_ISA=scalar|avx2|avx512|amx (to test the narrower paths on a wide machine; avx512 is
+// AVX-512 without the tile unit).
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <cstdlib>
 #include <cstring>
 
@@ -8,11 +13,23 @@
 
 namespace wvq::cpu {
 
+// AMX-TILE and AMX-BF16 (CPUID leaf 7, EDX bits 24 and 22), and Linux's permission to use the
+// tile data (arch_prctl ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA), which a process must
+// request once before its first tile instruction.
+static bool amx_usable() {
+  unsigned eax, ebx, ecx, edx;
+  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+  if ((edx & (1u << 24)) == 0 || (edx & (1u << 22)) == 0) return false;
+  constexpr long kRequestPermission = 0x1023, kTileData = 18;
+  return syscall(SYS_arch_prctl, kRequestPermission, kTileData) == 0;
+}
+
 static IsaLevel hardware_isa() {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
-    return __builtin_cpu_supports("avx512bf16") ? IsaLevel::kAvx512Bf16 : IsaLevel::kAvx512;
+    if (!__builtin_cpu_supports("avx512bf16")) return IsaLevel::kAvx512;
+    return amx_usable() ? IsaLevel::kAmx : IsaLevel::kAvx512Bf16;
   }
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return IsaLevel::kAvx2;
   return IsaLevel::kScalar;
@@ -26,6 +43,7 @@ static IsaLevel apply_override(IsaLevel hardware) {
   if (std::strcmp(requested, "scalar") == 0) wanted = IsaLevel::kScalar;
   if (std::strcmp(requested, "avx2") == 0) wanted = IsaLevel::kAvx2;
   if (std::strcmp(requested, "avx512") == 0) wanted = IsaLevel::kAvx512Bf16;
+  if (std::strcmp(requested, "amx") == 0) wanted = IsaLevel::kAmx;
   return wanted < hardware ? wanted : hardware;
 }
 
@@ -36,6 +54,7 @@ IsaLevel detect_isa() {
 
 const char* isa_name(IsaLevel level) {
   switch (level) {
+    case IsaLevel::kAmx: return "avx512_amx";
     case IsaLevel::kAvx512Bf16: return "avx512_bf16";
     case IsaLevel::kAvx512: return "avx512";
     case IsaLevel::kAvx2: return "avx2";
@@ -48,6 +67,7 @@ template <class Kernels>
 static const Kernels& widest(const Kernels& (*avx512)(), const Kernels& (*avx2)(),
                              const Kernels& (*scalar)()) {
   switch (detect_isa()) {
+    case IsaLevel::kAmx:
     case IsaLevel::kAvx512Bf16:
     case IsaLevel::kAvx512: return avx512();
     case IsaLevel::kAvx2: return avx2();
@@ -64,7 +84,17 @@ const SoftAssignKernels& soft_assign_kernels() {
 }
 
 const MicroKernel* bf16_kernel() {
+  if (detect_isa() == IsaLevel::kAmx) return &amx_bf16_kernel();
   return detect_isa() == IsaLevel::kAvx512Bf16 ? &avx512_bf16_kernel() : nullptr;
+}
+
+// Read on every call, so that tests can compare screened and plain results in one process.
+const MicroKernel* screening_kernel() {
+  const char* setting = std::getenv("WVQ_ASSIGN_SCREEN");
+  if (setting != nullptr && std::strcmp(setting, "0") == 0) return nullptr;
+  if (setting != nullptr && std::strcmp(setting, "1") == 0) return bf16_kernel();
+  // vdpbf16ps has no more dot-product throughput than fp32 FMA on the CPUs measured so far.
+  return detect_isa() == IsaLevel::kAmx ? &amx_bf16_kernel() : nullptr;
 }
 
 }  // namespace wvq::cpu

@@ -17,9 +17,11 @@ struct Isa {
   static V broadcast(const float* p) { return _mm256_broadcast_ss(p); }
   static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   static V min(V a, V b) { return _mm256_min_ps(a, b); }
-  static bool any_less(V v, float bound) {
-    return _mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(bound), _CMP_LT_OQ)) != 0;
+  static uint32_t less_mask(V v, float bound) {  // bit i: lane i < bound
+    return static_cast<uint32_t>(
+        _mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(bound), _CMP_LT_OQ)));
   }
+  static bool any_less(V v, float bound) { return less_mask(v, bound) != 0; }
 };
 
 struct Fp32Dot {

@@ -18,9 +18,10 @@ struct Isa {
   static V broadcast(const float* p) { return _mm512_set1_ps(*p); }
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static V min(V a, V b) { return _mm512_min_ps(a, b); }
-  static bool any_less(V v, float bound) {
-    return _mm512_cmp_ps_mask(v, _mm512_set1_ps(bound), _CMP_LT_OQ) != 0;
+  static uint32_t less_mask(V v, float bound) {  // bit i: lane i < bound
+    return _mm512_cmp_ps_mask(v, _mm512_set1_ps(bound), _CMP_LT_OQ);
   }
+  static bool any_less(V v, float bound) { return less_mask(v, bound) != 0; }
 };
 
 struct Fp32Dot {

@@ -14,6 +14,7 @@ struct Isa {
   static V broadcast(const float* p) { return *p; }
   static void store(float* p, V v) { *p = v; }
   static V min(V a, V b) { return b < a ? b : a; }
+  static uint32_t less_mask(V v, float bound) { return v < bound ? 1u : 0u; }
   static bool any_less(V v, float bound) { return v < bound; }
 };
 

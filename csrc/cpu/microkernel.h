@@ -4,9 +4,49 @@
 // dimensions for the vdpbf16ps path, so one driver serves both precisions.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
+#include <limits>
 
 namespace wvq::cpu {
+
+// The screened scan's per-row state (exact ieee assignment from bf16 scores; assign.cpp states and
+// proves the bound). Row r of the tile is at [r], its candidates at [r * capacity, ...).
+struct ScreenRows {
+  const float* code_norms;   // per packed code, laid out like the bias: |c| rounded up...
+  const float* code_errors;  // ...and the norm of its bf16 rounding error |c' - c|
+  double bias_factor;        // the bound per unit of bias
+  double slack;              // the bound's absolute term (underflow, flushed subnormals)
+  const double* norm_factor;   // per row: the bound per unit of |c|...
+  const double* error_factor;  // ...and per unit of |c' - c|
+  const double* row_margin;  // per row: the largest bound of any code of the pass
+  double* upper;             // per row: min over the codes seen of score + bound
+  float* threshold;          // per row: a score at or above it cannot matter
+  int64_t* candidates;       // per row: codes whose score - bound was <= upper when seen...
+  double* candidate_low;     // ...and that score - bound
+  int32_t* counts;           // per row: candidates held; capacity + 1 once some were lost
+  int32_t capacity;
+};
+
+// The smallest float above `value`: a float below it is at most `value`. Static: each ISA's
+// translation unit compiles its own copy (as drop_stale).
+static inline float float_above(double value) {
+  const float rounded = static_cast<float>(value);
+  if (static_cast<double>(rounded) > value) return rounded;
+  return std::nextafter(rounded, std::numeric_limits<float>::infinity());
+}
+
+// Drops the candidates whose score - bound exceeds `upper`; returns how many remain.
+static inline int32_t drop_stale(int64_t* codes, double* lows, int32_t count, double upper) {
+  int32_t kept = 0;
+  for (int32_t i = 0; i < count; ++i) {
+    if (lows[i] <= upper) {
+      codes[kept] = codes[i];
+      lows[kept++] = lows[i];
+    }
+  }
+  return kept;
+}
 
 struct ScanArgs {
   const float* rows;        // tile_rows rows, row_stride units apart (-2x, -x_hat or -x)
@@ -25,6 +65,7 @@ struct ScanArgs {
   // sample_codes only: 1 / T in score units, and per row its two counter keys (row_keys()).
   float inv_temperature;
   const uint32_t* row_keys;
+  const ScreenRows* screen;  // the screened scan only
 };
 
 using ScanFn = void (*)(const ScanArgs&);
@@ -36,6 +77,8 @@ struct MicroKernel {
   ScanFn scan;           // nearest code (list_length 1; assign)
   ScanFn scan_topk;      // the list_length nearest codes (assign(..., k))
   ScanFn sample;         // running minima of score / T + Gumbel noise (sample_codes)
+  ScanFn screen;         // the candidates of exact ieee assignment (ScreenRows)
+  int unit_block;        // units per dot-product block: more units are padded to a multiple
 };
 
 // Kernels per ISA level; the bf16 entry exists only where vdpbf16ps does.
@@ -43,12 +86,16 @@ const MicroKernel& avx512_fp32_kernel();
 const MicroKernel& avx512_bf16_kernel();
 const MicroKernel& avx2_fp32_kernel();
 const MicroKernel& scalar_fp32_kernel();
+const MicroKernel& amx_bf16_kernel();
 
-enum class IsaLevel { kScalar, kAvx2, kAvx512, kAvx512Bf16 };
+enum class IsaLevel { kScalar, kAvx2, kAvx512, kAvx512Bf16, kAmx };
 
 IsaLevel detect_isa();           // run-time CPU feature check, cached
 const char* isa_name(IsaLevel level);
 const MicroKernel& fp32_kernel();    // best fp32 kernel for this CPU
 const MicroKernel* bf16_kernel();    // nullptr when the CPU has no bf16 dot product
+// The bf16 kernel that screens ieee assignment where that is faster than fp32 FMA (AMX), or
+// nullptr; WVQ_ASSIGN_SCREEN=0 turns screening off, =1 screens with any bf16 kernel.
+const MicroKernel* screening_kernel();
 
 }  // namespace wvq::cpu

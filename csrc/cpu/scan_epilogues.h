@@ -137,6 +137,33 @@ static V lowest(const V (&scores)[NR]) {
   return low;
 }
 
+static void add_candidate(const ScreenRows& s, int row, int64_t code, double low) {
+  int32_t& count = s.counts[row];
+  if (count > s.capacity) return;
+  int64_t* codes = s.candidates + row * s.capacity;
+  double* lows = s.candidate_low + row * s.capacity;
+  if (count == s.capacity) count = drop_stale(codes, lows, count, s.upper[row]);
+  if (count == s.capacity) {
+    count = s.capacity + 1;  // lost: the row is scanned again exactly
+    return;
+  }
+  codes[count] = code;
+  lows[count++] = low;
+}
+
+// One screened score whose vector passed the row's threshold: a candidate while its interval
+// [score - bound, score + bound] reaches below the best upper end seen, which it may lower.
+static void screen_code(const ScreenRows& s, int row, int64_t code, double score, double bias,
+                        double norm, double error) {
+  const double bound =
+      s.norm_factor[row] * norm + s.error_factor[row] * error + s.bias_factor * bias + s.slack;
+  if (score - bound <= s.upper[row]) add_candidate(s, row, code, score - bound);
+  if (score + bound < s.upper[row]) {
+    s.upper[row] = score + bound;
+    s.threshold[row] = float_above(s.upper[row] + s.row_margin[row]);
+  }
+}
+
 }  // namespace epilogue
 
 // assign: the running minimum of the scores. Only when some score beats it (a handful of times
@@ -171,6 +198,37 @@ struct NearestCodesEpilogue {
       }
       best[slot] = values[t];
       best_index[slot] = first_code + t;
+    }
+  }
+};
+
+// Screened ieee assign: the codes that may be the exact nearest (ScreenRows). A vector of scores
+// all at or above the row's threshold (upper + the largest bound) holds none, nor any that lowers
+// upper: the common case costs what NearestEpilogue's does.
+struct ScreenEpilogue {
+  template <int NR>
+  static void apply(const Isa::V (&scores)[NR], const ScanArgs& a, int row, int64_t first_code) {
+    if (Isa::any_less(epilogue::lowest(scores), a.screen->threshold[row])) {
+      screen_lanes<NR>(scores, a, row, first_code);
+    }
+  }
+
+  // Out of line: inlined, the compiler stores every vector of scores before the test above.
+  template <int NR>
+  [[gnu::noinline]] static void screen_lanes(const Isa::V (&scores)[NR], const ScanArgs& a,
+                                             int row, int64_t first_code) {
+    const ScreenRows& s = *a.screen;
+    alignas(64) float values[NR * epilogue::kWidth];
+    epilogue::store_scores<NR>(scores, values);
+    const int64_t lane = first_code - a.first_code;  // of the first score, in bias and norms
+    // The threshold only falls while lanes are screened: lanes below its value now hold them all.
+    const float threshold = s.threshold[row];
+    for (int j = 0; j < NR; ++j) {
+      for (uint32_t lanes = Isa::less_mask(scores[j], threshold); lanes != 0; lanes &= lanes - 1) {
+        const int t = j * epilogue::kWidth + std::countr_zero(lanes);
+        epilogue::screen_code(s, row, first_code + t, values[t], a.bias[lane + t],
+                              s.code_norms[lane + t], s.code_errors[lane + t]);
+      }
     }
   }
 };

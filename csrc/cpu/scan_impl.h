@@ -50,7 +50,9 @@ static const MicroKernel& make_kernel(const char* name) {
                                   NR * Isa::kWidth,
                                   &scan<Dot, NearestEpilogue, MR, NR>,
                                   &scan<Dot, NearestCodesEpilogue, MR, NR>,
-                                  &scan<Dot, GumbelEpilogue, MR, NR>};
+                                  &scan<Dot, GumbelEpilogue, MR, NR>,
+                                  &scan<Dot, ScreenEpilogue, MR, NR>,
+                                  1};
   return kernel;
 }
 

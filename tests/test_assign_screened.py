@@ -157,3 +157,22 @@ def test_every_isa_screens_exactly(run_on_isa, monkeypatch):
     ):
         assert torch.equal(indices, screened_indices)
         assert torch.equal(distances.view(torch.int32), screened_distances.view(torch.int32))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nonfinite_rows_get_the_plain_kernels_answer(bad, monkeypatch):
+    """A non-finite row leaves the screen with no candidate (the modules send such rows through
+    the trusted path, unchecked): it is rescanned by the plain kernel, the other rows screened."""
+    x, codebook = random_inputs(200, 3000, 8, seed=7)
+    x[[3, 150], 2] = bad
+
+    def run(screen):
+        monkeypatch.setenv("WVQ_ASSIGN_SCREEN", screen)
+        return wvq.assign(
+            x, codebook, precision="ieee", backend="cpu", histogram=True, check_finite=False
+        )
+
+    plain, screened = run("0"), run("1")
+    assert torch.equal(plain.indices, screened.indices)
+    assert torch.equal(plain.distances.view(torch.int32), screened.distances.view(torch.int32))
+    assert torch.equal(plain.counts, screened.counts)

@@ -645,8 +645,12 @@ std::vector<int64_t> rerank(const scalar_t* x, int64_t num_rows, const scalar_t*
           best_index = k;
         }
       }
-      TORCH_CHECK(best_index >= 0, "wvq::assign: the screened scan kept no candidate");
-      indices[i] = best_index;
+      // No candidate survives where the screen saw no finite score (a non-finite row): the
+      // plain kernel rescans such rows, so they get its answer, as unscreened.
+      if (best_index < 0)
+        lost[i] = 1;
+      else
+        indices[i] = best_index;
     }
   });
   std::vector<int64_t> rows;

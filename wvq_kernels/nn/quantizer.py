@@ -269,7 +269,7 @@ class VectorQuantizer(nn.Module):
         sync = self.training and self._syncs()
         finite = self._prepare_step(features, self.training, sync)
         codes = self._normalize(self.codes().float())
-        result, codebook_term = self._assign(features, codes, working, finite, sync)
+        result, codebook_term = self._assign(features, codes, working, finite)
         quantized_codes = gather_codes(codes, result.indices, self.backend)
         commitment = F.mse_loss(features, quantized_codes.detach())
         if codebook_term is None:
@@ -301,7 +301,7 @@ class VectorQuantizer(nn.Module):
             sync = update and self._syncs()
             finite = self._prepare_step(features, update, sync)
             codes = self._normalize(self.codes().float())
-            result, _ = self._assign(features, codes, working, finite, sync)
+            result, _ = self._assign(features, codes, working, finite)
             self._record_step(features, result, finite, update, sync)
         return result.indices
 
@@ -357,7 +357,7 @@ class VectorQuantizer(nn.Module):
             self.reservoir.push(rows, self.generator, finite)
 
     def _assign(
-        self, features: Tensor, codes: Tensor, working: torch.dtype, finite: Tensor, sync: bool
+        self, features: Tensor, codes: Tensor, working: torch.dtype, finite: Tensor
     ) -> tuple[Assignment, Tensor | None]:
         """The nearest codes (in training with ``sample_temperature``, drawn ones), with their
         histogram, and, for the dense loss, its unweighted codebook term (None otherwise); the

@@ -115,10 +115,11 @@ double measure(const Loop& loop, double seconds) {
 // widest ISA the kernels use here (WVQ_CPU_ISA included); NaN where this CPU has no such loop.
 double peak_gflops(const std::string& kind, double seconds) {
   const IsaLevel isa = detect_isa();
-  const bool avx512 = isa == IsaLevel::kAvx512 || isa == IsaLevel::kAvx512Bf16;
+  // The levels are ordered: an AMX machine has AVX-512 FMA and vdpbf16ps too.
+  const bool avx512 = isa >= IsaLevel::kAvx512;
   if (kind == "fp32" && avx512) return measure({avx512_fma_round, 32.0}, seconds);
   if (kind == "fp32" && isa == IsaLevel::kAvx2) return measure({avx2_fma_round, 16.0}, seconds);
-  if (kind == "bf16" && isa == IsaLevel::kAvx512Bf16) {
+  if (kind == "bf16" && isa >= IsaLevel::kAvx512Bf16) {
     return measure({avx512_bf16_round, 64.0}, seconds);
   }
   TORCH_CHECK(kind == "fp32" || kind == "bf16", "peak_gflops: kind must be fp32 or bf16, got ",

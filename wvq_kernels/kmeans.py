@@ -23,7 +23,6 @@ from . import _trusted as kernels
 from . import _validation as check
 from . import distributed
 from ._backends import resolve_backend
-from .testing import FP32_SUBNORMAL, SAFETY, score_error_bound
 
 __all__ = ["INITS", "KMeansResult", "kmeans", "kmeans_fit"]
 
@@ -314,6 +313,9 @@ class _Bounds:
         """Per row, the margin for every codebook whose codes are no longer than self.reach.
         It grows with the longest code alone, so it is recomputed (for 1/64 longer codes, to
         spare the next few steps) only when a code outgrows the reach."""
+        # The oracle's rounding model, imported here: `import wvq_kernels` leaves it alone.
+        from .testing import FP32_SUBNORMAL, SAFETY, score_error_bound
+
         longest = float(codebook.double().norm(dim=1).max())
         if longest > self.reach:
             self.reach = float(_up(torch.tensor(longest * (1 + 1 / 64))))

@@ -34,8 +34,10 @@ settings.register_profile(
 settings.load_profile(os.environ.get("WVQ_HYPOTHESIS_PROFILE", "ci"))
 
 BACKENDS = list(available_backends())
-# The CPU kernels' ISA levels, narrowest first (WVQ_CPU_ISA values).
-CPU_ISAS = ("scalar", "avx2", "avx512")
+# The CPU kernels' ISA levels, narrowest first: each WVQ_CPU_ISA value and how
+# torch.ops.wvq.cpu_isa() names it (avx512 with or without vdpbf16ps; amx is AVX-512 with the
+# tile unit, which screens the ieee scan).
+CPU_ISAS = {"scalar": "scalar", "avx2": "avx2", "avx512": "avx512", "amx": "avx512_amx"}
 ISA_CHILD = """
 import sys, torch, wvq_kernels
 calls = torch.load(sys.argv[1])
@@ -93,32 +95,45 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(params=CPU_ISAS)
+@pytest.fixture(params=list(CPU_ISAS))
 def cpu_isa(request) -> str:
     """Every ISA level of the CPU kernels that this CPU offers; wider ones are skipped with the
     reason. The extension reports the widest it dispatches to (torch.ops.wvq.cpu_isa)."""
     _require("cpu")
     widest = torch.ops.wvq.cpu_isa()
-    offered = [isa for isa in CPU_ISAS if widest.startswith(isa)][-1]
-    if CPU_ISAS.index(request.param) > CPU_ISAS.index(offered):
+    levels = list(CPU_ISAS)
+    offered = max(i for i, isa in enumerate(levels) if widest.startswith(CPU_ISAS[isa]))
+    if levels.index(request.param) > offered:
         pytest.skip(f"the CPU kernels here go up to {widest}, not {request.param}")
     return request.param
 
 
 @pytest.fixture
-def run_on_isa(cpu_isa, tmp_path):
+def run_isa_script(cpu_isa):
+    """run(script, *arguments): ``python -c script arguments`` in a subprocess whose CPU kernels
+    are forced to ``cpu_isa`` (the ISA is chosen once per process). The script prints
+    torch.ops.wvq.cpu_isa() last, which must name that level."""
+
+    def run(script: str, *arguments: str) -> None:
+        environment = dict(os.environ, WVQ_CPU_ISA=cpu_isa)
+        command = [sys.executable, "-c", script, *arguments]
+        done = subprocess.run(command, env=environment, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip().startswith(CPU_ISAS[cpu_isa]), done.stdout
+
+    return run
+
+
+@pytest.fixture
+def run_on_isa(run_isa_script, tmp_path):
     """run(calls) -> [tuple(result) per call]: each (op, args, kwargs) called as
-    ``wvq_kernels.<op>(*args, **kwargs)`` in a subprocess whose CPU kernels are forced to
-    ``cpu_isa`` (the ISA is chosen once per process); tensors travel through torch.save."""
+    ``wvq_kernels.<op>(*args, **kwargs)`` in a subprocess on ``cpu_isa`` (run_isa_script);
+    tensors travel through torch.save."""
 
     def run(calls: list[tuple[str, tuple, dict]]) -> list[tuple]:
         inputs, outputs = tmp_path / "calls.pt", tmp_path / "results.pt"
         torch.save(calls, inputs)
-        environment = dict(os.environ, WVQ_CPU_ISA=cpu_isa)
-        command = [sys.executable, "-c", ISA_CHILD, str(inputs), str(outputs)]
-        done = subprocess.run(command, env=environment, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
-        assert done.stdout.strip().startswith(cpu_isa), done.stdout
+        run_isa_script(ISA_CHILD, str(inputs), str(outputs))
         return torch.load(outputs)
 
     return run

@@ -4,7 +4,6 @@ float64 (reference.soft_assign_entropy_materialised); gradcheck of the reference
 CPU gradient kernel against the reference's for arbitrary upstream gradients, on every ISA and
 bitwise the same at 1 and 2 threads; and the memory bound at issue 16's size."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -202,24 +201,11 @@ print(torch.ops.wvq.cpu_isa())
 """
 
 
-def test_every_cpu_isa_computes_the_gradients(cpu_isa, tmp_path):
+def test_every_cpu_isa_computes_the_gradients(run_isa_script, tmp_path):
     x, codebook = random_inputs(300, 700, 9, seed=13)
     upstream = _upstream_gradients(300, 700, seed=14)
     torch.save((x, codebook, *upstream), tmp_path / "inputs.pt")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            ISA_GRADIENTS,
-            str(tmp_path / "inputs.pt"),
-            str(tmp_path / "out.pt"),
-        ],
-        env=dict(os.environ, WVQ_CPU_ISA=cpu_isa),
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().startswith(cpu_isa), done.stdout
+    run_isa_script(ISA_GRADIENTS, str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt"))
     got = torch.load(tmp_path / "out.pt")
     expected = reference.soft_assign_entropy_grad(
         x.double(), codebook.double(), 0.5, *(g.double() for g in upstream)

@@ -32,6 +32,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -76,49 +77,78 @@ struct Encoding {
 };
 
 uint16_t bf16_bits(float value) {  // round to nearest even; inputs are finite
-  uint32_t bits;
-  std::memcpy(&bits, &value, sizeof bits);
+  uint32_t bits = std::bit_cast<uint32_t>(value);
   bits += 0x7fffu + ((bits >> 16) & 1u);
   return static_cast<uint16_t>(bits >> 16);
 }
 
-float bf16_value(uint16_t half) {
-  const uint32_t bits = static_cast<uint32_t>(half) << 16;
-  float value;
-  std::memcpy(&value, &bits, sizeof value);
-  return value;
-}
+float bf16_value(uint16_t half) { return std::bit_cast<float>(static_cast<uint32_t>(half) << 16); }
 
-// Writes scale * v as operands (padding units are left as they are: zero); returns the sum of
-// squares of the values the kernel will see (the l2 bias must come from exactly those values), or
-// of the fp32 values with e.exact_squares, which also adds the squared norm of the bf16 rounding
-// error (bf16 pairs minus fp32 values) to *rounding_squares.
-double encode(const float* v, double scale, const Encoding& e, float* out,
-              double* rounding_squares = nullptr) {
-  double squares = 0.0;
-  if (e.bf16_pairs) {
-    for (int64_t u = 0; u < e.value_units(); ++u) {
-      const float first = static_cast<float>(scale * v[2 * u]);
-      const float second = 2 * u + 1 < e.dim ? static_cast<float>(scale * v[2 * u + 1]) : 0.0f;
+// Writes scale * v as operands for `lanes` vectors side by side: value d of lane l is read from
+// v[d * stride + l] and unit u written to out[u * stride + l] (padding units are left as they
+// are: zero). squares[l] receives the sum of squares of the values the kernel will see (the l2
+// bias must come from exactly those values), or of the fp32 values with e.exact_squares; with
+// bf16 pairs, rounding_squares[l] gains the squared norm of the bf16 rounding error (bf16 pairs
+// minus fp32 values). Each lane's arithmetic is the same, in the same order, as a single
+// vector's (lanes = 1): the packed codebook, encoded a chunk at a time, and the re-ranking of
+// screened candidates, one code at a time, see the same values. Many lanes run independent
+// chains of double additions side by side, where one vector's sum is a chain of dependent ones
+// (at D = 64 that chain made packing the codebook cost more than scanning it for a few rows).
+template <bool kExactSquares>
+void encode_pairs(const float* __restrict v, int64_t lanes, int64_t stride,
+                  const double* __restrict scale, const Encoding& e, float* __restrict out,
+                  double* __restrict squares, double* __restrict rounding_squares) {
+  // Branch-free lane loops, so that they vectorise: an odd D's last pair reads its first value
+  // twice and masks the copy to +0 as its second.
+  for (int64_t u = 0; u < e.value_units(); ++u) {
+    const bool has_second = 2 * u + 1 < e.dim;
+    const float* first_values = v + 2 * u * stride;
+    const float* second_values = has_second ? first_values + stride : first_values;
+    const uint32_t second_mask = has_second ? ~0u : 0u;
+    for (int64_t l = 0; l < lanes; ++l) {
+      const float first = static_cast<float>(scale[l] * first_values[l]);
+      const float second = std::bit_cast<float>(
+          std::bit_cast<uint32_t>(static_cast<float>(scale[l] * second_values[l])) & second_mask);
       const uint16_t lo = bf16_bits(first), hi = bf16_bits(second);
       const double first_error = double(bf16_value(lo)) - first;
       const double second_error = double(bf16_value(hi)) - second;
-      if (rounding_squares != nullptr)
-        *rounding_squares += first_error * first_error + second_error * second_error;
-      squares += e.exact_squares ? double(first) * first + double(second) * second
-                                 : double(bf16_value(lo)) * bf16_value(lo) +
-                                       double(bf16_value(hi)) * bf16_value(hi);
-      const uint32_t pair = static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
-      std::memcpy(out + u, &pair, sizeof pair);
+      rounding_squares[l] += first_error * first_error + second_error * second_error;
+      if constexpr (kExactSquares) {
+        squares[l] += double(first) * first + double(second) * second;
+      } else {
+        squares[l] += double(bf16_value(lo)) * bf16_value(lo) +
+                      double(bf16_value(hi)) * bf16_value(hi);
+      }
+      out[u * stride + l] =
+          std::bit_cast<float>(static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16));
     }
-    return squares;
+  }
+}
+
+void encode_lanes(const float* __restrict v, int64_t lanes, int64_t stride,
+                  const double* __restrict scale, const Encoding& e, float* __restrict out,
+                  double* __restrict squares, double* __restrict rounding_squares) {
+  std::fill_n(squares, lanes, 0.0);
+  if (e.bf16_pairs) {
+    const auto pairs = e.exact_squares ? encode_pairs<true> : encode_pairs<false>;
+    pairs(v, lanes, stride, scale, e, out, squares, rounding_squares);
+    return;
   }
   for (int64_t d = 0; d < e.dim; ++d) {
-    float value = static_cast<float>(scale * v[d]);
-    if (e.round_to_bf16) value = bf16_value(bf16_bits(value));
-    out[d] = value;
-    squares += double(value) * value;
+    for (int64_t l = 0; l < lanes; ++l) {
+      const float value = static_cast<float>(scale[l] * v[d * stride + l]);
+      out[d * stride + l] = e.round_to_bf16 ? bf16_value(bf16_bits(value)) : value;
+      squares[l] += double(out[d * stride + l]) * out[d * stride + l];
+    }
   }
+}
+
+// One vector's operands (encode_lanes with one lane); returns its sum of squares.
+double encode(const float* v, double scale, const Encoding& e, float* out,
+              double* rounding_squares = nullptr) {
+  double squares, unused_rounding_squares = 0.0;
+  encode_lanes(v, 1, 1, &scale, e, out, &squares,
+               rounding_squares != nullptr ? rounding_squares : &unused_rounding_squares);
   return squares;
 }
 
@@ -152,49 +182,63 @@ struct PackedCodes {
   double max_norm = 0.0, max_error = 0.0, max_bias = 0.0;
 };
 
-// A code's operands (as encode) and its bias: the one definition the packed codes and the exact
-// re-ranking of screened candidates share, so that both see the same values. `squares` receives
+// What scales a code before encoding: the inputs' power of two, or for cosine its own 1 / |c|.
+double code_scale_of(const float* code, int64_t dim, Metric metric, double scale) {
+  return metric == Metric::kCosine ? cosine_scale(code, dim) : scale;
+}
+
+float code_bias(Metric metric, double squares) {
+  return metric == Metric::kL2 ? static_cast<float>(squares) : 0.0f;
+}
+
+// A code's operands (as encode) and its bias, as pack_codes computes them for every code: the
+// exact re-ranking of screened candidates must see the packed values. `squares` receives
 // encode's sum of squares.
 template <typename scalar_t>
 float code_operands(const scalar_t* code, double scale, Metric metric, const Encoding& e,
-                    float* scratch, float* out, double* squares,
-                    double* rounding_squares = nullptr) {
+                    float* scratch, float* out, double* squares) {
   to_float(code, e.dim, scratch);
-  const double code_scale = metric == Metric::kCosine ? cosine_scale(scratch, e.dim) : scale;
-  *squares = encode(scratch, code_scale, e, out, rounding_squares);
-  return metric == Metric::kL2 ? static_cast<float>(*squares) : 0.0f;
+  *squares = encode(scratch, code_scale_of(scratch, e.dim, metric, scale), e, out);
+  return code_bias(metric, *squares);
 }
 
-// Packs codes [first, first + num_codes) of the codebook, each multiplied by `scale`.
+// Packs codes [first, first + num_codes) of the codebook, each multiplied by `scale`, a chunk at
+// a time: its codes transposed to lanes and encoded side by side (encode_lanes).
 template <typename scalar_t>
 PackedCodes pack_codes(const scalar_t* codebook, int64_t first, int64_t num_codes, double scale,
                        Metric metric, const Encoding& e, int chunk_codes) {
-  const int64_t units = e.units();
+  const int64_t units = e.units(), dim = e.dim;
   const int64_t num_chunks = (num_codes + chunk_codes - 1) / chunk_codes;
   at::Tensor values = at::zeros({num_chunks, units, chunk_codes}, at::kFloat);
   at::Tensor bias = at::full({num_chunks, chunk_codes}, std::numeric_limits<float>::infinity(),
                              at::kFloat);
   at::Tensor norms = at::zeros({e.exact_squares ? num_chunks : 0, chunk_codes}, at::kFloat);
   at::Tensor errors = at::zeros(norms.sizes(), at::kFloat);
-  const scalar_t* src = codebook + first * e.dim;
+  const scalar_t* src = codebook + first * dim;
   float* packed = values.data_ptr<float>();
   float* bias_out = bias.data_ptr<float>();
   float* norms_out = norms.data_ptr<float>();
   float* errors_out = errors.data_ptr<float>();
   parallel_for(0, num_chunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> code(e.dim), operands(units);
+    std::vector<float> lane_values(dim * chunk_codes), code(dim);
+    std::vector<double> scales(chunk_codes), squares(chunk_codes), rounding_squares(chunk_codes);
     for (int64_t chunk = begin; chunk < end; ++chunk) {
-      for (int lane = 0; lane < chunk_codes; ++lane) {
-        const int64_t k = chunk * chunk_codes + lane;
-        if (k >= num_codes) break;
-        double squares, rounding_squares = 0.0;
-        bias_out[k] = code_operands(src + k * e.dim, scale, metric, e, code.data(),
-                                    operands.data(), &squares, &rounding_squares);
-        for (int64_t u = 0; u < units; ++u)
-          packed[(chunk * units + u) * chunk_codes + lane] = operands[u];
+      const int64_t first_code = chunk * chunk_codes;
+      const int64_t lanes = std::min<int64_t>(chunk_codes, num_codes - first_code);
+      for (int64_t l = 0; l < lanes; ++l) {
+        to_float(src + (first_code + l) * dim, dim, code.data());
+        scales[l] = code_scale_of(code.data(), dim, metric, scale);
+        for (int64_t d = 0; d < dim; ++d) lane_values[d * chunk_codes + l] = code[d];
+      }
+      std::fill(rounding_squares.begin(), rounding_squares.end(), 0.0);
+      encode_lanes(lane_values.data(), lanes, chunk_codes, scales.data(), e,
+                   packed + chunk * units * chunk_codes, squares.data(), rounding_squares.data());
+      for (int64_t l = 0; l < lanes; ++l) {
+        const int64_t k = first_code + l;
+        bias_out[k] = code_bias(metric, squares[l]);
         if (e.exact_squares) {
-          norms_out[k] = norm_above(squares);
-          errors_out[k] = norm_above(rounding_squares);
+          norms_out[k] = norm_above(squares[l]);
+          errors_out[k] = norm_above(rounding_squares[l]);
         }
       }
     }
@@ -224,10 +268,24 @@ double max_magnitude(const scalar_t* data, int64_t count) {
   const int64_t slice = (count + kSlices - 1) / kSlices;
   parallel_for(0, kSlices, 1, [&](int64_t begin, int64_t end) {
     for (int64_t s = begin; s < end; ++s) {
-      double most = 0.0;
-      for (int64_t i = s * slice; i < std::min(count, (s + 1) * slice); ++i)
-        most = std::max(most, std::abs(static_cast<double>(data[i])));
-      slice_max[s] = most;
+      // On the bit patterns of |value|, whose integer order is the order of the magnitudes: a
+      // signed integer maximum written as a select vectorises on the baseline ISA where a float
+      // one would not without -ffast-math (one chain of dependent maxss ran ~8x slower), and
+      // NaN (above infinity's pattern) is skipped as std::max skipped it.
+      constexpr int32_t kInfinity = 0x7f800000;
+      int32_t most = 0;
+      const int64_t end_i = std::min(count, (s + 1) * slice);
+      for (int64_t i = s * slice; i < end_i; ++i) {
+        const float value = static_cast<float>(data[i]);
+        int32_t bits;
+        std::memcpy(&bits, &value, sizeof bits);
+        bits &= 0x7fffffff;
+        bits = bits > kInfinity ? 0 : bits;
+        most = bits > most ? bits : most;
+      }
+      float magnitude;
+      std::memcpy(&magnitude, &most, sizeof magnitude);
+      slice_max[s] = magnitude;
     }
   });
   return *std::max_element(slice_max.begin(), slice_max.end());

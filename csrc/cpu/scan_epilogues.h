@@ -116,17 +116,30 @@ static void store_scores(const V (&scores)[NR], float* values) {
   for (int j = 0; j < NR; ++j) Isa::store(values + j * kWidth, scores[j]);
 }
 
+// The running minimum over the chunk's scores in code order with a strict "<" (ties keep the
+// smaller index; NaN never wins), visiting only the lanes that beat it: per vector, the first
+// lane below the minimum becomes it, and the lanes after it are compared again with the new
+// value. A row's first chunk, where every lane beats +inf, takes a few records per vector
+// instead of one scalar comparison per score, which dominated the scan at K ~ 1,000.
 template <int NR>
 static void update_row_minimum(const V (&scores)[NR], int64_t first_code, float* best,
                                int64_t* best_index) {
-  alignas(64) float values[NR * kWidth];
-  store_scores<NR>(scores, values);
-  for (int t = 0; t < NR * kWidth; ++t) {
-    if (values[t] < *best) {
-      *best = values[t];
-      *best_index = first_code + t;
+  float minimum = *best;
+  int64_t index = *best_index;
+  for (int j = 0; j < NR; ++j) {
+    uint32_t below = Isa::less_mask(scores[j], minimum);
+    if (below == 0) continue;
+    alignas(64) float values[kWidth];
+    Isa::store(values, scores[j]);
+    while (below != 0) {
+      const int lane = std::countr_zero(below);
+      minimum = values[lane];
+      index = first_code + j * kWidth + lane;
+      below = Isa::less_mask(scores[j], minimum) & ~((2u << lane) - 1u);
     }
   }
+  *best = minimum;
+  *best_index = index;
 }
 
 template <int NR>
@@ -221,13 +234,25 @@ struct ScreenEpilogue {
     alignas(64) float values[NR * epilogue::kWidth];
     epilogue::store_scores<NR>(scores, values);
     const int64_t lane = first_code - a.first_code;  // of the first score, in bias and norms
+    const auto screen = [&](int t) {
+      epilogue::screen_code(s, row, first_code + t, values[t], a.bias[lane + t],
+                            s.code_norms[lane + t], s.code_errors[lane + t]);
+    };
+    // The lowest score first: its upper end lowers U and the threshold before the other lanes
+    // are tested, so that a row's first chunk, where every lane is below the +inf threshold,
+    // screens a few codes instead of all of them. Any code's upper end bounds the exact
+    // minimum, so the order in which lanes lower U changes no candidate that survives it.
+    float lowest = s.threshold[row];
+    int64_t lowest_lane = -1;
+    epilogue::update_row_minimum<NR>(scores, 0, &lowest, &lowest_lane);
+    if (lowest_lane < 0) return;
+    screen(static_cast<int>(lowest_lane));
     // The threshold only falls while lanes are screened: lanes below its value now hold them all.
     const float threshold = s.threshold[row];
     for (int j = 0; j < NR; ++j) {
       for (uint32_t lanes = Isa::less_mask(scores[j], threshold); lanes != 0; lanes &= lanes - 1) {
         const int t = j * epilogue::kWidth + std::countr_zero(lanes);
-        epilogue::screen_code(s, row, first_code + t, values[t], a.bias[lane + t],
-                              s.code_norms[lane + t], s.code_errors[lane + t]);
+        if (t != lowest_lane) screen(t);
       }
     }
   }

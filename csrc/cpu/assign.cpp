@@ -813,7 +813,7 @@ Inputs prepare_inputs(const at::Tensor& x_in, const at::Tensor& codebook_in,
           metric,
           kernel,
           encoding,
-          precision == "ieee" ? screening_kernel() : nullptr};
+          precision == "ieee" ? screening_kernel(codebook_in.size(0), x_in.size(1)) : nullptr};
 }
 
 // sample_codes' request: one draw per row at this temperature and seed.

@@ -94,8 +94,9 @@ IsaLevel detect_isa();           // run-time CPU feature check, cached
 const char* isa_name(IsaLevel level);
 const MicroKernel& fp32_kernel();    // best fp32 kernel for this CPU
 const MicroKernel* bf16_kernel();    // nullptr when the CPU has no bf16 dot product
-// The bf16 kernel that screens ieee assignment where that is faster than fp32 FMA (AMX), or
-// nullptr; WVQ_ASSIGN_SCREEN=0 turns screening off, =1 screens with any bf16 kernel.
-const MicroKernel* screening_kernel();
+// The bf16 kernel that screens ieee assignment of K codes of D dimensions where that is faster
+// than fp32 FMA (AMX, K D large enough), or nullptr; WVQ_ASSIGN_SCREEN=0 turns screening off,
+// =1 screens with any bf16 kernel at every size.
+const MicroKernel* screening_kernel(int64_t num_codes, int64_t dim);
 
 }  // namespace wvq::cpu

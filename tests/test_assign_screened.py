@@ -101,6 +101,16 @@ def test_exact_ties_go_to_the_smallest_index(monkeypatch):
     assert torch.equal(plain.indices[:32], torch.arange(32))
 
 
+def test_rows_past_a_batch_of_candidate_lists_are_exact(monkeypatch):
+    """The screen keeps candidate lists for 2^15 rows at a time: rows on both sides of a batch
+    boundary, overflowing rows in the second batch among them, get the plain kernel's answer."""
+    x, codebook = random_inputs(2**15 + 300, 200, 8, seed=21)
+    codebook[100:190] = codebook[3]  # 90 copies of code 3: more than a candidate list holds
+    x[-100:] = codebook[3]
+    plain = _assert_screened_equals_plain(x, codebook, monkeypatch)
+    assert torch.equal(plain.indices[-100:], torch.full((100,), 3))
+
+
 @pytest.mark.parametrize("d", [8, 40])
 def test_rows_whose_candidates_overflow_are_rescanned(d, monkeypatch):
     """Hundreds of codes tie or nearly tie for every row: far more than a row's candidate list

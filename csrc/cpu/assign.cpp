@@ -717,13 +717,11 @@ std::vector<int64_t> rerank(const scalar_t* x, int64_t num_rows, const scalar_t*
   return rows;
 }
 
-// The exact ieee choice of every row through the screened scan of `kernel`: candidates, their
-// exact re-ranking, and a plain fp32 scan of the rows whose candidates overflowed (clustered
-// data, many codes tied).
+// screened_scan for one batch of rows.
 template <typename scalar_t>
-void screened_scan(const scalar_t* x, int64_t num_rows, const scalar_t* codebook,
-                   int64_t num_codes, const Problem& exact, const MicroKernel& kernel,
-                   double code_scale, int threads, float* best, int64_t* indices) {
+void screened_batch(const scalar_t* x, int64_t num_rows, const scalar_t* codebook,
+                    int64_t num_codes, const Problem& exact, const MicroKernel& kernel,
+                    double code_scale, int threads, float* best, int64_t* indices) {
   const ScreenBound bound = screen_bound(exact.e.dim);
   const Encoding e{exact.e.dim, false, true, true, kernel.unit_block};
   const Problem p{exact.metric, e, kernel, exact.row_scale, 1, nullptr, &bound};
@@ -739,6 +737,23 @@ void screened_scan(const scalar_t* x, int64_t num_rows, const scalar_t* codebook
   scan_codebook(rows.data(), count, codebook, num_codes, exact, code_scale, threads,
                 rows_best.data(), rows_index.data());
   for (int64_t r = 0; r < count; ++r) indices[lost[r]] = rows_index[r];
+}
+
+// The exact ieee choice of every row through the screened scan of `kernel`: candidates, their
+// exact re-ranking, and a plain fp32 scan of the rows whose candidates overflowed (clustered
+// data, many codes tied). Rows go through in batches, so that the candidate lists (268 bytes a
+// row) stay within ~8.4 MiB however many rows a call has; each batch packs the codebook again,
+// a few percent of its scan.
+template <typename scalar_t>
+void screened_scan(const scalar_t* x, int64_t num_rows, const scalar_t* codebook,
+                   int64_t num_codes, const Problem& exact, const MicroKernel& kernel,
+                   double code_scale, int threads, float* best, int64_t* indices) {
+  constexpr int64_t kBatchRows = int64_t{1} << 15;
+  const int64_t dim = exact.e.dim;
+  for (int64_t first = 0; first < num_rows; first += kBatchRows) {
+    screened_batch(x + first * dim, std::min(kBatchRows, num_rows - first), codebook, num_codes,
+                   exact, kernel, code_scale, threads, best + first, indices + first);
+  }
 }
 
 // Reports the distance of each chosen code and counts it, in one pass over the rows.

@@ -100,11 +100,15 @@ def test_peak_gflops_measures_this_machine():
 
     fp32 = torch.ops.wvq.peak_gflops("fp32", 0.05)
     bf16 = torch.ops.wvq.peak_gflops("bf16", 0.05)
+    amx = torch.ops.wvq.peak_gflops("amx_bf16", 0.05)
     # One FMA loop per thread on registers: at least a scalar core's worth, under any load.
     assert fp32 > 1
     # NaN where the CPU (or WVQ_CPU_ISA) has no vdpbf16ps, a rate otherwise.
     assert bf16 != bf16 or bf16 > 1
-    with pytest.raises(RuntimeError, match="kind must be fp32 or bf16"):
+    # The tile unit: NaN without AMX, else several times vdpbf16ps (16x16x32 per instruction).
+    assert (amx != amx) == (torch.ops.wvq.cpu_isa() != "avx512_amx")
+    assert amx != amx or amx > 2 * bf16
+    with pytest.raises(RuntimeError, match="kind must be fp32, bf16 or amx_bf16"):
         torch.ops.wvq.peak_gflops("int8", 0.05)
 
 
@@ -167,7 +171,9 @@ def test_wvq_bench_report_writes_the_report_with_its_plots(tmp_path):
         best_peer = min(row["median_ms"] for row in cell if row["provider"] == "torch-chunked")
         for row in cell:
             assert row["vs_best_peer"] == pytest.approx(best_peer / row["median_ms"])
-            peak = peaks["bf16" if row["precision"] == "bf16" else "fp32"]
+            # bf16 against the tile unit where the machine has one, else vdpbf16ps.
+            bf16_peak = peaks.get("amx_bf16") or peaks["bf16"]
+            peak = bf16_peak if row["precision"] == "bf16" else peaks["fp32"]
             # No peak (a CPU without the instructions): no fraction, rather than a made-up one.
             expected = None if peak is None else pytest.approx(row["gflops"] / peak)
             assert row["peak_fraction"] == expected

@@ -155,9 +155,44 @@ static void scan(const ScanArgs& a) {
   if (n % 2 == 1) EvenChunk::finish<Epilogue>(a, n - 1);
 }
 
+// The peak benchmark's loop (peak.cpp): `steps` x 4 tdpbf16ps of full 16 x 16 x 32 tiles into
+// four accumulators, so that the tile unit never waits for one; every pair is 2^-8 (0x3B80), so
+// each instruction adds 32 x 2^-16 to an accumulator, which stays finite. Returns one
+// accumulator's first value, so that nothing is dead.
+static float peak_round(int64_t steps) {
+  alignas(64) static const uint16_t kSmall[kTile * 2 * kUnitBlock] = {
+#define WVQ_SMALL8 0x3B80, 0x3B80, 0x3B80, 0x3B80, 0x3B80, 0x3B80, 0x3B80, 0x3B80
+#define WVQ_SMALL64 WVQ_SMALL8, WVQ_SMALL8, WVQ_SMALL8, WVQ_SMALL8, WVQ_SMALL8, WVQ_SMALL8, \
+                    WVQ_SMALL8, WVQ_SMALL8
+      WVQ_SMALL64, WVQ_SMALL64, WVQ_SMALL64, WVQ_SMALL64, WVQ_SMALL64, WVQ_SMALL64, WVQ_SMALL64,
+      WVQ_SMALL64};
+#undef WVQ_SMALL64
+#undef WVQ_SMALL8
+  alignas(64) static const float kZeros[kTile] = {};
+  configure(kUnitBlock);
+  const auto* small = reinterpret_cast<const float*>(kSmall);
+  tile_load<4>(small, 4 * kUnitBlock);
+  tile_load<5>(small, 4 * kTile);
+  tile_load<0>(kZeros, 0);
+  tile_load<1>(kZeros, 0);
+  tile_load<2>(kZeros, 0);
+  tile_load<3>(kZeros, 0);
+  for (int64_t step = 0; step < steps; ++step) {
+    tile_dot<0, 4, 5>();
+    tile_dot<1, 4, 5>();
+    tile_dot<2, 4, 5>();
+    tile_dot<3, 4, 5>();
+  }
+  alignas(64) float out[kTile][kTile];
+  tile_store<0>(out[0], 4 * kTile);
+  return out[0][0];
+}
+
 }  // namespace wvq::cpu::amx
 
 namespace wvq::cpu {
+
+float amx_peak_round(int64_t steps) { return amx::peak_round(steps); }
 
 const MicroKernel& amx_bf16_kernel() {
   static const MicroKernel kernel{"amx-bf16",

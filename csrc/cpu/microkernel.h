@@ -87,6 +87,8 @@ const MicroKernel& avx512_bf16_kernel();
 const MicroKernel& avx2_fp32_kernel();
 const MicroKernel& scalar_fp32_kernel();
 const MicroKernel& amx_bf16_kernel();
+// The tile unit's peak loop: steps x 4 tdpbf16ps of 16 x 16 x 32 (isa_amx.cpp; AMX only).
+float amx_peak_round(int64_t steps);
 
 enum class IsaLevel { kScalar, kAvx2, kAvx512, kAvx512Bf16, kAmx };
 

@@ -1,8 +1,9 @@
 // Peak arithmetic throughput of this CPU, measured rather than assumed: the benchmark report's
 // "fraction of peak" divides the assignment's GFLOP/s by it. Every thread runs independent chains
-// of fp32 FMAs or of bf16 pair dot products (vdpbf16ps) on registers, so that neither memory nor
-// instruction latency limits them. Each loop carries its own target attribute: the rest of this
-// file, torch's headers included, stays at the build's baseline ISA.
+// of fp32 FMAs or of bf16 pair dot products (vdpbf16ps, or tdpbf16ps on AMX tiles) on registers,
+// so that neither memory nor instruction latency limits them. Each loop carries its own target
+// attribute (the tile loop lives in isa_amx.cpp): the rest of this file, torch's headers
+// included, stays at the build's baseline ISA.
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <omp.h>
@@ -73,9 +74,13 @@ __attribute__((target("avx512f,avx512bf16"))) float avx512_bf16_round() {
   return lane_sum(acc);
 }
 
+// The tile unit's round: kChains x kStepsPerRound tdpbf16ps like the others' instructions.
+float amx_round() { return amx_peak_round(int64_t{kChains} * kStepsPerRound / 4); }
+
 struct Loop {
   float (*round)();
-  double flop_per_instruction;  // 2 per product: 16 fp32 lanes, 8 AVX2 lanes, 32 bf16 pairs
+  // 2 per product: 16 fp32 lanes, 8 AVX2 lanes, 32 bf16 pairs; 16 x 16 x 32 for a tile
+  double flop_per_instruction;
 };
 
 // CPU seconds this thread has run: other processes on the machine do not count, so that the
@@ -111,8 +116,9 @@ double measure(const Loop& loop, double seconds) {
   return std::accumulate(gflops.begin(), gflops.end(), 0.0);
 }
 
-// GFLOP/s of `kind` ("fp32": FMA, "bf16": vdpbf16ps) on at::get_num_threads() threads, with the
-// widest ISA the kernels use here (WVQ_CPU_ISA included); NaN where this CPU has no such loop.
+// GFLOP/s of `kind` ("fp32": FMA, "bf16": vdpbf16ps, "amx_bf16": tdpbf16ps) on
+// at::get_num_threads() threads, with the widest ISA the kernels use here (WVQ_CPU_ISA
+// included); NaN where this CPU has no such loop.
 double peak_gflops(const std::string& kind, double seconds) {
   const IsaLevel isa = detect_isa();
   // The levels are ordered: an AMX machine has AVX-512 FMA and vdpbf16ps too.
@@ -122,8 +128,11 @@ double peak_gflops(const std::string& kind, double seconds) {
   if (kind == "bf16" && isa >= IsaLevel::kAvx512Bf16) {
     return measure({avx512_bf16_round, 64.0}, seconds);
   }
-  TORCH_CHECK(kind == "fp32" || kind == "bf16", "peak_gflops: kind must be fp32 or bf16, got ",
-              kind);
+  if (kind == "amx_bf16" && isa == IsaLevel::kAmx) {
+    return measure({amx_round, 2.0 * 16 * 16 * 32}, seconds);
+  }
+  TORCH_CHECK(kind == "fp32" || kind == "bf16" || kind == "amx_bf16",
+              "peak_gflops: kind must be fp32, bf16 or amx_bf16, got ", kind);
   return std::numeric_limits<double>::quiet_NaN();
 }
 

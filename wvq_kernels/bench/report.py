@@ -23,9 +23,10 @@ their row with the reason.
 vs best peer: the fastest provider that is not ours in the same cell, over this one (> 1 is
 faster). Fraction of peak: the assignment's GFLOP/s (2·N·K·D / time) over this machine's peak,
 measured here by ``torch.ops.wvq.peak_gflops`` (register-only loops of fp32 FMAs and of bf16
-pair dot products, vdpbf16ps, on every thread): fp32 peak for ieee providers, bf16 peak for bf16
-ones. The peak counts CPU time, the benchmarks wall time: on a loaded machine the fractions are
-low by the share of the cores other processes took.
+pair dot products, vdpbf16ps, and on AMX tdpbf16ps tiles, on every thread): fp32 peak for ieee
+providers (a screened ieee scan may pass it), the widest bf16 peak (AMX where the CPU has it) for
+bf16 ones. The peak counts CPU time, the benchmarks wall time: on a loaded machine the fractions
+are low by the share of the cores other processes took.
 """
 
 from __future__ import annotations
@@ -178,15 +179,26 @@ class OpResult:
 # Measuring
 
 
+PEAK_KINDS = ("fp32", "bf16", "amx_bf16")
+
+
 def measure_peaks(seconds: float = PEAK_SECONDS) -> dict[str, float | None]:
-    """GFLOP/s of fp32 FMA and bf16 vdpbf16ps loops on torch's threads; None without the C++
-    extension or without the instructions."""
+    """GFLOP/s of fp32 FMA, bf16 vdpbf16ps and AMX tdpbf16ps loops on torch's threads; None
+    without the C++ extension or without the instructions."""
     try:
         peak = torch.ops.wvq.peak_gflops
     except (AttributeError, RuntimeError):
-        return {"fp32": None, "bf16": None}
-    measured = {kind: peak(kind, seconds) for kind in ("fp32", "bf16")}
+        return dict.fromkeys(PEAK_KINDS)
+    measured = {kind: peak(kind, seconds) for kind in PEAK_KINDS}
     return {kind: None if math.isnan(value) else value for kind, value in measured.items()}
+
+
+def precision_peak(peaks: dict, precision: str) -> float | None:
+    """The peak a provider of this precision is measured against: fp32 FMA for ieee, the
+    widest bf16 unit (AMX tiles where measured, else vdpbf16ps) for bf16."""
+    if precision != "bf16":
+        return peaks.get("fp32")
+    return peaks.get("amx_bf16") or peaks.get("bf16")
 
 
 def run_assign(sweep: Sweep, providers: list[str], repeats: int, peaks: dict) -> OpResult:
@@ -217,7 +229,7 @@ def run_assign(sweep: Sweep, providers: list[str], repeats: int, peaks: dict) ->
 
 
 def _assign_row(cell: assign_grid.Cell, peaks: dict) -> dict:
-    peak = peaks["bf16" if cell.precision == "bf16" else "fp32"]
+    peak = precision_peak(peaks, cell.precision)
     fraction = None if cell.gflops is None or not peak else cell.gflops / peak
     return {
         "K": cell.codes,
@@ -502,7 +514,8 @@ def write_report(results: list[OpResult], meta: dict, out: Path) -> Path:
         "",
         f"Peak of this machine, measured (torch.ops.wvq.peak_gflops, {meta['threads']} threads): "
         f"fp32 FMA {_gflops_text(meta['peak_gflops']['fp32'])}, "
-        f"bf16 vdpbf16ps {_gflops_text(meta['peak_gflops']['bf16'])}.",
+        f"bf16 vdpbf16ps {_gflops_text(meta['peak_gflops']['bf16'])}, "
+        f"bf16 AMX tiles {_gflops_text(meta['peak_gflops'].get('amx_bf16'))}.",
         "",
         "vs best peer: the fastest provider that is not ours in the same cell over this one "
         "(> 1: ours is faster). vs baseline: the op's PyTorch baseline likewise. Peak MiB: the "

@@ -84,22 +84,13 @@ uint16_t bf16_bits(float value) {  // round to nearest even; inputs are finite
 
 float bf16_value(uint16_t half) { return std::bit_cast<float>(static_cast<uint32_t>(half) << 16); }
 
-// Writes scale * v as operands for `lanes` vectors side by side: value d of lane l is read from
-// v[d * stride + l] and unit u written to out[u * stride + l] (padding units are left as they
-// are: zero). squares[l] receives the sum of squares of the values the kernel will see (the l2
-// bias must come from exactly those values), or of the fp32 values with e.exact_squares; with
-// bf16 pairs, rounding_squares[l] gains the squared norm of the bf16 rounding error (bf16 pairs
-// minus fp32 values). Each lane's arithmetic is the same, in the same order, as a single
-// vector's (lanes = 1): the packed codebook, encoded a chunk at a time, and the re-ranking of
-// screened candidates, one code at a time, see the same values. Many lanes run independent
-// chains of double additions side by side, where one vector's sum is a chain of dependent ones
-// (at D = 64 that chain made packing the codebook cost more than scanning it for a few rows).
+// encode_lanes' bf16 pairs. The lane loop has no branch, so that it vectorises: exact or
+// rounded squares is a template argument, and an odd D's last pair reads its first value twice
+// and masks the copy to +0 as its second.
 template <bool kExactSquares>
 void encode_pairs(const float* __restrict v, int64_t lanes, int64_t stride,
                   const double* __restrict scale, const Encoding& e, float* __restrict out,
                   double* __restrict squares, double* __restrict rounding_squares) {
-  // Branch-free lane loops, so that they vectorise: an odd D's last pair reads its first value
-  // twice and masks the copy to +0 as its second.
   for (int64_t u = 0; u < e.value_units(); ++u) {
     const bool has_second = 2 * u + 1 < e.dim;
     const float* first_values = v + 2 * u * stride;
@@ -125,6 +116,16 @@ void encode_pairs(const float* __restrict v, int64_t lanes, int64_t stride,
   }
 }
 
+// Writes scale * v as operands for `lanes` vectors side by side: value d of lane l is read from
+// v[d * stride + l] and unit u written to out[u * stride + l] (padding units are left as they
+// are: zero). squares[l] receives the sum of squares of the values the kernel will see (the l2
+// bias must come from exactly those values), or of the fp32 values with e.exact_squares; with
+// bf16 pairs, rounding_squares[l] gains the squared norm of the bf16 rounding error (bf16 pairs
+// minus fp32 values). Each lane's arithmetic is the same, in the same order, as a single
+// vector's (lanes = 1): the packed codebook, encoded a chunk at a time, and the re-ranking of
+// screened candidates, one code at a time, see the same values. Many lanes run independent
+// chains of double additions side by side, where one vector's sum is a chain of dependent ones
+// (at D = 64 that chain made packing the codebook cost more than scanning it for a few rows).
 void encode_lanes(const float* __restrict v, int64_t lanes, int64_t stride,
                   const double* __restrict scale, const Encoding& e, float* __restrict out,
                   double* __restrict squares, double* __restrict rounding_squares) {
@@ -276,16 +277,11 @@ double max_magnitude(const scalar_t* data, int64_t count) {
       int32_t most = 0;
       const int64_t end_i = std::min(count, (s + 1) * slice);
       for (int64_t i = s * slice; i < end_i; ++i) {
-        const float value = static_cast<float>(data[i]);
-        int32_t bits;
-        std::memcpy(&bits, &value, sizeof bits);
-        bits &= 0x7fffffff;
+        int32_t bits = std::bit_cast<int32_t>(static_cast<float>(data[i])) & 0x7fffffff;
         bits = bits > kInfinity ? 0 : bits;
         most = bits > most ? bits : most;
       }
-      float magnitude;
-      std::memcpy(&magnitude, &most, sizeof magnitude);
-      slice_max[s] = magnitude;
+      slice_max[s] = std::bit_cast<float>(most);
     }
   });
   return *std::max_element(slice_max.begin(), slice_max.end());

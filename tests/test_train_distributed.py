@@ -16,6 +16,7 @@ import time
 
 import pytest
 import torch
+import torch.distributed as dist
 from test_distributed import init_group, spawn
 
 from wvq_kernels.cli.train import without_nproc
@@ -55,6 +56,7 @@ def train_worker(config: TrainConfig, resume_from: int | None, rank, world, fold
         train(dataclasses.replace(config, steps=resume_from), log=lambda _: None)
     history = train(config, resume=resume_from is not None, log=lambda _: None)
     torch.save((captured["model"], history), os.path.join(folder, f"rank{rank}.pt"))
+    dist.destroy_process_group()
 
 
 def run_ranks(config: TrainConfig, world: int, resume_from: int | None = None):
@@ -88,6 +90,7 @@ def test_two_ranks_hold_the_same_model_and_match_one_process(config):
 def evaluate_worker(config: TrainConfig, rank, world, folder) -> None:
     init_group(rank, world, folder, TIMEOUT)
     torch.save(evaluate_fixture(config), os.path.join(folder, f"rank{rank}.pt"))
+    dist.destroy_process_group()
 
 
 def evaluate_fixture(config: TrainConfig) -> dict:

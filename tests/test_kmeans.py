@@ -328,3 +328,20 @@ def test_bf16_precision_and_few_codes_do_not_prune(monkeypatch):
     x = torch.randn(many, 2, generator=torch.Generator().manual_seed(11))
     kmeans_fit(x, many, 1)
     assert spy.calls["assign_topk"] == [(many, many)]
+
+
+@pytest.mark.parametrize(("rows_per_code", "dim"), [(4, 16), (5, 16), (4, 17)])
+def test_pruning_by_default_follows_the_screen(monkeypatch, rows_per_code, dim):
+    """Where ieee assign screens on AMX tiles, prune=None prunes only for small D and few rows
+    per code; elsewhere from PRUNE_MIN_CODES codes on."""
+    spy = PathSpy(monkeypatch)
+    codes = kmeans_module.PRUNE_MIN_CODES
+    rows = rows_per_code * codes
+    x = torch.randn(rows, dim, generator=torch.Generator().manual_seed(12))
+    kmeans_fit(x, codes, 1)
+    amx = torch.ops.wvq.cpu_isa() == "avx512_amx"
+    pays = not amx or (
+        dim <= kmeans_module.AMX_PRUNE_MAX_DIM
+        and rows_per_code <= kmeans_module.AMX_PRUNE_MAX_ROWS_PER_CODE
+    )
+    assert spy.calls["assign_topk"] == ([(rows, codes)] if pays else [])

@@ -9,8 +9,9 @@ with a seeded permutation) for the same number of iterations on the same threads
 pool set to torch's). faiss runs as its users call it: ``faiss.Kmeans(d, k, niter, seed,
 verbose=False)``, its own empty-cluster splitting on, ``max_points_per_centroid`` raised so that
 it trains on every row (by default it subsamples to 256 rows per centroid); ours is
-``kmeans_fit(..., init_codebook=, split_empty=True)`` with ``precision`` ieee (pruned steps,
-the default) or bf16, and ``ours-plain``: ieee with ``prune=False``, every row through
+``kmeans_fit(..., init_codebook=, split_empty=True)`` with ``precision`` ieee (``ours-ieee``:
+``prune=None``, the default's choice between the two ways below) or bf16, ``ours-pruned``:
+ieee with ``prune=True``, and ``ours-plain``: ieee with ``prune=False``, every row through
 ``assign`` at every step (the same results bit for bit: the objectives must agree exactly).
 
 Reported per provider: the wall time of the fit divided by the iterations (median over
@@ -77,7 +78,7 @@ def fit_faiss(x: torch.Tensor, start: torch.Tensor, iters: int) -> torch.Tensor:
     return torch.from_numpy(model.obj).double()
 
 
-def _fit_ours(precision: str, prune: bool = True):
+def _fit_ours(precision: str, prune: bool | None = None):
     def fit(x: torch.Tensor, start: torch.Tensor, iters: int) -> torch.Tensor:
         result = kmeans_fit(
             x,
@@ -96,6 +97,7 @@ def _fit_ours(precision: str, prune: bool = True):
 PROVIDERS = {
     "faiss": fit_faiss,
     "ours-ieee": _fit_ours("ieee"),
+    "ours-pruned": _fit_ours("ieee", prune=True),
     "ours-plain": _fit_ours("ieee", prune=False),
     "ours-bf16": _fit_ours("bf16"),
 }
